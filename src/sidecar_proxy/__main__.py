@@ -1,0 +1,3 @@
+from sidecar_proxy.cli import main
+
+raise SystemExit(main())

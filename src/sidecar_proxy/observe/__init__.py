@@ -1,0 +1,1 @@
+"""Observability: the per-request record, metrics, access log, trace context, JSON logs."""

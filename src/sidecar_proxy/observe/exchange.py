@@ -1,0 +1,85 @@
+"""The one record of one request.
+
+The data path fills an :class:`Exchange` as the request travels; when the request is over
+(answered, failed or abandoned) the :class:`~sidecar_proxy.observe.recorder.Recorder` turns it,
+once, into metrics and one access-log line. Nothing else records a request, so the two can never
+disagree.
+
+It is a plain ``__slots__`` class rather than a dataclass: one is made per request on the hot
+path, and slots make both construction and attribute stores measurably cheaper.
+"""
+
+from __future__ import annotations
+
+# Envoy-style response flags: short, greppable codes for what went wrong.
+UPSTREAM_CONNECT_FAILURE = "UF"  # the app refused or could not be reached
+UPSTREAM_RESET = "UC"  # the app closed or reset the connection before the response ended
+UPSTREAM_TIMEOUT = "UT"  # no response within the deadline (or a per-try timeout)
+UPSTREAM_PROTOCOL_ERROR = "UPE"  # the app sent a response we could not parse
+DOWNSTREAM_DISCONNECT = "DC"  # the client hung up before the response ended
+DOWNSTREAM_PROTOCOL_ERROR = "DPE"  # the client sent a request we rejected
+BREAKER_OPEN = "UH"  # the circuit breaker refused the request ("no healthy upstream")
+LOAD_SHED = "UO"  # too many requests in flight ("upstream overflow")
+RETRIES_EXHAUSTED = "URX"  # the last attempt failed too and retries ran out
+RETRY_BUDGET_EXHAUSTED = "RBX"  # a retry was wanted but the retry budget refused it
+DOWNSTREAM_TIMEOUT = "DT"  # the client was too slow sending the request
+LOCAL_REPLY = "LR"  # answered by the sidecar itself (health probe on the proxy port)
+
+# Label values of sidecar_upstream_errors_total{type}. The first three are the seed's.
+ERR_CONNECTION = "connection_error"
+ERR_5XX = "5xx_error"
+ERR_CIRCUIT_OPEN = "circuit_open"
+ERR_TIMEOUT = "timeout"
+ERR_RESET = "reset"
+ERR_PROTOCOL = "protocol_error"
+
+STATUS_CLIENT_CLOSED = 499  # nginx's convention for "the client went away first"
+
+
+class Exchange:
+    """Everything known about one request, filled in by the data path."""
+
+    __slots__ = (
+        "attempts",
+        "bytes_in",
+        "bytes_out",
+        "end",
+        "flags",
+        "has_query",
+        "method",
+        "path",
+        "remote_addr",
+        "request_id",
+        "retries_refused",
+        "start",
+        "start_wall",
+        "status",
+        "trace_id",
+        "ttfb",
+        "upstream_errors",
+        "user_agent",
+    )
+
+    def __init__(self, start: float, start_wall: float, remote_addr: str) -> None:
+        self.start = start  # loop.time() (monotonic) when the request head was parsed
+        self.start_wall = start_wall  # time.time() of the same moment, for the log timestamp
+        self.end = start
+        self.remote_addr = remote_addr
+        self.method = ""
+        self.path = ""  # request path as received, without the query string
+        self.has_query = False
+        self.request_id = ""
+        self.trace_id = ""
+        self.user_agent = ""
+        self.status = 0  # status sent to the client; 499 when it hung up first
+        self.ttfb: float | None = None  # seconds from start to the app's response head
+        self.bytes_in = 0  # request body bytes received from the client
+        self.bytes_out = 0  # response body bytes sent to the client
+        self.attempts = 0  # attempts sent to the app (0: answered locally or refused)
+        self.retries_refused = 0  # retries the budget refused
+        self.flags: list[str] = []
+        self.upstream_errors: list[str] = []  # one entry per failed attempt, ERR_* values
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
