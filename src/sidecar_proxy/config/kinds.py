@@ -1,0 +1,344 @@
+"""Value kinds: how one setting's text (or config-file value) becomes a typed value and back.
+
+A kind bundles everything that differs between settings of different types, so the loader,
+the flag generator and ``check-config`` each have one code path for all settings:
+
+* ``parse(text)`` reads what a user typed in an env var, a flag or a string in a file;
+* ``coerce(value)`` reads a native YAML/TOML value (a string goes through ``parse``);
+* ``format(value)`` prints it back in the same syntax ``parse`` accepts (Go durations, exact
+  sizes), so ``check-config`` output can be pasted into a manifest;
+* ``to_json(value)`` gives a plain JSON value for ``check-config --json``;
+* ``expected`` is the allowed-values phrase used in error messages and ``--help``.
+
+Native file values: ports, integers, floats and booleans may be written as the file format's
+own numbers and booleans. A number for a size means bytes, as a plain integer string does.
+A number for a duration is refused (except ``0``): ``retry_backoff: 100`` could mean
+milliseconds or seconds, and Go gives bare numbers no unit either, so durations are strings
+with a unit in every source. Lists may be a comma-separated string or a file list.
+
+Each parse failure raises :class:`ValueError` with the reason only; the loader adds where the
+value came from. Range checks live in the kind too, so a number that parses but is out of
+range gets the same "expected ..." text as one that does not parse at all.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from typing import Generic, TypeVar
+
+from sidecar_proxy.config.units import (
+    BOOL_EXAMPLES,
+    format_duration,
+    format_size,
+    parse_bool,
+    parse_duration_nanos,
+    parse_size,
+)
+
+T = TypeVar("T")
+JSONValue = str | int | float | bool | list[str] | list[int]
+
+
+class Kind(Generic[T]):
+    """Base kind: strings parse through :meth:`parse`, other native values are refused."""
+
+    metavar: str  # placeholder in --help, e.g. DURATION
+    expected: str  # the allowed values, as a phrase: "expected a port number 1-65535"
+
+    def parse(self, text: str) -> T:
+        raise NotImplementedError
+
+    def coerce(self, value: object) -> T:
+        if isinstance(value, str):
+            return self.parse(value)
+        return self.coerce_native(value)
+
+    def coerce_native(self, value: object) -> T:
+        raise ValueError(self.expected)
+
+    def format(self, value: T) -> str:
+        return str(value)
+
+    def to_json(self, value: T) -> JSONValue:
+        return self.format(value)
+
+
+class HostKind(Kind[str]):
+    """A host name or IP address, without scheme, port or path.
+
+    ``UPSTREAM_HOST=http://app`` or ``localhost:3000`` are common slips; they would otherwise
+    surface only later as a baffling DNS failure, so anything with a colon must be an IPv6
+    address (brackets optional, stored without them).
+    """
+
+    metavar = "HOST"
+    expected = "expected a host name or IP address (no scheme, port or path)"
+
+    def parse(self, text: str) -> str:
+        host = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+        if not host or re.search(r"[\s/\[\]@]", host):
+            raise ValueError(self.expected)
+        if ":" in host:
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                raise ValueError(self.expected) from None
+        return host
+
+
+def _integer(text: str) -> int | None:
+    """Strict decimal integer: no ``+``, spaces or ``_`` (Python's ``int()`` takes all three)."""
+    return int(text) if re.fullmatch(r"-?[0-9]+", text) else None
+
+
+class IntKind(Kind[int]):
+    """An integer within ``[low, high]``; ``high=None`` means unbounded."""
+
+    metavar = "INT"
+
+    def __init__(self, low: int, high: int | None = None, noun: str = "an integer") -> None:
+        self.low, self.high = low, high
+        bounds = f"{low}-{high}" if high is not None else f">= {low}"
+        self.expected = f"expected {noun} {bounds}"
+
+    def parse(self, text: str) -> int:
+        return self._check(_integer(text))
+
+    def coerce_native(self, value: object) -> int:
+        # bool is an int subclass; `true` for a port is a mistake, not 1.
+        return self._check(
+            value if isinstance(value, int) and not isinstance(value, bool) else None
+        )
+
+    def _check(self, value: int | None) -> int:
+        if value is None or value < self.low or (self.high is not None and value > self.high):
+            raise ValueError(self.expected)
+        return value
+
+    def to_json(self, value: int) -> int:
+        return value
+
+
+class PortKind(IntKind):
+    """A TCP port a user means to use: 0 ("any free port") only makes sense in tests."""
+
+    metavar = "PORT"
+
+    def __init__(self) -> None:
+        super().__init__(1, 65535, noun="a port number")
+
+
+class FloatKind(Kind[float]):
+    metavar = "NUMBER"
+
+    def __init__(self, low: float, high: float) -> None:
+        self.low, self.high = low, high
+        self.expected = f"expected a number {low:g}-{high:g}"
+
+    def parse(self, text: str) -> float:
+        if not re.fullmatch(r"-?([0-9]+\.?[0-9]*|\.[0-9]+)", text):
+            raise ValueError(self.expected)
+        return self._check(float(text))
+
+    def coerce_native(self, value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(self.expected)
+        return self._check(float(value))
+
+    def _check(self, value: float) -> float:
+        if not self.low <= value <= self.high:  # also refuses NaN
+            raise ValueError(self.expected)
+        return value
+
+    def to_json(self, value: float) -> float:
+        return value
+
+
+class DurationKind(Kind[float]):
+    """A Go duration in seconds; ``allow_zero`` says whether ``0`` ("off") is meaningful."""
+
+    metavar = "DURATION"
+
+    def __init__(self, allow_zero: bool) -> None:
+        self.allow_zero = allow_zero
+        self.expected = (
+            "expected a duration >= 0 such as 300ms, 1.5s or 2m30s"
+            if allow_zero
+            else "expected a duration > 0 such as 300ms, 1.5s or 2m30s"
+        )
+
+    def parse(self, text: str) -> float:
+        nanos = parse_duration_nanos(text)
+        if nanos < 0:
+            raise ValueError("must not be negative")
+        if nanos == 0 and not self.allow_zero:
+            raise ValueError("must be greater than 0")
+        return nanos / 1_000_000_000
+
+    def coerce_native(self, value: object) -> float:
+        if value == 0 and not isinstance(value, bool) and isinstance(value, int | float):
+            return self.parse("0")
+        raise ValueError(
+            "expected a duration string with a unit such as '300ms' or '30s' "
+            "(a bare number has no unit)"
+        )
+
+    def format(self, value: float) -> str:
+        return format_duration(value)
+
+    def to_json(self, value: float) -> float:
+        return value
+
+
+class SizeKind(Kind[int]):
+    """A byte count; ``high=None`` means unbounded."""
+
+    metavar = "SIZE"
+
+    def __init__(self, low: int, high: int | None = None) -> None:
+        self.low, self.high = low, high
+        self.expected = (
+            f"expected a size {format_size(low)}-{format_size(high)} "
+            "(bytes, or with a unit B, KB, KiB, MB, MiB, GB, GiB)"
+            if high is not None
+            else "expected a size in bytes such as 65536, 64KiB or 1MB "
+            "(units B, KB, KiB, MB, MiB, GB, GiB)"
+        )
+
+    def parse(self, text: str) -> int:
+        try:
+            size = parse_size(text)
+        except ValueError:
+            raise ValueError(self.expected) from None
+        return self._check(size)
+
+    def coerce_native(self, value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(self.expected)
+        return self._check(value)
+
+    def _check(self, size: int) -> int:
+        if size < self.low or (self.high is not None and size > self.high):
+            raise ValueError(self.expected)
+        return size
+
+    def format(self, value: int) -> str:
+        return format_size(value)
+
+    def to_json(self, value: int) -> int:
+        return value
+
+
+class BoolKind(Kind[bool]):
+    metavar = "BOOL"
+    expected = f"expected a boolean: {BOOL_EXAMPLES}"
+
+    def parse(self, text: str) -> bool:
+        return parse_bool(text)
+
+    def coerce_native(self, value: object) -> bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(self.expected)
+
+    def format(self, value: bool) -> str:
+        return "true" if value else "false"
+
+    def to_json(self, value: bool) -> bool:
+        return value
+
+
+class EnumKind(Kind[str]):
+    """One of a fixed set of words, case-insensitive, stored lower-case."""
+
+    def __init__(self, *choices: str) -> None:
+        self.choices = choices
+        self.metavar = "{" + ",".join(choices) + "}"
+        self.expected = "expected one of " + ", ".join(choices)
+
+    def parse(self, text: str) -> str:
+        if text.lower() not in self.choices:
+            raise ValueError(self.expected)
+        return text.lower()
+
+
+class _ListKind(Kind[frozenset[T]]):
+    """A set of tokens: a comma-separated string, or a list in a config file.
+
+    An empty list is allowed and means "none" (e.g. ``--retry-on=''`` retries nothing); an
+    empty *env var* never gets here, because the loader treats it as unset.
+    """
+
+    metavar = "LIST"
+
+    def parse(self, text: str) -> frozenset[T]:
+        return self._tokens(part.strip() for part in text.split(",") if part.strip())
+
+    def coerce_native(self, value: object) -> frozenset[T]:
+        if not isinstance(value, list) or not all(
+            isinstance(item, str | int) and not isinstance(item, bool) for item in value
+        ):
+            raise ValueError(self.expected)
+        return self._tokens(str(item).strip() for item in value)
+
+    def _tokens(self, tokens: Iterable[str]) -> frozenset[T]:
+        items: set[T] = set()
+        for token in tokens:
+            items.update(self.token(token))
+        return frozenset(items)
+
+    def token(self, token: str) -> Iterable[T]:
+        raise NotImplementedError
+
+
+def _status(token: str, low: int, high: int) -> int | None:
+    code = int(token) if re.fullmatch(r"[0-9]{3}", token) else None
+    return code if code is not None and low <= code <= high else None
+
+
+class RetryOnKind(_ListKind[str]):
+    """Retry conditions: failure kinds by name, or response status codes as digit strings."""
+
+    CONDITIONS = ("connect-failure", "reset", "timeout")
+    expected = "expected a comma-separated list of connect-failure, reset, timeout, 429 or 500-599"
+
+    def token(self, token: str) -> Iterable[str]:
+        lowered = token.lower()
+        if lowered in self.CONDITIONS or token == "429" or _status(token, 500, 599) is not None:
+            return (lowered,)
+        raise ValueError(f"unknown retry condition {token!r}; {self.expected}")
+
+    def format(self, value: frozenset[str]) -> str:
+        return ",".join(self._ordered(value)) if value else "''"
+
+    def to_json(self, value: frozenset[str]) -> list[str]:
+        return self._ordered(value)
+
+    def _ordered(self, value: frozenset[str]) -> list[str]:
+        names = [name for name in self.CONDITIONS if name in value]
+        return names + sorted(value.difference(self.CONDITIONS), key=int)
+
+
+class StatusListKind(_ListKind[int]):
+    """5xx status codes, with ``5xx`` standing for all of 500-599."""
+
+    ALL = frozenset(range(500, 600))
+    expected = "expected a comma-separated list of status codes 500-599 or the word 5xx"
+
+    def token(self, token: str) -> Iterable[int]:
+        if token.lower() == "5xx":
+            return self.ALL
+        code = _status(token, 500, 599)
+        if code is None:
+            raise ValueError(f"unknown status {token!r}; {self.expected}")
+        return (code,)
+
+    def format(self, value: frozenset[int]) -> str:
+        if value == self.ALL:
+            return "5xx"
+        return ",".join(map(str, sorted(value))) if value else "''"
+
+    def to_json(self, value: frozenset[int]) -> list[int]:
+        return sorted(value)

@@ -1,0 +1,227 @@
+"""Reading settings from flags, the environment and a config file, and validating them.
+
+Precedence is flag > env > file > default, decided per setting, and the winning source of
+each is reported (``check-config`` prints it) because "where did this value come from?" is
+the first question when a pod misbehaves. An env var set to the empty string counts as unset,
+as in the Go sidecar: Kubernetes manifests and shell scripts routinely produce ``FOO=``.
+
+The config file is named by ``--config`` or ``SIDECAR_CONFIG``. It is a flat table whose keys
+are the setting names: ``.toml`` is read with tomllib, ``.yaml``/``.yml`` with
+``yaml.safe_load``; an empty YAML file is an empty table. The file format's native numbers and
+booleans are accepted where they fit (see :mod:`sidecar_proxy.config.kinds`).
+
+Nothing falls back silently: the first bad value raises :class:`ConfigError`, one line naming
+the setting the way the user wrote it (``SIDECAR_LISTEN_PORT``, ``--listen-port`` or
+``config.toml: listen_port``), the value, and what is allowed. A proxy started with a typo'd
+timeout silently replaced by a default is worse than one that does not start.
+
+Port 0 is refused here even though :class:`Settings` accepts it: a user who writes 0 has made
+a mistake, while tests construct ``Settings`` directly to ask for any free port.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sidecar_proxy.config.settings import FIELDS, FIELDS_BY_NAME, Field, Settings
+from sidecar_proxy.config.units import format_duration
+
+CONFIG_ENV = "SIDECAR_CONFIG"
+CONFIG_FLAG = "--config"
+# Kubernetes' default terminationGracePeriodSeconds: SIGKILL follows SIGTERM after this.
+KUBERNETES_GRACE_SECONDS = 30.0
+
+
+class ConfigError(ValueError):
+    """A setting, or the config file, is unusable; the message is one line for the user."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedSettings:
+    """The effective settings, where each came from, and non-fatal advice about them."""
+
+    settings: Settings
+    # field name -> "default" | "env NAME" | "file PATH" | "flag --name"
+    sources: dict[str, str]
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Origin:
+    """Where one explicit value came from: how to name it to the user, and what they wrote."""
+
+    source: str  # as reported in LoadedSettings.sources
+    label: str  # as named in error messages
+    raw: object  # the text or native file value, shown back verbatim
+
+
+def load_settings(
+    flags: Mapping[str, str],
+    environ: Mapping[str, str],
+    config_path: str | None = None,
+) -> LoadedSettings:
+    """Build :class:`Settings` from ``flags`` (field name -> text), ``environ`` and a file.
+
+    ``config_path`` is the ``--config`` value; when it is None, ``SIDECAR_CONFIG`` is used.
+    """
+    for name in flags:
+        if name not in FIELDS_BY_NAME:
+            raise ConfigError(f"unknown setting {name!r}{_suggest(name)}")
+    file_label, file_values = _read_config_file(config_path, environ)
+
+    values: dict[str, Any] = {}
+    origins: dict[str, _Origin] = {}
+    for field in FIELDS:
+        origin = _origin(field, flags, environ, file_label, file_values)
+        if origin is None:
+            continue  # Settings supplies the default
+        try:
+            values[field.name] = field.kind.coerce(origin.raw)
+        except ValueError as exc:
+            raise ConfigError(f"{origin.label}={_show(origin.raw)}: {exc}") from None
+        origins[field.name] = origin
+
+    settings = Settings(**values)
+    _check_relations(settings, origins)
+    return LoadedSettings(
+        settings=settings,
+        sources={
+            field.name: origins[field.name].source if field.name in origins else "default"
+            for field in FIELDS
+        },
+        warnings=_advice(settings),
+    )
+
+
+def _origin(
+    field: Field,
+    flags: Mapping[str, str],
+    environ: Mapping[str, str],
+    file_label: str,
+    file_values: Mapping[str, object],
+) -> _Origin | None:
+    if field.name in flags:
+        return _Origin(f"flag {field.flag}", field.flag, flags[field.name])
+    if environ.get(field.env):
+        return _Origin(f"env {field.env}", field.env, environ[field.env])
+    if field.name in file_values:
+        return _Origin(f"file {file_label}", f"{file_label}: {field.name}", file_values[field.name])
+    return None
+
+
+def _read_config_file(
+    config_path: str | None, environ: Mapping[str, str]
+) -> tuple[str, dict[str, object]]:
+    """Return the file's path as the user wrote it, and its settings (none without a file)."""
+    if config_path is not None:
+        path, named_by = config_path, CONFIG_FLAG
+    elif environ.get(CONFIG_ENV):
+        path, named_by = environ[CONFIG_ENV], CONFIG_ENV
+    else:
+        return "", {}
+    where = f"{named_by}={path!r}"
+    parsers: dict[str, Callable[[bytes], object]] = {
+        ".toml": lambda data: tomllib.loads(data.decode()),
+        ".yaml": yaml.safe_load,
+        ".yml": yaml.safe_load,
+    }
+    parse = parsers.get(Path(path).suffix.lower())
+    if parse is None:
+        raise ConfigError(f"{where}: unsupported file type; expected a .toml, .yaml or .yml file")
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read the file: {exc.strerror or exc}") from None
+    try:
+        document = parse(data)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc.reason}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {_yaml_problem(exc)}") from None
+    if document is None:  # an empty YAML file
+        document = {}
+    if not isinstance(document, dict):
+        raise ConfigError(
+            f"{path}: expected a table of settings at the top level, "
+            f"got {type(document).__name__} {_show(document)}"
+        )
+    for key in document:
+        if key not in FIELDS_BY_NAME:
+            raise ConfigError(f"{path}: unknown key {key!r}{_suggest(str(key))}")
+    return path, document
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's own message spans several lines with a source excerpt; keep the gist."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"{exc.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(exc).split())
+
+
+def _suggest(key: str) -> str:
+    """``" (did you mean 'x'?)"`` for the closest setting name, accepting env var spellings."""
+    normal = key.lower().replace("-", "_")
+    by_env = {field.env.lower(): field.name for field in FIELDS}
+    if normal in FIELDS_BY_NAME or normal in by_env:
+        best = [by_env.get(normal, normal)]
+    else:
+        best = difflib.get_close_matches(normal, list(FIELDS_BY_NAME), n=1)
+    return f" (did you mean {best[0]!r}?)" if best else ""
+
+
+def _show(value: object) -> str:
+    """A value as the user wrote it: strings quoted, file booleans in TOML/YAML spelling."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _check_relations(settings: Settings, origins: Mapping[str, _Origin]) -> None:
+    """Rules between settings; the message names both sides and where each came from."""
+
+    def describe(name: str) -> str:
+        if name in origins:
+            return f"{origins[name].label}={_show(origins[name].raw)}"
+        field = FIELDS_BY_NAME[name]
+        return f"{name}={field.kind.format(getattr(settings, name))} (default)"
+
+    if settings.listen_port == settings.metrics_port:
+        raise ConfigError(
+            f"{describe('listen_port')} and {describe('metrics_port')}: "
+            "listen_port and metrics_port must differ"
+        )
+    if settings.retry_max_backoff < settings.retry_backoff:
+        raise ConfigError(
+            f"{describe('retry_max_backoff')} is less than {describe('retry_backoff')}: "
+            "retry_max_backoff must be at least retry_backoff"
+        )
+    if settings.per_try_timeout > settings.request_timeout:
+        raise ConfigError(
+            f"{describe('per_try_timeout')} exceeds {describe('request_timeout')}: "
+            "per_try_timeout must be at most request_timeout"
+        )
+
+
+def _advice(settings: Settings) -> tuple[str, ...]:
+    shutdown = settings.drain_delay + settings.shutdown_grace_period
+    if shutdown < KUBERNETES_GRACE_SECONDS:
+        return ()
+    return (
+        f"drain_delay + shutdown_grace_period = {format_duration(shutdown)}, not under "
+        f"Kubernetes' default terminationGracePeriodSeconds "
+        f"({format_duration(KUBERNETES_GRACE_SECONDS)}): raise the pod's "
+        "terminationGracePeriodSeconds above it, or in-flight requests are killed",
+    )

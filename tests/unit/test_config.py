@@ -1,0 +1,473 @@
+"""Settings: the table's defaults, sources and precedence, files, and every kind of bad value."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from sidecar_proxy.config import FIELDS, ConfigError, LoadedSettings, Settings, load_settings
+
+
+def write(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def load(
+    flags: dict[str, str] | None = None,
+    env: dict[str, str] | None = None,
+    config: str | None = None,
+) -> LoadedSettings:
+    return load_settings(flags or {}, env or {}, config)
+
+
+def error(
+    flags: dict[str, str] | None = None,
+    env: dict[str, str] | None = None,
+    config: str | None = None,
+) -> str:
+    with pytest.raises(ConfigError) as info:
+        load(flags, env, config)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+# --- the table ---------------------------------------------------------------------------
+
+
+def test_defaults_are_the_documented_table() -> None:
+    s = Settings()
+    assert (s.listen_host, s.listen_port) == ("0.0.0.0", 8080)
+    assert (s.upstream_host, s.upstream_port) == ("localhost", 3000)
+    assert (s.metrics_host, s.metrics_port) == ("0.0.0.0", 9090)
+    assert (s.request_timeout, s.per_try_timeout, s.connect_timeout) == (30.0, 0.0, 1.0)
+    assert (s.max_retries, s.retry_backoff, s.retry_max_backoff) == (3, 0.1, 5.0)
+    assert s.retry_on == frozenset({"connect-failure", "reset", "timeout", "502", "503", "504"})
+    assert s.retry_buffer_limit == 65536
+    assert (s.retry_budget_ratio, s.retry_budget_min_per_second, s.retry_budget_ttl) == (
+        0.2,
+        10,
+        10.0,
+    )
+    assert (s.circuit_breaker_threshold, s.circuit_breaker_timeout) == (5, 30.0)
+    assert s.circuit_breaker_half_open_requests == 1
+    assert s.circuit_breaker_failure_statuses == frozenset(range(500, 600))
+    assert (s.max_in_flight, s.upstream_max_idle, s.upstream_idle_timeout) == (1000, 100, 4.0)
+    assert (s.client_header_timeout, s.client_body_timeout, s.client_idle_timeout) == (
+        10.0,
+        30.0,
+        120.0,
+    )
+    assert (s.max_header_bytes, s.max_header_count, s.max_url_bytes) == (65536, 100, 8192)
+    assert s.max_request_body_bytes == 0
+    assert (s.drain_delay, s.shutdown_grace_period) == (5.0, 20.0)
+    assert (s.health_on_proxy_port, s.access_log, s.attempts_header) == (True, True, False)
+    assert (s.log_level, s.metrics_path_label_limit, s.trust_forwarded_headers) == (
+        "info",
+        200,
+        True,
+    )
+
+
+def test_table_covers_every_field_with_its_env_var_and_flag() -> None:
+    names = [f.name for f in dataclasses.fields(Settings)]
+    assert [f.name for f in FIELDS] == names
+    envs = {f.name: f.env for f in FIELDS}
+    assert envs["listen_port"] == "SIDECAR_LISTEN_PORT"
+    assert envs["connect_timeout"] == "UPSTREAM_CONNECT_TIMEOUT"
+    assert envs["upstream_max_idle"] == "UPSTREAM_MAX_IDLE_CONNECTIONS"
+    assert len(set(envs.values())) == len(FIELDS)
+    assert {f.name: f.flag for f in FIELDS}["retry_max_backoff"] == "--retry-max-backoff"
+    for field in FIELDS:
+        assert field.help and field.kind.expected
+        # The default text is valid input and prints back to the same value.
+        default = getattr(Settings(), field.name)
+        assert field.kind.parse(field.kind.format(default)) == default
+
+
+def test_settings_is_frozen_and_direct_construction_allows_port_zero() -> None:
+    s = dataclasses.replace(Settings(), listen_port=0, metrics_port=0)
+    assert s.listen_port == 0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.listen_port = 1  # type: ignore[misc]
+    assert not hasattr(s, "__dict__")
+
+
+def test_no_sources_gives_defaults() -> None:
+    loaded = load()
+    assert loaded.settings == Settings()
+    assert set(loaded.sources.values()) == {"default"}
+    assert loaded.warnings == ()
+
+
+# --- sources and precedence --------------------------------------------------------------
+
+
+def test_precedence_flag_over_env_over_file_over_default(tmp_path: Path) -> None:
+    config = write(
+        tmp_path,
+        "sidecar.toml",
+        'upstream_port = 3001\nmax_retries = 1\nrequest_timeout = "10s"\n',
+    )
+    loaded = load(
+        flags={"upstream_port": "3003"},
+        env={"UPSTREAM_PORT": "3002", "MAX_RETRIES": "2"},
+        config=config,
+    )
+    s = loaded.settings
+    assert (s.upstream_port, s.max_retries, s.request_timeout, s.listen_port) == (3003, 2, 10, 8080)
+    assert loaded.sources["upstream_port"] == "flag --upstream-port"
+    assert loaded.sources["max_retries"] == "env MAX_RETRIES"
+    assert loaded.sources["request_timeout"] == f"file {config}"
+    assert loaded.sources["listen_port"] == "default"
+
+
+def test_empty_env_var_is_unset(tmp_path: Path) -> None:
+    config = write(tmp_path, "c.toml", "max_retries = 7\n")
+    loaded = load(env={"MAX_RETRIES": "", "SIDECAR_LISTEN_PORT": ""}, config=config)
+    assert loaded.settings.max_retries == 7
+    assert loaded.settings.listen_port == 8080
+    assert loaded.sources["max_retries"] == f"file {config}"
+
+
+def test_config_file_named_by_env_and_flag_wins(tmp_path: Path) -> None:
+    by_env = write(tmp_path, "env.yaml", "max_retries: 4\n")
+    by_flag = write(tmp_path, "flag.yaml", "max_retries: 5\n")
+    assert load(env={"SIDECAR_CONFIG": by_env}).settings.max_retries == 4
+    assert load(env={"SIDECAR_CONFIG": by_env}, config=by_flag).settings.max_retries == 5
+    assert load(env={"SIDECAR_CONFIG": ""}).settings == Settings()
+
+
+def test_env_values_of_every_kind() -> None:
+    s = load(
+        env={
+            "LISTEN_HOST": "[::]",
+            "UPSTREAM_HOST": "app.default.svc",
+            "REQUEST_TIMEOUT": "1m30s",
+            "PER_TRY_TIMEOUT": "2.5s",
+            "RETRY_ON": " Reset, 429 ,500",
+            "RETRY_BUFFER_LIMIT": "1MB",
+            "RETRY_BUDGET_RATIO": ".5",
+            "CIRCUIT_BREAKER_FAILURE_STATUSES": "502,503",
+            "MAX_REQUEST_BODY_BYTES": "10MiB",
+            "ACCESS_LOG": "off",
+            "LOG_LEVEL": "DEBUG",
+        }
+    ).settings
+    assert s.listen_host == "::"
+    assert s.upstream_host == "app.default.svc"
+    assert (s.request_timeout, s.per_try_timeout) == (90.0, 2.5)
+    assert s.retry_on == frozenset({"reset", "429", "500"})
+    assert s.retry_buffer_limit == 1_000_000
+    assert s.retry_budget_ratio == 0.5
+    assert s.circuit_breaker_failure_statuses == frozenset({502, 503})
+    assert s.max_request_body_bytes == 10 * 1024 * 1024
+    assert s.access_log is False
+    assert s.log_level == "debug"
+
+
+def test_empty_list_flag_means_none() -> None:
+    s = load(flags={"retry_on": "", "circuit_breaker_failure_statuses": ""}).settings
+    assert s.retry_on == frozenset()
+    assert s.circuit_breaker_failure_statuses == frozenset()
+
+
+def test_toml_file_with_native_types(tmp_path: Path) -> None:
+    config = write(
+        tmp_path,
+        "sidecar.toml",
+        """
+listen_port = 8081
+upstream_host = "127.0.0.1"
+request_timeout = "45s"
+per_try_timeout = 0
+retry_budget_ratio = 0.5
+retry_buffer_limit = 1024
+max_header_bytes = "32KiB"
+retry_on = ["connect-failure", 503]
+circuit_breaker_failure_statuses = "5xx"
+attempts_header = true
+log_level = "warning"
+""",
+    )
+    loaded = load(config=config)
+    s = loaded.settings
+    assert (s.listen_port, s.upstream_host, s.request_timeout) == (8081, "127.0.0.1", 45.0)
+    assert (s.per_try_timeout, s.retry_budget_ratio) == (0.0, 0.5)
+    assert (s.retry_buffer_limit, s.max_header_bytes) == (1024, 32768)
+    assert s.retry_on == frozenset({"connect-failure", "503"})
+    assert s.circuit_breaker_failure_statuses == frozenset(range(500, 600))
+    assert (s.attempts_header, s.log_level) == (True, "warning")
+    assert sum(src == f"file {config}" for src in loaded.sources.values()) == 11
+
+
+def test_yaml_file_with_native_types(tmp_path: Path) -> None:
+    config = write(
+        tmp_path,
+        "sidecar.yml",
+        """
+# the pod's sidecar settings
+metrics_port: 9191
+retry_backoff: 50ms
+retry_max_backoff: 2s
+retry_on: [timeout, 504]
+access_log: off
+trust_forwarded_headers: false
+max_in_flight: 0
+""",
+    )
+    s = load(config=config).settings
+    assert s.metrics_port == 9191
+    assert (s.retry_backoff, s.retry_max_backoff) == (0.05, 2.0)
+    assert s.retry_on == frozenset({"timeout", "504"})
+    assert (s.access_log, s.trust_forwarded_headers, s.max_in_flight) == (False, False, 0)
+
+
+def test_empty_yaml_file_is_an_empty_table(tmp_path: Path) -> None:
+    assert load(config=write(tmp_path, "empty.yaml", "# nothing yet\n")).settings == Settings()
+
+
+def test_shutdown_longer_than_kubernetes_grace_is_only_a_warning() -> None:
+    loaded = load(env={"DRAIN_DELAY": "15s"})
+    assert loaded.settings.drain_delay == 15.0
+    (warning,) = loaded.warnings
+    assert "drain_delay + shutdown_grace_period = 35s" in warning
+    assert "terminationGracePeriodSeconds" in warning
+
+
+# --- bad values: one line naming the setting, the value and what is allowed -------------
+
+
+def test_port_not_a_number() -> None:
+    assert error(env={"SIDECAR_LISTEN_PORT": "abc"}) == (
+        "SIDECAR_LISTEN_PORT='abc': expected a port number 1-65535"
+    )
+
+
+def test_port_out_of_range() -> None:
+    assert error(env={"UPSTREAM_PORT": "70000"}) == (
+        "UPSTREAM_PORT='70000': expected a port number 1-65535"
+    )
+
+
+def test_port_zero_from_a_user_is_refused() -> None:
+    assert (
+        error(flags={"metrics_port": "0"}) == "--metrics-port='0': expected a port number 1-65535"
+    )
+
+
+def test_negative_duration() -> None:
+    assert error(env={"REQUEST_TIMEOUT": "-5s"}) == "REQUEST_TIMEOUT='-5s': must not be negative"
+
+
+def test_zero_duration_where_positive_required() -> None:
+    assert error(env={"UPSTREAM_CONNECT_TIMEOUT": "0"}) == (
+        "UPSTREAM_CONNECT_TIMEOUT='0': must be greater than 0"
+    )
+
+
+def test_duration_with_unknown_unit() -> None:
+    message = error(env={"RETRY_BACKOFF": "3x"})
+    assert message.startswith("RETRY_BACKOFF='3x': unknown unit 'x'; expected a duration")
+    assert "300ms" in message
+
+
+def test_duration_without_unit() -> None:
+    message = error(env={"REQUEST_TIMEOUT": "30"})
+    assert message.startswith("REQUEST_TIMEOUT='30': missing unit; expected a duration")
+
+
+def test_integer_with_junk() -> None:
+    assert error(flags={"max_retries": "3x"}) == "--max-retries='3x': expected an integer 0-10"
+
+
+def test_integer_out_of_range() -> None:
+    assert error(env={"MAX_RETRIES": "11"}) == "MAX_RETRIES='11': expected an integer 0-10"
+    assert error(env={"MAX_IN_FLIGHT": "-1"}) == "MAX_IN_FLIGHT='-1': expected an integer >= 0"
+
+
+def test_float_out_of_range() -> None:
+    assert error(env={"RETRY_BUDGET_RATIO": "1.5"}) == (
+        "RETRY_BUDGET_RATIO='1.5': expected a number 0-1"
+    )
+    assert error(env={"RETRY_BUDGET_RATIO": "nan"}) == (
+        "RETRY_BUDGET_RATIO='nan': expected a number 0-1"
+    )
+
+
+def test_size_out_of_range_and_malformed() -> None:
+    message = error(env={"MAX_HEADER_BYTES": "2MiB"})
+    assert message.startswith("MAX_HEADER_BYTES='2MiB': expected a size 1KiB-1MiB")
+    message = error(env={"RETRY_BUFFER_LIMIT": "1.5MiB"})
+    assert message.startswith("RETRY_BUFFER_LIMIT='1.5MiB': expected a size in bytes")
+
+
+def test_bad_bool() -> None:
+    assert error(env={"ACCESS_LOG": "maybe"}) == (
+        "ACCESS_LOG='maybe': expected a boolean: true/false, 1/0, yes/no or on/off"
+    )
+
+
+def test_bad_enum() -> None:
+    assert error(env={"LOG_LEVEL": "verbose"}) == (
+        "LOG_LEVEL='verbose': expected one of debug, info, warning, error"
+    )
+
+
+def test_bad_retry_on_token() -> None:
+    message = error(env={"RETRY_ON": "reset,5xx"})
+    assert message == (
+        "RETRY_ON='reset,5xx': unknown retry condition '5xx'; expected a comma-separated "
+        "list of connect-failure, reset, timeout, 429 or 500-599"
+    )
+    assert "'404'" in error(env={"RETRY_ON": "404"})
+
+
+def test_bad_failure_status() -> None:
+    message = error(env={"CIRCUIT_BREAKER_FAILURE_STATUSES": "500,429"})
+    assert message == (
+        "CIRCUIT_BREAKER_FAILURE_STATUSES='500,429': unknown status '429'; expected a "
+        "comma-separated list of status codes 500-599 or the word 5xx"
+    )
+
+
+@pytest.mark.parametrize("host", ["http://app", "app:3000", "", "a b", "[::1"])
+def test_bad_host(host: str) -> None:
+    assert error(flags={"upstream_host": host}) == (
+        f"--upstream-host={host!r}: expected a host name or IP address (no scheme, port or path)"
+    )
+
+
+def test_retry_max_backoff_below_retry_backoff() -> None:
+    assert error(env={"RETRY_MAX_BACKOFF": "50ms"}) == (
+        "RETRY_MAX_BACKOFF='50ms' is less than retry_backoff=100ms (default): "
+        "retry_max_backoff must be at least retry_backoff"
+    )
+
+
+def test_per_try_timeout_above_request_timeout() -> None:
+    assert error(flags={"per_try_timeout": "10s"}, env={"REQUEST_TIMEOUT": "5s"}) == (
+        "--per-try-timeout='10s' exceeds REQUEST_TIMEOUT='5s': "
+        "per_try_timeout must be at most request_timeout"
+    )
+
+
+def test_listen_port_equals_metrics_port(tmp_path: Path) -> None:
+    config = write(tmp_path, "c.yaml", "metrics_port: 8080\n")
+    assert error(config=config) == (
+        f"listen_port=8080 (default) and {config}: metrics_port=8080: "
+        "listen_port and metrics_port must differ"
+    )
+
+
+# --- bad files ---------------------------------------------------------------------------
+
+
+def test_file_value_names_file_and_key(tmp_path: Path) -> None:
+    config = write(tmp_path, "c.toml", "listen_port = 70000\n")
+    assert error(config=config) == f"{config}: listen_port=70000: expected a port number 1-65535"
+    config = write(tmp_path, "d.toml", "access_log = 1\n")
+    assert error(config=config).startswith(f"{config}: access_log=1: expected a boolean")
+    config = write(tmp_path, "e.yaml", "listen_port: true\n")
+    assert error(config=config) == f"{config}: listen_port=true: expected a port number 1-65535"
+
+
+def test_bare_number_duration_in_file_is_refused(tmp_path: Path) -> None:
+    config = write(tmp_path, "c.yaml", "request_timeout: 30\n")
+    assert error(config=config) == (
+        f"{config}: request_timeout=30: expected a duration string with a unit such as "
+        "'300ms' or '30s' (a bare number has no unit)"
+    )
+
+
+def test_unknown_file_key_suggests_the_closest(tmp_path: Path) -> None:
+    config = write(tmp_path, "config.yaml", "listen_prot: 8081\n")
+    assert error(config=config) == (
+        f"{config}: unknown key 'listen_prot' (did you mean 'listen_port'?)"
+    )
+
+
+def test_unknown_file_key_written_as_env_var_or_flag(tmp_path: Path) -> None:
+    config = write(tmp_path, "c.toml", "SIDECAR_LISTEN_PORT = 8081\n")
+    assert error(config=config).endswith(
+        "unknown key 'SIDECAR_LISTEN_PORT' (did you mean 'listen_port'?)"
+    )
+    config = write(tmp_path, "d.yaml", "max-retries: 2\n")
+    assert error(config=config).endswith("unknown key 'max-retries' (did you mean 'max_retries'?)")
+    config = write(tmp_path, "e.yaml", "zzz: 1\n")
+    assert error(config=config) == f"{config}: unknown key 'zzz'"
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nope.toml")
+    assert error(config=missing) == f"--config={missing!r}: file not found"
+    assert error(env={"SIDECAR_CONFIG": missing}) == f"SIDECAR_CONFIG={missing!r}: file not found"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_unreadable_file(tmp_path: Path) -> None:
+    config = write(tmp_path, "c.toml", "max_retries = 1\n")
+    os.chmod(config, 0)
+    assert error(config=config) == f"--config={config!r}: cannot read the file: Permission denied"
+
+
+def test_directory_instead_of_file(tmp_path: Path) -> None:
+    directory = tmp_path / "dir.yaml"
+    directory.mkdir()
+    assert error(config=str(directory)).startswith(f"--config={str(directory)!r}: cannot read")
+
+
+def test_unsupported_extension(tmp_path: Path) -> None:
+    config = write(tmp_path, "c.json", json.dumps({"max_retries": 1}))
+    assert error(config=config) == (
+        f"--config={config!r}: unsupported file type; expected a .toml, .yaml or .yml file"
+    )
+
+
+def test_bad_toml_syntax(tmp_path: Path) -> None:
+    config = write(tmp_path, "c.toml", "max_retries = 1\nlisten_port 8081\n")
+    message = error(config=config)
+    assert message.startswith(f"{config}: invalid TOML: ")
+    assert "line 2" in message
+
+
+def test_bad_yaml_syntax(tmp_path: Path) -> None:
+    config = write(tmp_path, "c.yaml", "max_retries: 1\nlisten_port: [8081\n")
+    message = error(config=config)
+    assert message.startswith(f"{config}: invalid YAML: ")
+    assert "line 3" in message
+
+
+def test_file_not_utf8(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_bytes(b"log_level = '\xff'\n")
+    assert error(config=str(config)).startswith(f"{config}: not UTF-8 text")
+
+
+@pytest.mark.parametrize(("text", "got"), [("- 1\n- 2\n", "list [1, 2]"), ("8080\n", "int 8080")])
+def test_top_level_not_a_table(tmp_path: Path, text: str, got: str) -> None:
+    config = write(tmp_path, "c.yaml", text)
+    assert (
+        error(config=config)
+        == f"{config}: expected a table of settings at the top level, got {got}"
+    )
+
+
+def test_nested_table_value_is_refused(tmp_path: Path) -> None:
+    config = write(tmp_path, "c.toml", "[max_retries]\nvalue = 1\n")
+    assert error(config=config) == (
+        f"{config}: max_retries={{'value': 1}}: expected an integer 0-10"
+    )
+
+
+def test_unknown_flag_setting() -> None:
+    assert (
+        error(flags={"max_retry": "1"})
+        == "unknown setting 'max_retry' (did you mean 'max_retries'?)"
+    )
