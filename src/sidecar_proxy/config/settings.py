@@ -218,7 +218,10 @@ class Settings:
     )
     access_log: bool = _setting("ACCESS_LOG", BOOL, "true", "log one line per request")
     log_level: str = _setting(
-        "LOG_LEVEL", EnumKind("debug", "info", "warning", "error"), "info", "least severe level"
+        "LOG_LEVEL",
+        EnumKind("debug", "info", "warning", "error"),
+        "info",
+        "least severe level logged",
     )
     metrics_path_label_limit: int = _setting(
         "METRICS_PATH_LABEL_LIMIT",

@@ -1,0 +1,194 @@
+"""The ``sidecar-proxy`` command: ``run`` (the default), ``check-config`` and ``demo``.
+
+Every setting's ``--flag`` is generated from :data:`~sidecar_proxy.config.FIELDS`, and flag
+values reach the loader as the text the user typed, so a flag is parsed and reported exactly
+like the env var and file key of the same setting. Flags therefore default to "not given"
+rather than to the setting's default: argparse never invents a value that would outrank the
+environment. Boolean flags may be given bare (``--attempts-header``) to mean true.
+
+Exit codes: 0 on success, 2 for any usage or configuration error (argparse's convention, so
+a bad setting is told apart from a runtime failure), 1 when the demo app cannot start,
+otherwise whatever the server returns.
+
+The server is imported only when it is about to run, so ``--help`` and ``check-config`` stay
+quick and work on a machine where the data path's native dependencies do not load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Mapping
+from typing import TextIO
+
+from sidecar_proxy import __version__
+from sidecar_proxy.config import FIELDS, ConfigError, LoadedSettings, Settings, load_settings
+from sidecar_proxy.config.kinds import BoolKind
+from sidecar_proxy.config.loader import CONFIG_ENV, CONFIG_FLAG
+
+PROG = "sidecar-proxy"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if not args_list or (
+        args_list[0].startswith("-") and args_list[0] not in ("-h", "--help", "--version")
+    ):
+        args_list.insert(0, "run")  # `sidecar-proxy --listen-port 8081` means run
+    try:
+        args = build_parser().parse_args(args_list)
+    except SystemExit as exc:  # --help, --version and usage errors
+        return 0 if exc.code is None else int(exc.code)
+
+    flags = {
+        field.name: getattr(args, field.name)
+        for field in FIELDS
+        if getattr(args, field.name) is not None
+    }
+    try:
+        loaded = load_settings(flags, os.environ, args.config)
+    except ConfigError as exc:
+        print(f"{PROG}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    for warning in loaded.warnings:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
+
+    if args.command == "check-config":
+        (print_json if args.json else print_table)(loaded, sys.stdout)
+        return 0
+    if args.command == "demo":
+        return run_demo(loaded.settings)
+    return serve(loaded.settings)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser; each subcommand takes every setting flag plus ``--config``."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    common.add_argument(
+        CONFIG_FLAG,
+        metavar="FILE",
+        help=f"TOML (.toml) or YAML (.yaml, .yml) file of settings [env {CONFIG_ENV}]",
+    )
+    group = common.add_argument_group(
+        "settings", "Each flag overrides its env var, which overrides the config file."
+    )
+    for field in FIELDS:
+        is_bool = isinstance(field.kind, BoolKind)
+        group.add_argument(
+            field.flag,
+            dest=field.name,
+            metavar=field.kind.metavar,
+            nargs="?" if is_bool else None,
+            const="true" if is_bool else None,
+            help=f"{field.help} [env {field.env}; default {field.default}]".replace("%", "%%"),
+        )
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="HTTP/1.1 sidecar proxy: retries, circuit breaking, load shedding, "
+        "metrics and graceful shutdown for the app beside it. "
+        "Without a command, `run` is assumed.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser(
+        "run",
+        parents=[common],
+        usage="%(prog)s [options]",
+        help="run the proxy (the default)",
+        description="Run the proxy.",
+    )
+    check = commands.add_parser(
+        "check-config",
+        parents=[common],
+        usage="%(prog)s [--json] [options]",
+        help="print the effective settings and where each came from",
+        description="Print every effective setting, its value and its source, then exit: "
+        "0 if the configuration is valid, 2 if not.",
+    )
+    check.add_argument("--json", action="store_true", help="print a JSON object instead")
+    commands.add_parser(
+        "demo",
+        parents=[common],
+        usage="%(prog)s [options]",
+        help="run the proxy in front of a built-in sample app",
+        description="Start a sample app on the upstream host and port, then run the proxy "
+        "in front of it.",
+    )
+    return parser
+
+
+def print_table(loaded: LoadedSettings, out: TextIO) -> None:
+    rows = [("SETTING", "VALUE", "SOURCE")] + [
+        (name, value, loaded.sources[name]) for name, value in _formatted(loaded.settings).items()
+    ]
+    name_width = max(len(row[0]) for row in rows)
+    value_width = max(len(row[1]) for row in rows)
+    for name, value, source in rows:
+        out.write(f"{name:<{name_width}}  {value:<{value_width}}  {source}\n")
+
+
+def print_json(loaded: LoadedSettings, out: TextIO) -> None:
+    """``{setting: {"value": native, "text": as in the table, "source": ...}}``."""
+    text = _formatted(loaded.settings)
+    document = {
+        field.name: {
+            "value": field.kind.to_json(getattr(loaded.settings, field.name)),
+            "text": text[field.name],
+            "source": loaded.sources[field.name],
+        }
+        for field in FIELDS
+    }
+    out.write(json.dumps(document, indent=2) + "\n")
+
+
+def _formatted(settings: Settings) -> Mapping[str, str]:
+    return {field.name: field.kind.format(getattr(settings, field.name)) for field in FIELDS}
+
+
+def serve(settings: Settings) -> int:
+    from sidecar_proxy import server  # noqa: PLC0415 - deferred: see the module docstring
+
+    return server.run(settings)
+
+
+def run_demo(settings: Settings) -> int:
+    from sidecar_proxy.demo import start_demo_app  # noqa: PLC0415 - only `demo` needs it
+
+    host, port = settings.upstream_host, settings.upstream_port
+    try:
+        app = start_demo_app(host, port)
+    except OSError as exc:
+        print(f"{PROG}: cannot start the demo app on {host}:{port}: {exc}", file=sys.stderr)
+        return 1
+    proxy = f"{_reachable(settings.listen_host)}:{settings.listen_port}"
+    admin = f"{_reachable(settings.metrics_host)}:{settings.metrics_port}"
+    print(
+        f"{PROG} demo: sample app on {host}:{port}, proxy on {proxy}, admin on {admin}\n"
+        "Try:\n"
+        f"  curl -i {proxy}/\n"
+        f"  curl -i {proxy}/users/42\n"
+        f"  curl -i '{proxy}/slow?ms=200'\n"
+        f"  curl -i {proxy}/flaky          # 503 half the time; the proxy retries it\n"
+        f"  curl -N {proxy}/stream         # server-sent events, streamed as they come\n"
+        f"  curl -i {proxy}/echo -d hello\n"
+        f"  curl {admin}/metrics\n"
+        "Press Ctrl-C to stop.",
+        file=sys.stderr,
+    )
+    try:
+        return serve(settings)
+    finally:
+        app.shutdown()
+        app.server_close()
+
+
+def _reachable(host: str) -> str:
+    """A host to put in a curl example: wildcard listen addresses are reachable locally."""
+    if host in ("0.0.0.0", "::", ""):
+        return "localhost"
+    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,371 @@
+"""The ``sidecar-proxy`` command run as a real process, and the demo app over real sockets."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from sidecar_proxy import __version__
+from sidecar_proxy.config import FIELDS
+from sidecar_proxy.demo import start_demo_app
+
+SCRIPT = Path(sys.executable).parent / "sidecar-proxy"
+CONFIG_ERROR = "sidecar-proxy: configuration error: "
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed script with none of the runner's own sidecar settings leaking in."""
+    clean = {
+        key: value
+        for key, value in os.environ.items()
+        if key != "SIDECAR_CONFIG" and key not in {field.env for field in FIELDS}
+    }
+    return subprocess.run(
+        [str(SCRIPT), *args],
+        env=clean | (env or {}),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def assert_config_error(result: subprocess.CompletedProcess[str], *parts: str) -> None:
+    assert result.returncode == 2, result
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(CONFIG_ERROR)
+    for part in parts:
+        assert part in lines[0]
+
+
+# --- version and help --------------------------------------------------------------------
+
+
+def test_version() -> None:
+    result = run_cli("--version")
+    assert (result.returncode, result.stdout) == (0, f"sidecar-proxy {__version__}\n")
+
+
+def test_top_level_help_lists_commands() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("run", "check-config", "demo"):
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize("command", ["run", "check-config", "demo"])
+def test_command_help_lists_every_flag_with_env_and_default(command: str) -> None:
+    result = run_cli(command, "--help", env={"COLUMNS": "400"})
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())  # undo argparse's wrapping
+    for field in FIELDS:
+        described = f"{field.help} [env {field.env}; default {field.default}]"
+        assert f" {field.flag} " in text
+        assert text.index(described) > text.index(f" {field.flag} ")
+    assert "--config FILE" in result.stdout
+    assert ("--json" in result.stdout) is (command == "check-config")
+
+
+def test_unknown_command_and_flag_are_usage_errors() -> None:
+    result = run_cli("bogus")
+    assert result.returncode == 2
+    assert "invalid choice: 'bogus'" in result.stderr
+    result = run_cli("check-config", "--listen-prot", "1")
+    assert result.returncode == 2
+    assert "unrecognized arguments: --listen-prot" in result.stderr
+
+
+# --- check-config ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "sidecar.toml"
+    path.write_text('max_retries = 5\nrequest_timeout = "90s"\nlisten_port = 8000\n')
+    return path
+
+
+def test_check_config_table_reports_sources(config_file: Path) -> None:
+    result = run_cli(
+        "check-config",
+        "--config",
+        str(config_file),
+        "--listen-port",
+        "8081",
+        "--attempts-header",
+        env={"RETRY_BACKOFF": "250ms", "MAX_RETRIES": "", "RETRY_BUFFER_LIMIT": "1048576"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    header, *rows = result.stdout.splitlines()
+    assert header.split() == ["SETTING", "VALUE", "SOURCE"]
+    table = {row.split()[0]: row.split(maxsplit=2)[1:] for row in rows}
+    assert len(table) == len(FIELDS)
+    assert table["listen_port"] == ["8081", "flag --listen-port"]
+    assert table["attempts_header"] == ["true", "flag --attempts-header"]
+    assert table["retry_backoff"] == ["250ms", "env RETRY_BACKOFF"]
+    assert table["retry_buffer_limit"] == ["1MiB", "env RETRY_BUFFER_LIMIT"]
+    assert table["max_retries"] == ["5", f"file {config_file}"]  # empty env var = unset
+    assert table["request_timeout"] == ["1m30s", f"file {config_file}"]
+    assert table["client_idle_timeout"] == ["2m0s", "default"]
+    assert table["retry_on"] == ["connect-failure,reset,timeout,502,503,504", "default"]
+    # Columns line up: every value starts where the header's VALUE does.
+    column = header.index("VALUE")
+    assert all(row[column - 2 : column] == "  " and row[column] != " " for row in rows)
+
+
+def test_check_config_json(config_file: Path) -> None:
+    result = run_cli(
+        "check-config",
+        "--json",
+        "--max-request-body-bytes=10MB",
+        env={"SIDECAR_CONFIG": str(config_file), "LOG_LEVEL": "WARNING"},
+    )
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert list(document) == [field.name for field in FIELDS]
+    assert document["max_retries"] == {"value": 5, "text": "5", "source": f"file {config_file}"}
+    assert document["request_timeout"] == {
+        "value": 90.0,
+        "text": "1m30s",
+        "source": f"file {config_file}",
+    }
+    assert document["log_level"] == {
+        "value": "warning",
+        "text": "warning",
+        "source": "env LOG_LEVEL",
+    }
+    assert document["max_request_body_bytes"] == {
+        "value": 10_000_000,
+        "text": "10MB",
+        "source": "flag --max-request-body-bytes",
+    }
+    assert document["retry_on"]["value"] == [
+        "connect-failure",
+        "reset",
+        "timeout",
+        "502",
+        "503",
+        "504",
+    ]
+    assert document["circuit_breaker_failure_statuses"]["value"] == list(range(500, 600))
+    assert document["health_on_proxy_port"] == {"value": True, "text": "true", "source": "default"}
+
+
+def test_check_config_yaml_file_relative_path(tmp_path: Path) -> None:
+    (tmp_path / "sidecar.yaml").write_text("upstream_host: app\nretry_on: [timeout]\n")
+    result = run_cli("check-config", "--json", "--config", "sidecar.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["upstream_host"] == {
+        "value": "app",
+        "text": "app",
+        "source": "file sidecar.yaml",
+    }
+    assert document["retry_on"]["value"] == ["timeout"]
+
+
+def test_check_config_prints_warnings_but_succeeds() -> None:
+    result = run_cli("check-config", env={"SHUTDOWN_GRACE_PERIOD": "40s"})
+    assert result.returncode == 0
+    assert result.stderr.startswith("sidecar-proxy: warning: drain_delay + shutdown_grace_period")
+
+
+@pytest.mark.parametrize(
+    ("env", "parts"),
+    [
+        ({"SIDECAR_LISTEN_PORT": "abc"}, ["SIDECAR_LISTEN_PORT='abc'", "port number 1-65535"]),
+        ({"REQUEST_TIMEOUT": "-5s"}, ["REQUEST_TIMEOUT='-5s'", "must not be negative"]),
+        ({"MAX_RETRIES": "3x"}, ["MAX_RETRIES='3x'", "expected an integer 0-10"]),
+        ({"ACCESS_LOG": "maybe"}, ["ACCESS_LOG='maybe'", "expected a boolean"]),
+        ({"METRICS_PORT": "8080"}, ["METRICS_PORT='8080'", "must differ"]),
+    ],
+)
+def test_check_config_bad_env_value(env: dict[str, str], parts: list[str]) -> None:
+    assert_config_error(run_cli("check-config", env=env), *parts)
+
+
+def test_check_config_bad_flag_value() -> None:
+    result = run_cli("check-config", "--request-timeout", "3x")
+    assert_config_error(result, "--request-timeout='3x'", "unknown unit 'x'", "300ms")
+
+
+def test_check_config_unknown_file_key(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("listen_prot: 8081\n")
+    result = run_cli("check-config", "--config", str(config))
+    assert_config_error(result, f"{config}: unknown key 'listen_prot'", "'listen_port'")
+
+
+def test_check_config_missing_file(tmp_path: Path) -> None:
+    missing = tmp_path / "absent.toml"
+    result = run_cli("check-config", "--config", str(missing))
+    assert_config_error(result, f"--config='{missing}'", "file not found")
+
+
+# --- run and demo refuse bad configuration before starting anything ----------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["demo"]])
+def test_run_and_demo_with_bad_value_exit_2_without_starting(command: list[str]) -> None:
+    upstream = free_port()
+    started = time.monotonic()
+    result = run_cli(
+        *command,
+        "--upstream-host=127.0.0.1",
+        f"--upstream-port={upstream}",
+        env={"REQUEST_TIMEOUT": "-5s"},
+    )
+    assert time.monotonic() - started < 10
+    assert_config_error(result, "REQUEST_TIMEOUT='-5s'", "must not be negative")
+    with socket.socket() as sock:  # the demo app was never bound
+        assert sock.connect_ex(("127.0.0.1", upstream)) != 0
+
+
+def test_demo_reports_a_busy_upstream_port() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli("demo", "--upstream-host", "127.0.0.1", "--upstream-port", str(port))
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"sidecar-proxy: cannot start the demo app on 127.0.0.1:{port}")
+
+
+# --- the demo app ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo() -> Iterator[ThreadingHTTPServer]:
+    app = start_demo_app("127.0.0.1", 0)
+    yield app
+    app.shutdown()
+    app.server_close()
+
+
+@pytest.fixture
+def conn(demo: ThreadingHTTPServer) -> Iterator[http.client.HTTPConnection]:
+    connection = http.client.HTTPConnection("127.0.0.1", demo.server_address[1], timeout=5)
+    yield connection
+    connection.close()
+
+
+def request(
+    conn: http.client.HTTPConnection,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[http.client.HTTPResponse, bytes]:
+    conn.request(method, path, body=body, headers=headers or {})
+    response = conn.getresponse()
+    return response, response.read()
+
+
+def test_demo_root_echoes_request_headers(conn: http.client.HTTPConnection) -> None:
+    response, body = request(conn, "GET", "/", headers={"X-Request-ID": "abc-123"})
+    assert response.status == 200
+    assert response.version == 11
+    assert response.getheader("Content-Type") == "application/json"
+    document = json.loads(body)
+    assert document["headers"]["X-Request-ID"] == "abc-123"
+    assert document["method"] == "GET"
+
+
+def test_demo_keeps_the_connection_alive(conn: http.client.HTTPConnection) -> None:
+    request(conn, "GET", "/users/1")
+    sock = conn.sock
+    response, _ = request(conn, "GET", "/users/2")
+    assert response.status == 200
+    assert conn.sock is sock
+
+
+def test_demo_user(conn: http.client.HTTPConnection) -> None:
+    response, body = request(conn, "GET", "/users/42")
+    assert response.status == 200
+    assert json.loads(body)["id"] == "42"
+
+
+def test_demo_slow(conn: http.client.HTTPConnection) -> None:
+    started = time.monotonic()
+    response, body = request(conn, "GET", "/slow?ms=200")
+    assert response.status == 200
+    assert json.loads(body) == {"slept_ms": 200}
+    assert 0.19 <= time.monotonic() - started < 2
+    response, _ = request(conn, "GET", "/slow?ms=soon")
+    assert response.status == 400
+
+
+def test_demo_flaky_gives_both_outcomes(conn: http.client.HTTPConnection) -> None:
+    statuses = {request(conn, "GET", "/flaky")[0].status for _ in range(60)}
+    assert statuses == {200, 503}  # misses both with odds of 2**-59
+
+
+@pytest.mark.parametrize("code", [200, 201, 204, 404, 429, 503])
+def test_demo_status(conn: http.client.HTTPConnection, code: int) -> None:
+    response, body = request(conn, "GET", f"/status/{code}")
+    assert response.status == code
+    assert body == (b"" if code == 204 else json.dumps({"status": code}).encode() + b"\n")
+
+
+def test_demo_echo_content_length(conn: http.client.HTTPConnection) -> None:
+    response, body = request(
+        conn, "POST", "/echo", body=b"hello", headers={"Content-Type": "text/plain"}
+    )
+    assert (response.status, body) == (200, b"hello")
+    assert response.getheader("Content-Type") == "text/plain"
+
+
+def test_demo_echo_chunked(conn: http.client.HTTPConnection) -> None:
+    conn.request("POST", "/echo", body=iter([b"hel", b"lo ", b"world"]), encode_chunked=True)
+    response = conn.getresponse()
+    assert (response.status, response.read()) == (200, b"hello world")
+    # The connection stays usable: the whole chunked body was consumed.
+    assert request(conn, "GET", "/users/7")[0].status == 200
+
+
+def test_demo_stream_sends_events_as_they_happen(conn: http.client.HTTPConnection) -> None:
+    started = time.monotonic()
+    conn.request("GET", "/stream")
+    response = conn.getresponse()
+    assert response.status == 200
+    assert response.getheader("Transfer-Encoding") == "chunked"
+    assert response.getheader("Content-Type") == "text/event-stream"
+    first = response.read1()
+    assert first.startswith(b"id: 1\n")
+    assert time.monotonic() - started < 0.15  # not held back until the end
+    rest = response.read()
+    events = (first + rest).decode().strip().split("\n\n")
+    assert [json.loads(event.split("data: ")[1])["n"] for event in events] == [1, 2, 3, 4, 5]
+    assert time.monotonic() - started >= 0.8
+
+
+def test_demo_unknown_route_is_json_404(conn: http.client.HTTPConnection) -> None:
+    response, body = request(conn, "GET", "/nope")
+    assert response.status == 404
+    assert json.loads(body)["error"] == "not found"
+    response, body = request(conn, "POST", "/users/1", body=b"ignored")
+    assert response.status == 404
+    assert request(conn, "HEAD", "/users/1")[1] == b""
