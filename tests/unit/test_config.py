@@ -305,7 +305,7 @@ def test_size_out_of_range_and_malformed() -> None:
     message = error(env={"MAX_HEADER_BYTES": "2MiB"})
     assert message.startswith("MAX_HEADER_BYTES='2MiB': expected a size 1KiB-1MiB")
     message = error(env={"RETRY_BUFFER_LIMIT": "1.5MiB"})
-    assert message.startswith("RETRY_BUFFER_LIMIT='1.5MiB': expected a size in bytes")
+    assert message.startswith("RETRY_BUFFER_LIMIT='1.5MiB': expected a size such as 65536")
 
 
 def test_bad_bool() -> None:
@@ -380,10 +380,14 @@ def test_file_value_names_file_and_key(tmp_path: Path) -> None:
 
 def test_bare_number_duration_in_file_is_refused(tmp_path: Path) -> None:
     config = write(tmp_path, "c.yaml", "request_timeout: 30\n")
-    assert error(config=config) == (
-        f"{config}: request_timeout=30: expected a duration string with a unit such as "
-        "'300ms' or '30s' (a bare number has no unit)"
+    assert error(config=config).startswith(
+        f"{config}: request_timeout=30: a bare number has no unit; expected a duration > 0 "
+        "such as 300ms"
     )
+    config = write(tmp_path, "d.yaml", "connect_timeout: 0\n")
+    assert error(config=config) == f"{config}: connect_timeout=0: must be greater than 0"
+    config = write(tmp_path, "e.yaml", "drain_delay: [5s]\n")
+    assert error(config=config).startswith(f"{config}: drain_delay=['5s']: expected a duration")
 
 
 def test_unknown_file_key_suggests_the_closest(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ the flag generator and ``check-config`` each have one code path for all settings
 * ``format(value)`` prints it back in the same syntax ``parse`` accepts (Go durations, exact
   sizes), so ``check-config`` output can be pasted into a manifest;
 * ``to_json(value)`` gives a plain JSON value for ``check-config --json``;
-* ``expected`` is the allowed-values phrase used in error messages and ``--help``.
+* ``expected`` is the allowed-values phrase that error messages end with.
 
 Native file values: ports, integers, floats and booleans may be written as the file format's
 own numbers and booleans. A number for a size means bytes, as a plain integer string does.
@@ -30,6 +30,8 @@ from typing import Generic, TypeVar
 
 from sidecar_proxy.config.units import (
     BOOL_EXAMPLES,
+    DURATION_EXAMPLES,
+    SIZE_EXAMPLES,
     format_duration,
     format_size,
     parse_bool,
@@ -163,11 +165,7 @@ class DurationKind(Kind[float]):
 
     def __init__(self, allow_zero: bool) -> None:
         self.allow_zero = allow_zero
-        self.expected = (
-            "expected a duration >= 0 such as 300ms, 1.5s or 2m30s"
-            if allow_zero
-            else "expected a duration > 0 such as 300ms, 1.5s or 2m30s"
-        )
+        self.expected = f"expected a duration {'>=' if allow_zero else '>'} 0 {DURATION_EXAMPLES}"
 
     def parse(self, text: str) -> float:
         nanos = parse_duration_nanos(text)
@@ -178,12 +176,11 @@ class DurationKind(Kind[float]):
         return nanos / 1_000_000_000
 
     def coerce_native(self, value: object) -> float:
-        if value == 0 and not isinstance(value, bool) and isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(self.expected)
+        if value == 0:
             return self.parse("0")
-        raise ValueError(
-            "expected a duration string with a unit such as '300ms' or '30s' "
-            "(a bare number has no unit)"
-        )
+        raise ValueError(f"a bare number has no unit; {self.expected}")
 
     def format(self, value: float) -> str:
         return format_duration(value)
@@ -203,8 +200,7 @@ class SizeKind(Kind[int]):
             f"expected a size {format_size(low)}-{format_size(high)} "
             "(bytes, or with a unit B, KB, KiB, MB, MiB, GB, GiB)"
             if high is not None
-            else "expected a size in bytes such as 65536, 64KiB or 1MB "
-            "(units B, KB, KiB, MB, MiB, GB, GiB)"
+            else f"expected a size {SIZE_EXAMPLES}"
         )
 
     def parse(self, text: str) -> int:
