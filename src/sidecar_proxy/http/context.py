@@ -1,0 +1,88 @@
+"""What every connection of one proxy shares: settings, pool, policies, recorder, health.
+
+Built once by the server; each protocol instance keeps one reference, so the hot path reaches any
+of these with a single attribute load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from sidecar_proxy.http.pool import UpstreamPool
+from sidecar_proxy.policy.backoff import Backoff
+from sidecar_proxy.policy.breaker import CircuitBreaker
+from sidecar_proxy.policy.budget import RetryBudget
+from sidecar_proxy.policy.retry import RetryPolicy
+from sidecar_proxy.policy.shedding import ConcurrencyLimit
+
+if TYPE_CHECKING:
+    from sidecar_proxy.admin.health import HealthState
+    from sidecar_proxy.config import Settings
+    from sidecar_proxy.http.downstream import DownstreamConnection
+    from sidecar_proxy.observe.metrics import Metrics
+    from sidecar_proxy.observe.recorder import Recorder
+
+
+class ProxyContext:
+    __slots__ = (
+        "breaker",
+        "budget",
+        "connections",
+        "draining",
+        "failure_statuses",
+        "health",
+        "limiter",
+        "loop",
+        "metrics",
+        "pool",
+        "recorder",
+        "retry",
+        "settings",
+    )
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        settings: Settings,
+        metrics: Metrics,
+        recorder: Recorder,
+        health: HealthState,
+    ) -> None:
+        self.loop = loop
+        self.settings = settings
+        self.metrics = metrics
+        self.recorder = recorder
+        self.health = health
+        self.pool = UpstreamPool(
+            loop,
+            settings.upstream_host,
+            settings.upstream_port,
+            max_idle=settings.upstream_max_idle,
+            idle_timeout=settings.upstream_idle_timeout,
+            connect_timeout=settings.connect_timeout,
+            on_connection=metrics.on_upstream_connection,
+        )
+        self.breaker = CircuitBreaker(
+            settings.circuit_breaker_threshold,
+            settings.circuit_breaker_timeout,
+            settings.circuit_breaker_half_open_requests,
+            loop.time,
+            on_transition=metrics.on_breaker_transition,
+        )
+        self.budget = budget = RetryBudget(
+            settings.retry_budget_ratio,
+            settings.retry_budget_min_per_second,
+            settings.retry_budget_ttl,
+            loop.time,
+        )
+        self.retry = RetryPolicy(
+            settings.max_retries,
+            settings.retry_on,
+            Backoff(settings.retry_backoff, settings.retry_max_backoff),
+            budget,
+        )
+        self.limiter = ConcurrencyLimit(settings.max_in_flight)
+        self.failure_statuses = settings.circuit_breaker_failure_statuses
+        self.connections: set[DownstreamConnection] = set()
+        self.draining = False

@@ -1,0 +1,522 @@
+"""The client leg: one accepted connection, parsed with httptools (llhttp) in strict mode.
+
+Connection state lives here; each request's state lives in its :class:`Forward`. Requests are
+answered strictly in order (HTTP/1.1 pipelining, RFC 9112 §9.3.2): only the first Forward of the
+queue talks to the app, later ones wait with reading paused, so a pipelining client cannot make
+the proxy buffer more than one read.
+
+Every rule the proxy enforces on requests (RFC 9112, against request smuggling; size limits; slow
+clients) is applied here, before a byte reaches the app. A rejected request still becomes a
+Forward, so it is answered in its place in the queue and recorded like any other request; nothing
+after it on the connection is ever forwarded.
+
+Reading is paused for several independent reasons at once (the app cannot take more body, a
+pipelined request is waiting, an upgrade waits for its 101, a rejection is pending); a bit per
+reason keeps one reason's resume from undoing another's pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import cast
+import time
+from collections import deque
+
+import httptools
+
+from sidecar_proxy.http.context import ProxyContext
+from sidecar_proxy.http.forward import Forward
+from sidecar_proxy.http.headers import KNOWN_CODINGS, list_tokens, new_request_id, valid_request_id
+from sidecar_proxy.http.request import RequestHead
+from sidecar_proxy.observe import exchange as X
+from sidecar_proxy.observe.exchange import Exchange
+from sidecar_proxy.observe.tracecontext import trace_id
+
+# reasons reading from the client is paused
+_FOR_APP = 1  # the app (or the lack of a connection to it) cannot take more request body
+_PIPELINE = 2  # a later request is parsed and waits its turn
+_UPGRADE = 4  # bytes after an Upgrade request wait for the app's 101
+_REJECTED = 8  # the stream is no longer trusted: nothing more is parsed
+
+# what the connection is waiting for; decides what its one timer means
+_IDLE = 0  # between requests: client_idle_timeout
+_HEAD = 1  # inside a request head: client_header_timeout (slowloris -> 408)
+_BODY = 2  # inside a request body: client_body_timeout since the last byte
+_BUSY = 3  # request read, response in progress: the Forward's own deadline applies
+
+_SUPPORTED_VERSIONS = frozenset({"1.0", "1.1"})
+
+
+class _Reject(Exception):
+    """Raised from a parser callback to stop parsing: this request is answered with an error."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+class DownstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "_body_seen",
+        "_deadline",
+        "_head_bytes",
+        "_last_body",
+        "_parser",
+        "_read_block",
+        "_state",
+        "_timer",
+        "_timer_when",
+        "closing",
+        "ctx",
+        "cur",
+        "parsing",
+        "queue",
+        "remote_addr",
+        "transport",
+        "tunnel",
+        "write_paused",
+    )
+
+    def __init__(self, ctx: ProxyContext) -> None:
+        self.ctx = ctx
+        self.transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self.remote_addr = ""
+        self.queue: deque[Forward] = deque()
+        self.cur: RequestHead | None = None  # the head being parsed
+        self.parsing: Forward | None = None  # the request whose body is being parsed
+        self.tunnel: Forward | None = None
+        self.write_paused = False
+        self.closing = False
+        self._read_block = 0
+        self._state = _IDLE
+        self._head_bytes = 0
+        self._body_seen = 0
+        self._last_body = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = 0.0
+        self._deadline = 0.0
+
+    # == lifecycle =================================================================================
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.remote_addr = peer[0] if peer else ""
+        ctx = self.ctx
+        ctx.connections.add(self)
+        ctx.metrics.connection_opened()
+        # A new connection must start a request as promptly as a started head must finish.
+        self._set_deadline(ctx.loop.time() + ctx.settings.client_header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        ctx = self.ctx
+        ctx.connections.discard(self)
+        ctx.metrics.connection_closed()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.tunnel is not None:
+            tunnel, self.tunnel = self.tunnel, None
+            tunnel.tunnel_client_closed()
+        for fwd in list(self.queue):
+            fwd.client_gone()
+        self.queue.clear()
+        self.transport = None
+
+    def eof_received(self) -> bool:
+        # Like nginx, a client that closes its sending side has given up on the request: the
+        # exchange is cancelled (499) rather than completed for nobody.
+        return False
+
+    def close_transport(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def close_if_idle(self) -> bool:
+        """Drain: close a keep-alive connection that has no request in progress."""
+        if not self.queue and self.tunnel is None and self._state == _IDLE:
+            self.close_transport()
+            return True
+        return False
+
+    # == bytes in ==================================================================================
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.tunnel_from_client(data)
+            return
+        if self._read_block & _REJECTED:
+            return
+        if self._state == _HEAD:
+            # httptools buffers a header until it is complete; bound that buffer ourselves.
+            self._head_bytes += len(data)
+            s = self.ctx.settings
+            if self._head_bytes > s.max_header_bytes + s.max_url_bytes:
+                self._reject(431, "request header section too large")
+                return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgraded(data[exc.args[0] :])
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _Reject):
+                self._reject(cause.status, cause.detail)
+            else:
+                raise
+        except httptools.HttpParserError as exc:
+            self._reject(400, _parser_detail(exc))
+
+    # == httptools callbacks =======================================================================
+
+    def on_message_begin(self) -> None:
+        if self.closing:
+            raise _Reject(0, "connection closing")  # stop parsing; nothing more is answered
+        self.cur = RequestHead()
+        self._state = _HEAD
+        self._head_bytes = 0
+        self._set_deadline(self.ctx.loop.time() + self.ctx.settings.client_header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        cur = self.cur
+        assert cur is not None
+        if not cur.method:
+            cur.method = self._parser.get_method()
+        cur.target += url
+        if len(cur.target) > self.ctx.settings.max_url_bytes:
+            raise _Reject(414, "request target too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        cur = self.cur
+        if cur is None:  # a trailer field after a chunked body
+            if self.parsing is not None:
+                self.parsing.req_trailers.append((name, value))
+            return
+        s = self.ctx.settings
+        cur.header_bytes += len(name) + len(value) + 4
+        if cur.header_bytes > s.max_header_bytes:
+            raise _Reject(431, "request header section too large")
+        if len(cur.headers) >= s.max_header_count:
+            raise _Reject(431, "too many request header fields")
+        low = name.lower()
+        if low == b"host":
+            cur.host_count += 1
+            cur.host = value
+        elif low == b"content-length":
+            cur.content_length = int(value)  # llhttp has checked digits and duplicates
+        elif low == b"transfer-encoding":
+            cur.transfer_encoding.append(value)
+        elif low == b"connection":
+            cur.connection.append(value)
+        elif low == b"upgrade":
+            cur.upgrade = value
+        elif low == b"user-agent":
+            cur.user_agent = value
+        elif low == b"traceparent":
+            cur.traceparent = value
+        elif low == b"x-b3-traceid":
+            cur.b3_trace_id = value
+        elif low == b"idempotency-key":
+            cur.idempotency_key = True
+        elif low == b"x-request-id":
+            cur.request_id = value
+            return  # re-added by the Forward, exactly once
+        elif low == b"x-forwarded-for":
+            cur.xff = cur.xff + b", " + value if cur.xff else value
+            return  # re-added with the client's address appended
+        elif low == b"x-forwarded-proto":
+            cur.forwarded_proto = value
+            return
+        elif low == b"x-forwarded-host":
+            cur.forwarded_host = value
+            return
+        cur.headers.append((name, value))
+        cur.lowered.append(low)
+
+    def on_headers_complete(self) -> None:
+        cur = self.cur
+        assert cur is not None
+        self.cur = None
+        parser = self._parser
+        ctx = self.ctx
+        cur.version = parser.get_http_version()
+        cur.keep_alive = parser.should_keep_alive()
+        if not cur.method:
+            cur.method = parser.get_method()
+        fwd = Forward(self, cur, self._exchange(cur))
+        self.parsing = fwd
+        self.queue.append(fwd)
+        ctx.recorder.started()
+        problem = self._check(cur)
+        if problem is not None:
+            fwd.rejected = problem
+            cur.keep_alive = False
+        has_body = cur.chunked or bool(cur.content_length)
+        fwd.req_done = not has_body  # so an answer given at once can keep the connection
+        if has_body:
+            self._state = _BODY
+            self._body_seen = 0
+            self._last_body = ctx.loop.time()
+            self._set_deadline(self._last_body + ctx.settings.client_body_timeout)
+        else:
+            self._state = _BUSY
+        if len(self.queue) == 1:
+            fwd.start()
+        else:
+            self._block(_PIPELINE)
+        if problem is not None:
+            raise _Reject(0, problem[1])  # already answered in its turn; stop parsing
+
+    def on_body(self, body: bytes) -> None:
+        fwd = self.parsing
+        if fwd is None or fwd.finished:
+            return  # answered early (413, 503, ...): the rest of its body is ignored
+        self._last_body = self.ctx.loop.time()
+        limit = self.ctx.settings.max_request_body_bytes
+        if limit:
+            self._body_seen += len(body)
+            if self._body_seen > limit:
+                raise _Reject(413, "request body too large")
+        fwd.request_body(body)
+
+    def on_message_complete(self) -> None:
+        fwd = self.parsing
+        if fwd is None:
+            return
+        if self._state == _BODY:
+            self._state = _BUSY
+        if fwd.req_done:
+            return
+        if fwd.finished:
+            fwd.req_done = True
+        else:
+            fwd.request_end(fwd.req_trailers)
+
+    # == checks ====================================================================================
+
+    def _check(self, cur: RequestHead) -> tuple[int, str] | None:
+        """The RFC 9112 rules llhttp leaves to us; None when the request may be forwarded."""
+        if cur.version not in _SUPPORTED_VERSIONS:
+            return 505, f"HTTP/{cur.version} is not supported"
+        if cur.host_count > 1 or (cur.version == "1.1" and cur.host_count == 0):
+            return 400, "an HTTP/1.1 request needs exactly one Host header"
+        if cur.method == b"CONNECT":
+            return 501, "CONNECT is not supported by a reverse proxy"
+        if cur.transfer_encoding:
+            codings = list_tokens(cur.transfer_encoding)
+            if codings[-1] != b"chunked":
+                return 400, "chunked must be the final transfer coding"
+            if len(codings) > 1:
+                unknown = not all(c in KNOWN_CODINGS for c in codings)
+                return 501, "unknown transfer coding" if unknown else "transfer coding not supported"
+            cur.chunked = True
+        limit = self.ctx.settings.max_request_body_bytes
+        if limit and cur.content_length is not None and cur.content_length > limit:
+            return 413, "request body too large"
+        if cur.upgrade:
+            if b"upgrade" not in list_tokens(cur.connection) or cur.version != "1.1":
+                cur.upgrade = b""  # not an upgrade request after all (RFC 9110 §7.8)
+            elif cur.upgrade.lower().startswith(b"h2c"):
+                cur.upgrade = b""  # no HTTP/2 towards the app; answer over HTTP/1.1
+        if cur.target[:1] != b"/" and cur.target != b"*":
+            return self._absolute_form(cur)
+        return None
+
+    @staticmethod
+    def _absolute_form(cur: RequestHead) -> tuple[int, str] | None:
+        """RFC 9112 §3.2.2: an absolute-form target is sent on in origin-form, and its
+        authority replaces Host."""
+        try:
+            url = httptools.parse_url(cur.target)
+        except httptools.HttpParserInvalidURLError:
+            return 400, "malformed request target"
+        if url.schema not in (b"http", b"https") or not url.host:
+            return 400, "malformed request target"
+        cur.target = (url.path or b"/") + (b"?" + url.query if url.query else b"")
+        authority = url.host + (b":%d" % url.port if url.port else b"")
+        for i, low in enumerate(cur.lowered):
+            if low == b"host":
+                cur.headers[i] = (cur.headers[i][0], authority)
+        cur.host = authority
+        return None
+
+    def _exchange(self, cur: RequestHead) -> Exchange:
+        ex = Exchange(self.ctx.loop.time(), time.time(), self.remote_addr)
+        ex.method = cur.method.decode("latin-1")
+        path, q, _ = cur.target.partition(b"?")
+        ex.path = path.decode("latin-1")
+        ex.has_query = bool(q)
+        ex.user_agent = cur.user_agent.decode("latin-1")
+        rid = cur.request_id
+        ex.request_id = rid.decode("ascii") if valid_request_id(rid) else new_request_id()
+        ex.trace_id, _ = trace_id(cur.traceparent, cur.b3_trace_id, ex.request_id)
+        return ex
+
+    def _reject(self, status: int, detail: str) -> None:
+        """Stop trusting the stream: answer this request with ``status`` in its turn, forward
+        nothing after it, and close once the answer is out."""
+        self._block(_REJECTED)
+        if status == 0:
+            return  # the Forward that carries the rejection already exists
+        fwd = self.parsing
+        if fwd is not None and not fwd.req_done and not fwd.finished:
+            # the request whose body was being read is the bad one
+            flag = X.DOWNSTREAM_TIMEOUT if status == 408 else X.DOWNSTREAM_PROTOCOL_ERROR
+            fwd.ex.flags.append(flag)
+            fwd.head.keep_alive = False
+            if self.queue and fwd is self.queue[0]:
+                if fwd.committed:
+                    fwd.out.clear()
+                    self.close_transport()
+                    fwd.client_gone()
+                else:
+                    fwd.reply(status, detail)
+            else:
+                fwd.rejected = (status, detail)
+            return
+        cur = self.cur or RequestHead()
+        self.cur = None
+        cur.keep_alive = False
+        if not cur.method:
+            try:
+                cur.method = self._parser.get_method()
+            except httptools.HttpParserError:
+                cur.method = b""
+        fwd = Forward(self, cur, self._exchange(cur))
+        fwd.rejected = (status, detail)
+        self.parsing = fwd
+        self.queue.append(fwd)
+        self.ctx.recorder.started()
+        if len(self.queue) == 1:
+            fwd.start()
+
+    def _upgraded(self, rest: bytes) -> None:
+        fwd = self.parsing
+        if fwd is None or not fwd.head.upgrade:
+            # llhttp stops at anything that looks like an upgrade; if we decided it is not one,
+            # parse on with a fresh parser from where it stopped.
+            self._parser = httptools.HttpRequestParser(self)
+            if rest:
+                self.data_received(rest)
+            return
+        self._block(_UPGRADE)
+        if rest:
+            fwd.tunnel_from_client(rest)
+
+    def start_tunnel(self, fwd: Forward) -> None:
+        self.tunnel = fwd
+        self._state = _BUSY
+        self._unblock(_UPGRADE)
+
+    # == the Forward reports back ==================================================================
+
+    def forward_done(self, fwd: Forward) -> None:
+        queue = self.queue
+        if queue and queue[0] is fwd:
+            queue.popleft()
+        else:
+            try:
+                queue.remove(fwd)
+            except ValueError:
+                pass
+        if self.parsing is fwd and fwd.req_done:
+            self.parsing = None
+        if self.closing or self.transport is None:
+            return
+        if fwd.tunnel:
+            return
+        if not fwd.keep_client:
+            self.close_transport()
+            return
+        if queue:
+            # Not started from here: a run of pipelined requests answered at once would
+            # otherwise recurse once per request.
+            self.ctx.loop.call_soon(self._start_next)
+            return
+        self._unblock(_PIPELINE)
+        if self.ctx.draining:
+            self.close_transport()
+            return
+        if self._state == _BUSY:
+            self._state = _IDLE
+            self._set_deadline(self.ctx.loop.time() + self.ctx.settings.client_idle_timeout)
+
+    def _start_next(self) -> None:
+        if self.closing or not self.queue:
+            return
+        if len(self.queue) == 1:
+            self._unblock(_PIPELINE)
+        self.queue[0].start()
+
+    # == flow control ==============================================================================
+
+    def _block(self, reason: int) -> None:
+        if not self._read_block and self.transport is not None:
+            self.transport.pause_reading()
+        self._read_block |= reason
+
+    def _unblock(self, reason: int) -> None:
+        if self._read_block & reason:
+            self._read_block &= ~reason
+            if not self._read_block and self.transport is not None and not self.closing:
+                self.transport.resume_reading()
+
+    def block_reading_for_app(self) -> None:
+        self._block(_FOR_APP)
+
+    def unblock_reading_for_app(self) -> None:
+        self._unblock(_FOR_APP)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        fwd = self.tunnel or (self.queue[0] if self.queue else None)
+        if fwd is not None:
+            fwd.client_write_paused(True)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        fwd = self.tunnel or (self.queue[0] if self.queue else None)
+        if fwd is not None:
+            fwd.client_write_paused(False)
+
+    # == the one connection timer ==================================================================
+
+    def _set_deadline(self, when: float) -> None:
+        """Lazy timer: a later deadline reuses the armed timer (it re-arms when it fires early),
+        so most requests cost no timer churn at all."""
+        self._deadline = when
+        if self._timer is None or when < self._timer_when:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.ctx.loop.call_at(when, self._on_timer)
+            self._timer_when = when
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.closing:
+            return
+        ctx = self.ctx
+        now = ctx.loop.time()
+        state = self._state
+        if state == _BUSY:
+            return  # the Forward's deadline governs; forward_done re-arms us
+        if state == _BODY:
+            self._deadline = self._last_body + ctx.settings.client_body_timeout
+        if now < self._deadline:
+            self._set_deadline(self._deadline)
+            return
+        if state == _IDLE:
+            self.close_transport()
+        else:
+            self._reject(408, "request header timeout" if state == _HEAD else "request body timeout")
+
+
+
+def _parser_detail(exc: httptools.HttpParserError) -> str:
+    detail = str(exc) or type(exc).__name__
+    return detail[:100]

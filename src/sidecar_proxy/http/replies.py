@@ -1,0 +1,51 @@
+"""Responses the sidecar writes itself: errors, rejections and health answers.
+
+Rare-path code, so clarity over speed; the common status lines are still precomputed.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+_STATUS_LINES = {s.value: b"HTTP/1.1 %d %b\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
+
+
+def status_line(status: int, reason: bytes = b"") -> bytes:
+    if reason:
+        return b"HTTP/1.1 %d %b\r\n" % (status, reason)
+    return _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status
+
+
+def local_reply(
+    status: int,
+    body: bytes,
+    *,
+    request_id: str | None,
+    close: bool,
+    content_type: bytes = b"text/plain; charset=utf-8",
+    extra: list[tuple[bytes, bytes]] | None = None,
+    head_only: bool = False,
+) -> bytes:
+    """A complete response with a Content-Length body."""
+    lines = [
+        status_line(status),
+        b"Content-Type: ",
+        content_type,
+        b"\r\nContent-Length: %d\r\n" % len(body),
+    ]
+    if request_id:
+        lines += [b"X-Request-ID: ", request_id.encode(), b"\r\n"]
+    for name, value in extra or ():
+        lines += [name, b": ", value, b"\r\n"]
+    if close:
+        lines.append(b"Connection: close\r\n")
+    lines.append(b"\r\n")
+    if not head_only:
+        lines.append(body)
+    return b"".join(lines)
+
+
+def error_body(status: int, detail: str) -> bytes:
+    """A short plain-text body: the status phrase and what happened, for humans and curl."""
+    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    return f"{status} {phrase}: {detail}\n".encode()

@@ -1,0 +1,171 @@
+"""Process lifecycle: event loop, listeners, admin thread, signals and the drain.
+
+Shutdown follows what Kubernetes needs from a pod that is being removed (the endpoints update
+lags the SIGTERM by a few seconds):
+
+1. SIGTERM or SIGINT: ``/ready`` answers 503 at once; requests keep being served normally.
+2. After ``drain_delay`` the listener closes and the proxy drains: idle keep-alive connections
+   close, responses in progress carry ``Connection: close``.
+3. In-flight requests may finish within ``shutdown_grace_period``; whatever is left is then cut.
+4. The process exits 0. A second signal exits at once (exit code 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable
+
+import uvloop
+
+from sidecar_proxy import __version__
+from sidecar_proxy.admin.health import HealthState
+from sidecar_proxy.admin.server import AdminServer
+from sidecar_proxy.config import Settings
+from sidecar_proxy.http.context import ProxyContext
+from sidecar_proxy.http.downstream import DownstreamConnection
+from sidecar_proxy.observe.accesslog import FLUSH_INTERVAL, AccessLog
+from sidecar_proxy.observe.logs import configure_logging
+from sidecar_proxy.observe.metrics import Metrics
+from sidecar_proxy.observe.paths import PathLabeler
+from sidecar_proxy.observe.recorder import Recorder
+
+log = logging.getLogger("sidecar_proxy.server")
+
+
+
+class ProxyServer:
+    """One proxy: listener, admin server, shared context. Usable in-process (tests, demo)."""
+
+    def __init__(self, settings: Settings, access_log_fd: int = 1) -> None:
+        self.settings = settings
+        self._access_log_fd = access_log_fd
+        self.metrics = Metrics()
+        self.health = HealthState()
+        self.access_log: AccessLog | None = None
+        self.ctx: ProxyContext | None = None
+        self.admin: AdminServer | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._flusher: asyncio.TimerHandle | None = None
+        self.port = 0
+        self.admin_port = 0
+
+    async def start(self) -> None:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        if s.access_log:
+            self.access_log = AccessLog(self._access_log_fd, on_drop=self.metrics.access_log_drop)
+            self._flusher = loop.call_later(FLUSH_INTERVAL, self._flush_access_log)
+        recorder = Recorder(self.metrics, PathLabeler(s.metrics_path_label_limit), self.access_log)
+        ctx = ProxyContext(loop, s, self.metrics, recorder, self.health)
+        self.ctx = ctx
+        self.admin = AdminServer(s.metrics_host, s.metrics_port, self.metrics.registry, self.health)
+        self.admin.start()
+        self.admin_port = self.admin.port
+        self._server = await loop.create_server(
+            lambda: DownstreamConnection(ctx),
+            s.listen_host,
+            s.listen_port,
+            backlog=2048,
+            reuse_address=True,
+        )
+        sock: socket.socket = self._server.sockets[0]
+        self.port = sock.getsockname()[1]
+        log.info(
+            "listening",
+            extra={
+                "listen": f"{s.listen_host}:{self.port}",
+                "upstream": f"{s.upstream_host}:{s.upstream_port}",
+                "admin": f"{s.metrics_host}:{self.admin_port}",
+                "version": __version__,
+            },
+        )
+
+    def _flush_access_log(self) -> None:
+        if self.access_log is not None:
+            self.access_log.flush()
+            loop = asyncio.get_running_loop()
+            self._flusher = loop.call_later(FLUSH_INTERVAL, self._flush_access_log)
+
+    async def shutdown(self) -> None:
+        """The drain described in the module docstring; returns when the proxy has stopped."""
+        s = self.settings
+        ctx = self.ctx
+        assert ctx is not None and self._server is not None
+        self.health.ready = False
+        log.info("draining", extra={"drain_delay_s": s.drain_delay})
+        if s.drain_delay > 0:
+            await asyncio.sleep(s.drain_delay)
+        self._server.close()
+        ctx.draining = True
+        for conn in list(ctx.connections):
+            conn.close_if_idle()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + s.shutdown_grace_period
+        while ctx.connections and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        left = len(ctx.connections)
+        if left:
+            log.warning("grace period over, closing connections", extra={"connections": left})
+            for conn in list(ctx.connections):
+                conn.close_transport()
+            await asyncio.sleep(0)
+        await self.close()
+        log.info("stopped")
+
+    async def close(self) -> None:
+        """Release everything at once (the end of a drain, or a test's teardown)."""
+        if self._server is not None:
+            self._server.close()
+        if self.ctx is not None:
+            for conn in list(self.ctx.connections):
+                conn.close_transport()
+            self.ctx.pool.close()
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
+        if self.admin is not None:
+            self.admin.stop()
+        if self.access_log is not None:
+            self.access_log.close(timeout=2.0)
+
+
+def run(settings: Settings, before_start: Callable[[], None] | None = None) -> int:
+    """Run a proxy until SIGTERM or SIGINT, drain, and return the exit code."""
+    configure_logging(settings.log_level)
+    return uvloop.run(_main(settings, before_start))
+
+
+async def _main(settings: Settings, before_start: Callable[[], None] | None) -> int:
+    loop = asyncio.get_running_loop()
+    server = ProxyServer(settings)
+    if before_start is not None:
+        before_start()
+    try:
+        await server.start()
+    except OSError as exc:
+        log.error("cannot listen", extra={"error": str(exc)})
+        await server.close()
+        return 1
+    stop = asyncio.Event()
+    signals_seen = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen > 1:
+            log.warning("second signal, exiting now", extra={"signal": signal.Signals(signum).name})
+            if server.access_log is not None:
+                server.access_log.flush()
+            os._exit(1)
+        log.info("shutdown requested", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    await stop.wait()
+    await server.shutdown()
+    return 0
