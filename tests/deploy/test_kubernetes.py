@@ -1,0 +1,357 @@
+"""The Kubernetes manifests: valid for the API server, and in agreement with the sidecar itself.
+
+The rendered files under deploy/kubernetes/rendered are what users without kustomize apply, so
+most checks read those; test_rendered_files_are_current holds them equal to what kustomize
+builds from the overlays.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate  # type: ignore[import-untyped]  # the package ships no type hints
+import pytest
+import yaml
+from running import REPO
+from sidecar_settings import BY_ENV, check_config, load_env
+
+from sidecar_proxy.config import ConfigError, Settings, parse_duration
+
+KUBE = REPO / "deploy" / "kubernetes"
+VARIANTS = ("classic", "native")
+LATEST = kubernetes_validate.latest_version()
+# Oldest schema each variant must still be valid for: classic sidecars work everywhere (the
+# oldest schema kubernetes-validate ships), native ones need the SidecarContainers feature,
+# on by default from 1.29.
+OLDEST = {"classic": "1.25.0", "native": "1.29.0"}
+
+# The seed's sidecar resources; ours must fit inside them.
+SEED_REQUESTS = {"memory": "64Mi", "cpu": "50m"}
+SEED_LIMITS = {"memory": "128Mi", "cpu": "100m"}
+# Our RSS targets for the Python sidecar: idle, and with 1,000 open connections.
+RSS_IDLE_MIB = 40
+RSS_LOADED_MIB = 64
+
+Doc = dict[str, Any]
+
+
+def load(path: Path) -> list[Doc]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+def rendered(variant: str) -> list[Doc]:
+    return load(KUBE / "rendered" / f"{variant}.yaml")
+
+
+def one(docs: list[Doc], kind: str) -> Doc:
+    found = [d for d in docs if d["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def pod_spec(variant: str) -> Doc:
+    spec: Doc = one(rendered(variant), "Deployment")["spec"]["template"]["spec"]
+    return spec
+
+
+def containers(variant: str) -> dict[str, Doc]:
+    """Every container of the pod, init containers included, by name."""
+    spec = pod_spec(variant)
+    return {c["name"]: c for c in spec.get("initContainers", []) + spec["containers"]}
+
+
+def sidecar(variant: str) -> Doc:
+    return containers(variant)["sidecar"]
+
+
+def env_of(container: Doc) -> dict[str, str]:
+    env = container.get("env", [])
+    names = [e["name"] for e in env]
+    assert len(names) == len(set(names)), f"duplicate env names in {container['name']}"
+    return {e["name"]: e["value"] for e in env}
+
+
+def port_number(container: Doc, port: int | str) -> int:
+    """A probe's port, resolved through the container's named ports."""
+    if isinstance(port, int):
+        return port
+    by_name = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert port in by_name, f"probe port {port!r} is not a port of {container['name']}"
+    return int(by_name[port])
+
+
+def mebibytes(quantity: str) -> float:
+    m = re.fullmatch(r"(\d+)(Ki|Mi|Gi)", quantity)
+    assert m, f"use binary units for memory: {quantity!r}"
+    return int(m.group(1)) * {"Ki": 1 / 1024, "Mi": 1.0, "Gi": 1024.0}[m.group(2)]
+
+
+def millicores(quantity: str) -> float:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(m?)", quantity)
+    assert m, f"not a CPU quantity: {quantity!r}"
+    return float(m.group(1)) * (1 if m.group(2) else 1000)
+
+
+# --- the API server would accept them ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variant", "version"),
+    [(v, OLDEST[v]) for v in VARIANTS] + [(v, LATEST) for v in VARIANTS],
+)
+def test_rendered_manifests_validate_strictly(variant: str, version: str) -> None:
+    docs = rendered(variant)
+    assert {d["kind"] for d in docs} == {"Deployment", "Service"}
+    for doc in docs:
+        # Strict: an unknown or misspelt field fails instead of being dropped by the server.
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_base_resources_validate_strictly() -> None:
+    for name in ("deployment.yaml", "service.yaml"):
+        for doc in load(KUBE / "base" / name):
+            kubernetes_validate.validate(doc, LATEST, strict=True)
+
+
+def test_validation_rejects_native_sidecars_before_kubernetes_1_28() -> None:
+    # The check above can fail: restartPolicy on an init container is unknown to 1.27's schema.
+    deployment = one(rendered("native"), "Deployment")
+    with pytest.raises(kubernetes_validate.ValidationError, match="restartPolicy"):
+        kubernetes_validate.validate(deployment, "1.27.0", strict=True)
+
+
+def _kustomize() -> list[str] | None:
+    if shutil.which("kubectl"):
+        return ["kubectl", "kustomize"]
+    if shutil.which("kustomize"):
+        return ["kustomize", "build"]
+    return None
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_rendered_files_are_current(variant: str) -> None:
+    build = _kustomize()
+    if build is None:
+        pytest.skip("needs kubectl or kustomize to build the overlays")
+    out = subprocess.run(
+        [*build, str(KUBE / "overlays" / variant)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    built = [d for d in yaml.safe_load_all(out.stdout) if d is not None]
+    assert built == rendered(variant), (
+        f"deploy/kubernetes/rendered/{variant}.yaml is stale: run scripts/render-manifests.sh"
+    )
+
+
+# --- the two shapes ------------------------------------------------------------------------
+
+
+def test_classic_runs_the_sidecar_as_an_ordinary_container() -> None:
+    spec = pod_spec("classic")
+    assert [c["name"] for c in spec["containers"]] == ["app", "sidecar"]
+    assert "initContainers" not in spec
+
+
+def test_native_runs_the_sidecar_as_a_restartable_init_container() -> None:
+    spec = pod_spec("native")
+    assert [c["name"] for c in spec["containers"]] == ["app"]
+    assert [c["name"] for c in spec["initContainers"]] == ["sidecar"]
+    assert spec["initContainers"][0]["restartPolicy"] == "Always"
+
+
+def test_both_shapes_run_the_same_sidecar() -> None:
+    # Only where the container sits, and the drain delay, may differ between the variants.
+    def comparable(variant: str) -> Doc:
+        c = dict(sidecar(variant))
+        c.pop("restartPolicy", None)
+        c["env"] = [e for e in c["env"] if e["name"] != "DRAIN_DELAY"]
+        return c
+
+    assert comparable("classic") == comparable("native")
+    assert containers("classic")["app"] == containers("native")["app"]
+    assert one(rendered("classic"), "Service") == one(rendered("native"), "Service")
+
+
+# --- ports, probes and env agree with each other and with the sidecar -------------------------
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_ports_agree_across_deployment_service_and_env(variant: str) -> None:
+    docs = rendered(variant)
+    side, app = sidecar(variant), containers(variant)["app"]
+    env = env_of(side)
+    ports = {p["name"]: p["containerPort"] for p in side["ports"]}
+    assert ports == {"proxy": int(env["SIDECAR_LISTEN_PORT"]), "metrics": int(env["METRICS_PORT"])}
+
+    assert env["UPSTREAM_HOST"] in ("127.0.0.1", "localhost", "::1"), "the app is in the same pod"
+    assert [p["containerPort"] for p in app["ports"]] == [int(env["UPSTREAM_PORT"])]
+
+    service = {p["name"]: p for p in one(docs, "Service")["spec"]["ports"]}
+    assert service["http"]["port"] == 80
+    assert service["http"]["targetPort"] == ports["proxy"]
+    assert service["metrics"]["port"] == service["metrics"]["targetPort"] == ports["metrics"]
+    deployment = one(docs, "Deployment")
+    assert one(docs, "Service")["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(ports["metrics"])
+    assert annotations["prometheus.io/path"] == "/metrics"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_probes(variant: str) -> None:
+    side = sidecar(variant)
+    env = env_of(side)
+    probes = {k: side[k] for k in ("startupProbe", "livenessProbe", "readinessProbe")}
+    paths = {k: p["httpGet"]["path"] for k, p in probes.items()}
+    assert paths == {
+        "startupProbe": "/health",
+        "livenessProbe": "/health",
+        "readinessProbe": "/ready",
+    }
+    for kind, probe in probes.items():
+        port = port_number(side, probe["httpGet"]["port"])
+        if port == int(env["SIDECAR_LISTEN_PORT"]):
+            # /health and /ready exist on the proxy port only while this is on.
+            assert env["HEALTH_ON_PROXY_PORT"] == "true", kind
+        else:
+            assert port == int(env["METRICS_PORT"]), f"{kind} probes neither sidecar port"
+    # The kubelet waits this long for a first /health before restarting the sidecar.
+    startup = probes["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 10
+
+
+def test_ports_are_the_sidecars_defaults() -> None:
+    env = env_of(sidecar("classic"))
+    defaults = Settings()
+    assert int(env["SIDECAR_LISTEN_PORT"]) == defaults.listen_port == 8080
+    assert int(env["METRICS_PORT"]) == defaults.metrics_port == 9090
+    assert int(env["UPSTREAM_PORT"]) == defaults.upstream_port == 3000
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_env_names_are_settings_of_the_sidecar(variant: str) -> None:
+    unknown = [name for name in env_of(sidecar(variant)) if name not in BY_ENV]
+    assert not unknown, f"the sidecar has no setting for {unknown}"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_env_values_load_with_the_sidecars_own_loader(variant: str) -> None:
+    env = env_of(sidecar(variant))
+    loaded = load_env(env)
+    for name in env:
+        assert loaded.sources[BY_ENV[name].name] == f"env {name}"
+    # The loader's advice includes "drain + grace exceeds Kubernetes' grace period".
+    assert loaded.warnings == ()
+    settings = loaded.settings
+    assert settings.listen_port == int(env["SIDECAR_LISTEN_PORT"])
+    assert settings.metrics_port == int(env["METRICS_PORT"])
+    assert settings.health_on_proxy_port is True
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_check_config_accepts_the_env(variant: str) -> None:
+    env = env_of(sidecar(variant))
+    out = check_config(env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    effective = json.loads(out.stdout)
+    for name, value in env.items():
+        entry = effective[BY_ENV[name].name]
+        assert entry["source"] == f"env {name}", entry
+        assert entry["text"] == BY_ENV[name].kind.format(BY_ENV[name].kind.parse(value)), entry
+
+
+def test_a_bad_value_is_refused() -> None:
+    # Without this, a loader or check-config that accepted anything would pass the tests above.
+    with pytest.raises(ConfigError, match="SIDECAR_LISTEN_PORT"):
+        load_env({"SIDECAR_LISTEN_PORT": "eighty"})
+    out = check_config({"SIDECAR_LISTEN_PORT": "eighty"})
+    assert out.returncode != 0, out.stdout
+    assert "SIDECAR_LISTEN_PORT" in out.stderr + out.stdout
+
+
+# --- shutdown ----------------------------------------------------------------------------
+
+
+def _pre_stop_sleep(container: Doc) -> float:
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep", command
+    return float(command[1])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_shutdown_fits_in_the_grace_period(variant: str) -> None:
+    spec = pod_spec(variant)
+    grace = spec["terminationGracePeriodSeconds"]
+    env = env_of(sidecar(variant))
+    drain = parse_duration(env["DRAIN_DELAY"])
+    shutdown = parse_duration(env["SHUTDOWN_GRACE_PERIOD"])
+    app_sleep = _pre_stop_sleep(containers(variant)["app"])
+    assert app_sleep < grace
+    if variant == "classic":
+        # Everything is signalled at once: the sidecar's drain and grace run in parallel with
+        # the app's preStop, and must end before the kubelet's SIGKILL.
+        assert drain + shutdown < grace, (drain, shutdown, grace)
+        # The app keeps serving until the sidecar has stopped taking new requests.
+        assert app_sleep > drain, (app_sleep, drain)
+    else:
+        # The sidecar is signalled only after the app has exited, which is after its preStop.
+        assert app_sleep + drain + shutdown < grace, (app_sleep, drain, shutdown, grace)
+
+
+def test_classic_drain_settings_are_the_documented_ones() -> None:
+    env = env_of(sidecar("classic"))
+    assert (env["DRAIN_DELAY"], env["SHUTDOWN_GRACE_PERIOD"]) == ("5s", "20s")
+    assert pod_spec("classic")["terminationGracePeriodSeconds"] == 30
+
+
+# --- resources and security -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_resources_fit_the_seeds_budget_and_our_rss_targets(variant: str) -> None:
+    resources = sidecar(variant)["resources"]
+    for kind, seed in (("requests", SEED_REQUESTS), ("limits", SEED_LIMITS)):
+        ours = resources[kind]
+        assert mebibytes(ours["memory"]) <= mebibytes(seed["memory"]), kind
+        assert millicores(ours["cpu"]) <= millicores(seed["cpu"]), kind
+    # Scheduled for the loaded footprint, and room to spare before the OOM killer.
+    assert mebibytes(resources["requests"]["memory"]) >= RSS_LOADED_MIB > RSS_IDLE_MIB
+    assert mebibytes(resources["limits"]["memory"]) >= 1.5 * RSS_LOADED_MIB
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_sidecar_security_context(variant: str) -> None:
+    sc = sidecar(variant)["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["runAsNonRoot"] is True
+    assert sc["runAsUser"] == 1000
+    assert sc["runAsGroup"] == 1000
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod_spec(variant)["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_sidecar_image_is_this_version_and_runs_the_images_command(variant: str) -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    side = sidecar(variant)
+    assert side["image"] == f"sidecar-proxy:{project['version']}"
+    dockerfile_cmd = next(
+        line.split(None, 1)[1]
+        for line in (REPO / "Dockerfile").read_text().splitlines()
+        if line.startswith("CMD ")
+    )
+    assert side["args"] == json.loads(dockerfile_cmd)
