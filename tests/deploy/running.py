@@ -156,7 +156,8 @@ def serve(
     server = http.server.ThreadingHTTPServer((LOOPBACK, 0), Handler)
     server.daemon_threads = True
     served = Served(server.server_address[1])
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # A short poll interval: shutdown() waits up to one interval.
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield served
