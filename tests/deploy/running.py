@@ -22,6 +22,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -194,27 +195,15 @@ def sidecar(upstream_port: int) -> Iterator[tuple[int, int]]:
 
 
 @contextlib.contextmanager
-def prometheus(workdir: Path, metrics_ports: list[int]) -> Iterator[int]:
-    """The real Prometheus server on a free loopback port, scraping 127.0.0.1:<port>/metrics for
-    each of metrics_ports every second under job "sidecar"; yields its port once it is ready."""
+def prometheus(workdir: Path, config: Mapping[str, object]) -> Iterator[int]:
+    """The real Prometheus server with this configuration on a free loopback port, its data in
+    workdir; yields its port once it reports ready."""
     port = free_port()
-    config = workdir / "prometheus.yml"
-    config.write_text(
-        json.dumps(
-            {
-                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                "scrape_configs": [
-                    {
-                        "job_name": "sidecar",
-                        "static_configs": [{"targets": [f"{LOOPBACK}:{p}" for p in metrics_ports]}],
-                    }
-                ],
-            }
-        )
-    )
+    config_file = workdir / "prometheus.yml"
+    config_file.write_text(json.dumps(config))  # JSON is YAML
     args = [
         PROMETHEUS,
-        f"--config.file={config}",
+        f"--config.file={config_file}",
         f"--storage.tsdb.path={workdir / 'data'}",
         f"--web.listen-address={LOOPBACK}:{port}",
         "--log.level=warn",
@@ -224,16 +213,22 @@ def prometheus(workdir: Path, metrics_ports: list[int]) -> Iterator[int]:
         yield port
 
 
-def query(prometheus_port: int, expr: str) -> list[tuple[dict[str, str], float]]:
-    """An instant query through Prometheus' HTTP API: (labels, value) for each series."""
-    url = f"http://{LOOPBACK}:{prometheus_port}/api/v1/query?" + urllib.parse.urlencode(
-        {"query": expr}
-    )
+def api(prometheus_port: int, path: str, **params: str) -> Any:
+    """The data of a Prometheus HTTP API answer, e.g. api(port, "query", query="up")."""
+    url = f"http://{LOOPBACK}:{prometheus_port}/api/v1/{path}"
+    if params:
+        url += "?" + urllib.parse.urlencode(params)
     status, body = http_get(url)
     assert status == 200, body
     answer = json.loads(body)
     assert answer["status"] == "success", answer
-    return [(r["metric"], float(r["value"][1])) for r in answer["data"]["result"]]
+    return answer["data"]
+
+
+def query(prometheus_port: int, expr: str) -> list[tuple[dict[str, str], float]]:
+    """An instant query through Prometheus' HTTP API: (labels, value) for each series."""
+    data = api(prometheus_port, "query", query=expr)
+    return [(r["metric"], float(r["value"][1])) for r in data["result"]]
 
 
 def wait_for_query(
