@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from support.loop import LoopThread
+from support.process import free_port as support_free_port
 from support.upstream import Handler, Upstream, ok
 
 from sidecar_proxy.config import Settings
@@ -54,7 +55,9 @@ def start_upstream(loop: LoopThread) -> Iterator[Callable[..., Upstream]]:
 def start_proxy(loop: LoopThread) -> Iterator[Callable[..., ProxyServer]]:
     started: list[ProxyServer] = []
 
-    def start(upstream_port: int, access_log_fd: int | None = None, **overrides: Any) -> ProxyServer:
+    def start(
+        upstream_port: int, access_log_fd: int | None = None, **overrides: Any
+    ) -> ProxyServer:
         fields = {**TEST_SETTINGS, "upstream_port": upstream_port, **overrides}
         if access_log_fd is not None:
             fields["access_log"] = True
@@ -82,10 +85,4 @@ def proxy(start_proxy: Callable[..., ProxyServer], upstream: Upstream) -> ProxyS
 @pytest.fixture
 def free_port() -> int:
     """A port nothing listens on (bound and released)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
+    return support_free_port()

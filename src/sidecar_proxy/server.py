@@ -36,7 +36,6 @@ from sidecar_proxy.observe.recorder import Recorder
 log = logging.getLogger("sidecar_proxy.server")
 
 
-
 class ProxyServer:
     """One proxy: listener, admin server, shared context. Usable in-process (tests, demo)."""
 

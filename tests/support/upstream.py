@@ -8,6 +8,7 @@ handler, which writes whatever bytes it wants — a correct response, a broken o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -97,10 +98,8 @@ class Upstream:
                 if not data:
                     break
                 raw += data
-                try:
+                with contextlib.suppress(httptools.HttpParserUpgrade):
                     parser.feed_data(data)
-                except httptools.HttpParserUpgrade:
-                    pass
                 while not done.empty():
                     req = done.get_nowait()
                     self.received.append(req)
@@ -120,6 +119,7 @@ class _Collector:
         self.out = out
         self.conn_no = conn_no
         self.cur: Received | None = None
+        self.body = bytearray()
         self.parser: httptools.HttpRequestParser | None = None
 
     def on_message_begin(self) -> None:
@@ -139,10 +139,11 @@ class _Collector:
         self.cur.version = self.parser.get_http_version()
 
     def on_body(self, body: bytes) -> None:
-        assert self.cur is not None
-        self.cur.body += body
+        self.body += body  # a bytearray: appending bytes to bytes would be quadratic
 
     def on_message_complete(self) -> None:
         assert self.cur is not None
+        self.cur.body = bytes(self.body)
+        self.body = bytearray()
         self.out.put_nowait(self.cur)
         self.cur = None

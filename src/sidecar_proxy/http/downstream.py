@@ -18,9 +18,10 @@ reason keeps one reason's resume from undoing another's pause.
 from __future__ import annotations
 
 import asyncio
-from typing import cast
+import contextlib
 import time
 from collections import deque
+from typing import cast
 
 import httptools
 
@@ -313,7 +314,10 @@ class DownstreamConnection(asyncio.Protocol):
                 return 400, "chunked must be the final transfer coding"
             if len(codings) > 1:
                 unknown = not all(c in KNOWN_CODINGS for c in codings)
-                return 501, "unknown transfer coding" if unknown else "transfer coding not supported"
+                return (
+                    501,
+                    "unknown transfer coding" if unknown else "transfer coding not supported",
+                )
             cur.chunked = True
         limit = self.ctx.settings.max_request_body_bytes
         if limit and cur.content_length is not None and cur.content_length > limit:
@@ -420,10 +424,8 @@ class DownstreamConnection(asyncio.Protocol):
         if queue and queue[0] is fwd:
             queue.popleft()
         else:
-            try:
+            with contextlib.suppress(ValueError):
                 queue.remove(fwd)
-            except ValueError:
-                pass
         if self.parsing is fwd and fwd.req_done:
             self.parsing = None
         if self.closing or self.transport is None:
@@ -513,8 +515,9 @@ class DownstreamConnection(asyncio.Protocol):
         if state == _IDLE:
             self.close_transport()
         else:
-            self._reject(408, "request header timeout" if state == _HEAD else "request body timeout")
-
+            self._reject(
+                408, "request header timeout" if state == _HEAD else "request body timeout"
+            )
 
 
 def _parser_detail(exc: httptools.HttpParserError) -> str:

@@ -146,12 +146,15 @@ class Forward:
             ex.flags.append(X.DOWNSTREAM_TIMEOUT if status == 408 else X.DOWNSTREAM_PROTOCOL_ERROR)
             self.reply(status, detail)
             return
-        if ex.path in _HEALTH_PATHS and ctx.settings.health_on_proxy_port:
-            if self.head.method in (b"GET", b"HEAD"):
-                ex.flags.append(X.LOCAL_REPLY)
-                status, body = health_body() if ex.path == "/health" else ready_body(ctx.health)
-                self.answer(status, body, content_type=b"application/json")
-                return
+        if (
+            ex.path in _HEALTH_PATHS
+            and ctx.settings.health_on_proxy_port
+            and self.head.method in (b"GET", b"HEAD")
+        ):
+            ex.flags.append(X.LOCAL_REPLY)
+            status, body = health_body() if ex.path == "/health" else ready_body(ctx.health)
+            self.answer(status, body, content_type=b"application/json")
+            return
         now = ctx.loop.time()
         if not ctx.limiter.try_acquire():
             ex.flags.append(X.LOAD_SHED)
@@ -170,7 +173,9 @@ class Forward:
             ex.flags.append(X.BREAKER_OPEN)
             ex.upstream_errors.append(X.ERR_CIRCUIT_OPEN)
             self.reply(
-                503, "circuit breaker open", retry_after=max(1, math.ceil(ctx.breaker.retry_after()))
+                503,
+                "circuit breaker open",
+                retry_after=max(1, math.ceil(ctx.breaker.retry_after())),
             )
             return
         self.admitted = True
@@ -256,6 +261,9 @@ class Forward:
 
     def request_end(self, trailers: list[tuple[bytes, bytes]]) -> None:
         self.req_done = True
+        # The response deadline counts from the end of the request, as Envoy's route timeout
+        # does: a slow upload is the client's time (client_body_timeout), not the app's.
+        self.deadline = self.ctx.loop.time() + self.ctx.settings.request_timeout
         self.req_trailers = trailers
         up = self.up
         if up is not None and up.transport is not None and self.head.chunked:
@@ -313,9 +321,8 @@ class Forward:
         if failed:
             ex.upstream_errors.append(X.ERR_5XX if status >= 500 else X.ERR_PROTOCOL)
         self._verdict(failed)
-        if ctx.retry.retryable_status(status):
-            if self._retry(None, status):
-                return
+        if ctx.retry.retryable_status(status) and self._retry(None, status):
+            return
         self.app_keep_alive = keep_alive
         if status == 101:
             if h.upgrade:
@@ -546,6 +553,9 @@ class Forward:
                 return
             self._abort_client(X.UPSTREAM_TIMEOUT, X.ERR_TIMEOUT)
             return
+        if not self.req_done or now < self.deadline:
+            self.timer = loop.call_at(max(self.deadline, now + 0.001), self._on_deadline)
+            return
         self._cancel_attempt()
         self.ex.upstream_errors.append(X.ERR_TIMEOUT)
         self._verdict(True)
@@ -612,7 +622,9 @@ class Forward:
             self.timer = None
         lines = [status_line(101, self.resp_reason)]
         lines += end_to_end(self.resp_headers, self.resp_lowered, frozenset())
-        upgrade = next((v for n, v in self.resp_headers if n.lower() == b"upgrade"), self.head.upgrade)
+        upgrade = next(
+            (v for n, v in self.resp_headers if n.lower() == b"upgrade"), self.head.upgrade
+        )
         lines += [b"Connection: upgrade\r\nUpgrade: ", upgrade, CRLF]
         if not self.resp_request_id:
             lines += [b"X-Request-ID: ", ex.request_id.encode(), CRLF]

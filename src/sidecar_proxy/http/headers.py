@@ -34,8 +34,8 @@ def list_tokens(values: list[bytes]) -> list[bytes]:
     across every occurrence of the header: Connection options, transfer codings."""
     tokens: list[bytes] = []
     for value in values:
-        for token in value.split(b","):
-            token = token.strip().lower()
+        for item in value.split(b","):
+            token = item.strip().lower()
             if token:
                 tokens.append(token)
     return tokens

@@ -14,14 +14,13 @@ connection is closed instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from sidecar_proxy.http.upstream import UpstreamConnection
+from sidecar_proxy.http.upstream import UpstreamConnection
 
-ConnectCallback = Callable[["UpstreamConnection | None", BaseException | None], None]
+ConnectCallback = Callable[[UpstreamConnection | None, BaseException | None], None]
 
 
 class UpstreamPool:
@@ -85,8 +84,6 @@ class UpstreamPool:
         return self.loop.create_task(self._connect(done))
 
     async def _connect(self, done: ConnectCallback) -> None:
-        from sidecar_proxy.http.upstream import UpstreamConnection
-
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await self.loop.create_connection(
@@ -113,10 +110,8 @@ class UpstreamPool:
 
     def forget(self, conn: UpstreamConnection) -> None:
         """An idle connection closed by the app: drop it from the idle list."""
-        try:
+        with contextlib.suppress(ValueError):
             self._idle.remove(conn)
-        except ValueError:
-            pass
 
     def _sweep(self) -> None:
         self._sweeper = None

@@ -9,7 +9,6 @@ closed, never reused.
 from __future__ import annotations
 
 import asyncio
-from typing import cast
 from typing import TYPE_CHECKING, cast
 
 import httptools

@@ -1,0 +1,116 @@
+"""Upgrade (WebSocket) relayed as bytes both ways after the app's 101."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import aiohttp
+from aiohttp import web
+from support.client import connect, read_responses
+from support.loop import LoopThread
+from support.upstream import Received, Upstream, response
+
+from sidecar_proxy.server import ProxyServer
+
+
+def test_websocket_echo_through_the_proxy(
+    loop: LoopThread, start_proxy: Callable[..., ProxyServer]
+) -> None:
+    async def ws_echo(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                await ws.send_str("echo:" + msg.data)
+            elif msg.type == aiohttp.WSMsgType.BINARY:
+                await ws.send_bytes(msg.data[::-1])
+        return ws
+
+    async def start_app() -> tuple[web.AppRunner, int]:
+        app = web.Application()
+        app.router.add_get("/ws", ws_echo)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        return runner, port
+
+    runner, app_port = loop.run(start_app())
+    proxy = start_proxy(app_port)
+
+    async def client() -> list[object]:
+        got: list[object] = []
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(f"http://127.0.0.1:{proxy.port}/ws") as ws,
+        ):
+            await ws.send_str("hi")
+            got.append((await ws.receive()).data)
+            big = bytes(range(256)) * 1000
+            await ws.send_bytes(big)
+            got.append((await ws.receive()).data == big[::-1])
+            await ws.close()
+        return got
+
+    try:
+        assert asyncio.run(client()) == ["echo:hi", True]
+    finally:
+        loop.run(runner.cleanup())
+
+
+def test_upgrade_refused_by_app_is_a_normal_response_then_close(
+    start_upstream: Callable[..., Upstream], start_proxy: Callable[..., ProxyServer]
+) -> None:
+    async def refuse(req: Received, w: asyncio.StreamWriter) -> None:
+        w.write(response(426, b"no", [("Upgrade", "websocket")], reason="Upgrade Required"))
+
+    up = start_upstream(refuse)
+    proxy = start_proxy(up.port)
+    with connect(proxy.port) as sock:
+        sock.sendall(
+            b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        )
+        (resp,), _closed = read_responses(sock, 1)
+        assert resp.status == 426 and resp.body == b"no"
+        assert resp.header("Connection") == "close"
+    # the app was asked for the upgrade
+    assert up.received[0].header("Upgrade") == "websocket"
+    assert (up.received[0].header("Connection") or "").lower() == "upgrade"
+
+
+def test_raw_bytes_sent_early_wait_for_the_101(
+    loop: LoopThread, start_proxy: Callable[..., ProxyServer]
+) -> None:
+    seen: list[bytes] = []
+
+    async def app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(0.1)
+        # anything before our 101 would be a request-smuggling vector; nothing may arrive yet
+        try:
+            early = await asyncio.wait_for(reader.read(100), 0.05)
+        except TimeoutError:
+            early = b""
+        seen.append(early)
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n"
+        )
+        await writer.drain()
+        seen.append(await reader.readexactly(5))
+        writer.write(b"world")
+        await writer.drain()
+
+    server = loop.run(asyncio.start_server(app, "127.0.0.1", 0))
+    proxy = start_proxy(server.sockets[0].getsockname()[1])
+    with connect(proxy.port) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\nhello")
+        data = b""
+        while not data.endswith(b"world"):
+            chunk = sock.recv(1024)
+            assert chunk
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 101")
+    assert seen == [b"", b"hello"]
+    loop.call(server.close)

@@ -1,0 +1,99 @@
+"""Run the installed ``sidecar-proxy`` command as a real subprocess, as users do."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+COMMAND = str(Path(sys.executable).with_name("sidecar-proxy"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class ProxyProcess:
+    proc: subprocess.Popen[bytes]
+    port: int
+    admin_port: int
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def status_kib(self, field: str) -> int:
+        """A /proc/PID/status memory figure (VmRSS, VmHWM) in KiB."""
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+        raise AssertionError(f"no {field}")
+
+    def ready(self) -> int:
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.admin_port}/ready", timeout=1
+            ) as r:
+                status: int = r.status
+                return status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+
+@contextmanager
+def run_proxy(
+    upstream_port: int, env: dict[str, str] | None = None, stdout: int | None = None
+) -> Iterator[ProxyProcess]:
+    port, admin = free_port(), free_port()
+    full_env = {
+        **os.environ,
+        "SIDECAR_LISTEN_PORT": str(port),
+        "METRICS_PORT": str(admin),
+        "LISTEN_HOST": "127.0.0.1",
+        "METRICS_HOST": "127.0.0.1",
+        "UPSTREAM_HOST": "127.0.0.1",
+        "UPSTREAM_PORT": str(upstream_port),
+        "DRAIN_DELAY": "0s",
+        "LOG_LEVEL": "warning",
+        **(env or {}),
+    }
+    proc = subprocess.Popen(
+        [COMMAND, "run"],
+        env=full_env,
+        stdout=stdout if stdout is not None else subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    p = ProxyProcess(proc, port, admin)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                raise AssertionError(f"sidecar-proxy exited {proc.returncode}: {err}")
+            try:
+                if p.ready() == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError("sidecar-proxy did not become ready")
+            time.sleep(0.05)
+        yield p
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(5)
+        if proc.stderr:
+            proc.stderr.close()
