@@ -12,13 +12,26 @@ import fnmatch
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
 import pytest
-from running import REPO, VENV_BIN, serve, sidecar
+from running import (
+    LOOPBACK,
+    REPO,
+    SIDECAR,
+    VENV_BIN,
+    free_port,
+    process,
+    serve,
+    sidecar,
+    sidecar_env,
+    wait_http_ok,
+)
 
 from sidecar_proxy.config import Settings
 
@@ -206,6 +219,31 @@ def test_healthcheck_passes_against_the_running_sidecar() -> None:
     with serve(b"hello from the app") as app, sidecar(app.port) as (_, metrics_port):
         result = run_healthcheck(metrics_port)
         assert result.returncode == 0, result.stderr
+
+
+def test_the_sidecar_as_pid_1_stops_on_sigterm() -> None:
+    """In a container the exec-form ENTRYPOINT makes the sidecar PID 1, with no tini. The kernel
+    gives PID 1 no default signal actions, so SIGTERM stops it only because the sidecar handles
+    SIGTERM itself: run it as PID 1 of a new PID namespace and send it one from outside."""
+    unshare = shutil.which("unshare")
+    probe = [unshare, "--pid", "--fork", "true"] if unshare else None
+    if probe is None or subprocess.run(probe, capture_output=True, check=False).returncode:
+        pytest.skip("needs unshare and the right to make a PID namespace (root)")
+    assert unshare is not None
+    with serve(b"hello from the app") as app:
+        metrics = free_port()
+        env = sidecar_env(free_port(), metrics, app.port)
+        args = [unshare, "--pid", "--fork", "--kill-child", str(SIDECAR), "run"]
+        with process(args, env) as proc:
+            wait_http_ok(f"http://{LOOPBACK}:{metrics}/ready", timeout=15, proc=proc)
+            pid = proc.popen.pid
+            [child] = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            status = Path(f"/proc/{child}/status").read_text()
+            [nspid] = [line.split() for line in status.splitlines() if line.startswith("NSpid:")]
+            assert nspid[-1] == "1", "the sidecar is PID 1 in its namespace"
+            os.kill(int(child), signal.SIGTERM)
+            # DRAIN_DELAY=0s and nothing in flight: it exits at once, with status 0.
+            assert proc.popen.wait(timeout=10) == 0, proc.output()
 
 
 # --- build context -------------------------------------------------------------------------
