@@ -1,0 +1,173 @@
+"""The admin HTTP server: ``/metrics``, ``/health`` and ``/ready`` on the metrics port.
+
+It runs :class:`http.server.ThreadingHTTPServer` in a daemon thread, one thread per connection:
+a scrape renders the whole registry (milliseconds of Python for a few hundred series) and must
+never run on the proxy's event loop, and a slow scrape must not hold up a probe. The stdlib
+server is enough for a handful of local clients (Prometheus, the kubelet) and adds no dependency;
+``wsgiref``'s server is single-threaded, so one stuck client would block the probes.
+
+``/metrics`` negotiates the format with
+:func:`prometheus_client.exposition.choose_encoder`: OpenMetrics when the scraper asks for it
+(Prometheus does when exemplar storage is enabled), which is the only format that carries the
+``# {trace_id="..."}`` exemplars; the Prometheus text format otherwise. Responses are not gzipped:
+the scraper is in the same cluster, and the pod's CPU limit is scarcer than bandwidth.
+
+GET and HEAD are served. The other standard methods get ``405`` with ``Allow: GET, HEAD``, and
+methods the server does not recognise get ``501``, as RFC 9110 (sections 15.5.6 and 15.6.2) asks.
+The default per-request stderr logging is replaced by DEBUG records on this module's logger.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import cast
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from sidecar_proxy.admin.health import CONTENT_TYPE, HealthState, health_body, ready_body
+
+_log = logging.getLogger(__name__)
+
+_TEXT = "text/plain; charset=utf-8"
+# Prometheus keeps its connection open between scrapes; a connection idle for longer than this
+# is closed so that its thread ends.
+_IDLE_TIMEOUT = 120.0
+# How often serve_forever checks for stop(); it bounds how long stop() takes.
+_POLL_INTERVAL = 0.1
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        family: int,
+        registry: CollectorRegistry,
+        health: HealthState,
+    ) -> None:
+        self.address_family = family
+        self.registry = registry
+        self.health = health
+        super().__init__(address, _Handler)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # The default prints a traceback to stderr; keep stderr JSON-only.
+        _log.exception("admin request failed", extra={"client": str(client_address)})
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, so a scraper need not reconnect every time
+    # Headers and body go out as two writes; with Nagle on, the second waits for the client's
+    # delayed ACK, adding ~40 ms to every response on a kept-alive connection.
+    disable_nagle_algorithm = True
+    server_version = "sidecar-proxy-admin"
+    sys_version = ""
+    timeout = _IDLE_TIMEOUT
+    # Used by the stdlib for its own errors (400, 501, ...): plain text instead of HTML.
+    error_content_type = _TEXT
+    error_message_format = "%(code)d %(message)s\n"
+
+    def do_GET(self) -> None:
+        self._serve(send_body=True)
+
+    def do_HEAD(self) -> None:
+        self._serve(send_body=False)
+
+    def _not_allowed(self) -> None:
+        # The request may have a body we will not read; close rather than misparse it as the
+        # next request.
+        self.close_connection = True
+        self._reply(405, _TEXT, b"405 method not allowed\n", True, ("Allow", "GET, HEAD"))
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed
+
+    def _serve(self, send_body: bool) -> None:
+        server = cast(_Server, self.server)
+        path = self.path.partition("?")[0]
+        if path == "/metrics":
+            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+            self._reply(200, content_type, encoder(server.registry), send_body)
+        elif path == "/health":
+            status, body = health_body()
+            self._reply(status, CONTENT_TYPE, body, send_body)
+        elif path == "/ready":
+            status, body = ready_body(server.health)
+            self._reply(status, CONTENT_TYPE, body, send_body)
+        else:
+            self._reply(404, _TEXT, b"404 not found\n", send_body)
+
+    def _reply(
+        self,
+        status: int,
+        content_type: str,
+        body: bytes,
+        send_body: bool,
+        *extra_header: tuple[str, str],
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in extra_header:
+            self.send_header(name, value)
+        self.end_headers()
+        if send_body:
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        _log.debug(format, *args)
+
+
+class AdminServer:
+    """Serves the admin endpoints from a daemon thread; :meth:`start` binds, :meth:`stop` ends."""
+
+    def __init__(
+        self, host: str, port: int, registry: CollectorRegistry, health: HealthState
+    ) -> None:
+        self._host = host
+        self._requested_port = port
+        self._registry = registry
+        self._health = health
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (the real one when constructed with port 0); valid after start()."""
+        if self._server is None:
+            raise RuntimeError("admin server not started")
+        return self._server.server_address[1]
+
+    def start(self) -> None:
+        """Bind (raising OSError if the port is taken) and serve in a daemon thread."""
+        # getaddrinfo picks the family, so "::" or an IPv6 address works as well as "0.0.0.0".
+        family = socket.getaddrinfo(
+            self._host or None,
+            self._requested_port,
+            type=socket.SOCK_STREAM,
+            flags=socket.AI_PASSIVE,
+        )[0][0]
+        self._server = _Server(
+            (self._host, self._requested_port), family, self._registry, self._health
+        )
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            args=(_POLL_INTERVAL,),
+            name="admin-server",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop accepting, close the listening socket; connections in progress are abandoned."""
+        if self._server is None or self._thread is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+        self._server = None
+        self._thread = None
