@@ -33,7 +33,9 @@ logged), ``status``, ``duration_ms``, ``upstream_ttfb_ms`` (null when the app ne
 ``bytes_in``, ``bytes_out``, ``request_id``, ``trace_id``, ``remote_addr``, ``user_agent``,
 ``attempts``, ``flags``. ``flags`` holds the Envoy-style response flags joined with ``,``, and is
 ``""`` when there are none: Envoy writes ``-`` in its text format, but in JSON an empty string is
-the natural "nothing", and it is falsy for every log query language.
+the natural "nothing", and it is falsy for every log query language. The data path decodes
+request bytes as latin-1, so every string is encodable as-is (orjson refuses only lone
+surrogates, which latin-1 never produces).
 
 ``sidecar_upstream_errors_total`` counts ``ex.upstream_errors`` as given: one entry per failed
 attempt, plus the ``circuit_open`` entry the data path adds when the breaker refuses a request
@@ -51,7 +53,6 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from typing import Any
 
 import orjson
 from prometheus_client import Counter, Histogram
@@ -194,11 +195,7 @@ class Recorder:
             "attempts": attempts,
             "flags": ",".join(flags),
         }
-        try:
-            line = orjson.dumps(entry, option=_LOG_OPTIONS)
-        except orjson.JSONEncodeError:
-            line = orjson.dumps(_printable(entry), option=_LOG_OPTIONS)
-        access_log.write(line)
+        access_log.write(orjson.dumps(entry, option=_LOG_OPTIONS))
 
     def _route_children(self, route: tuple[str, str, int]) -> tuple[Counter, _ExemplarHistogram]:
         method, path, status = route
@@ -214,14 +211,3 @@ class Recorder:
         if counter is None:
             counter = self._errors[error_type] = self._metrics.upstream_errors.labels(error_type)
         return counter
-
-
-def _printable(entry: dict[str, Any]) -> dict[str, Any]:
-    # orjson refuses lone surrogates, which appear when request bytes that are not UTF-8 were
-    # decoded with errors="surrogateescape"; log them as \udcXX escapes instead of losing the line.
-    return {
-        key: value.encode("utf-8", "backslashreplace").decode("utf-8")
-        if isinstance(value, str)
-        else value
-        for key, value in entry.items()
-    }
