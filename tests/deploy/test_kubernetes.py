@@ -18,7 +18,17 @@ from typing import Any
 import kubernetes_validate  # type: ignore[import-untyped]  # the package ships no type hints
 import pytest
 import yaml
-from running import REPO
+from running import (
+    LOOPBACK,
+    REPO,
+    SIDECAR,
+    free_port,
+    http_get,
+    process,
+    serve,
+    sidecar_env,
+    wait_http_ok,
+)
 from sidecar_settings import BY_ENV, check_config, load_env
 
 from sidecar_proxy.config import ConfigError, Settings, parse_duration
@@ -342,6 +352,32 @@ def test_sidecar_security_context(variant: str) -> None:
     assert sc["capabilities"] == {"drop": ["ALL"]}
     assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod_spec(variant)["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+def test_the_sidecar_runs_on_a_read_only_root_filesystem() -> None:
+    """readOnlyRootFilesystem: true, tried: the sidecar runs, proxies, serves metrics and shuts
+    down with / remounted read-only in a private mount namespace."""
+    unshare = shutil.which("unshare")
+    probe = [unshare, "--mount", "true"] if unshare else None
+    if probe is None or subprocess.run(probe, capture_output=True, check=False).returncode:
+        pytest.skip("needs unshare and the right to make a mount namespace (root)")
+    assert unshare is not None
+    # Remount / read-only for this process only; refuse to go on if a write still succeeds.
+    script = (
+        "mount --bind / / && mount -o remount,bind,ro / && "
+        '! touch /.read-only-check 2>/dev/null && exec "$0" run'
+    )
+    with serve(b"hello from the app") as app:
+        proxy, metrics = free_port(), free_port()
+        env = {**sidecar_env(proxy, metrics, app.port), "PYTHONDONTWRITEBYTECODE": "1"}
+        args = [unshare, "--mount", "--propagation", "private", "sh", "-c", script, str(SIDECAR)]
+        with process(args, env) as proc:
+            wait_http_ok(f"http://{LOOPBACK}:{metrics}/ready", timeout=15, proc=proc)
+            assert http_get(f"http://{LOOPBACK}:{proxy}/orders") == (200, b"hello from the app")
+            status, body = http_get(f"http://{LOOPBACK}:{metrics}/metrics")
+            assert status == 200 and b"sidecar_requests_total{" in body
+            proc.popen.terminate()
+            assert proc.popen.wait(timeout=10) == 0, proc.output()
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
