@@ -153,13 +153,7 @@ class DownstreamConnection(asyncio.Protocol):
             return
         if self._read_block & _REJECTED:
             return
-        if self._state == _HEAD:
-            # httptools buffers a header until it is complete; bound that buffer ourselves.
-            self._head_bytes += len(data)
-            s = self.ctx.settings
-            if self._head_bytes > s.max_header_bytes + s.max_url_bytes:
-                self._reject(431, "request header section too large")
-                return
+        head_before = self.cur if self._state == _HEAD else None
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -172,6 +166,18 @@ class DownstreamConnection(asyncio.Protocol):
                 raise
         except httptools.HttpParserError as exc:
             self._reject(400, _parser_detail(exc))
+            return
+        if self._state == _HEAD:
+            # httptools holds an unfinished head until it is complete, so bound what one may
+            # take. An unfinished head holds no blank line, so within this read it starts after
+            # the last CRLFCRLF: an upper bound that never charges it for earlier requests.
+            if head_before is not None and head_before is self.cur:
+                self._head_bytes += len(data)  # the same head, still unfinished
+            else:
+                self._head_bytes = len(data) - (data.rfind(b"\r\n\r\n") + 4)
+            s = self.ctx.settings
+            if self._head_bytes > s.max_header_bytes + s.max_url_bytes:
+                self._reject(431, "request header section too large")
 
     # == httptools callbacks =======================================================================
 
