@@ -1,0 +1,1 @@
+"""Reference proxies that the sidecar is measured against, run as separate processes."""
