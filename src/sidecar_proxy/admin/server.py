@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import cast
@@ -56,8 +57,12 @@ class _Server(ThreadingHTTPServer):
         super().__init__(address, _Handler)
 
     def handle_error(self, request: object, client_address: object) -> None:
-        # The default prints a traceback to stderr; keep stderr JSON-only.
-        _log.exception("admin request failed", extra={"client": str(client_address)})
+        # The default prints a traceback to stderr; keep stderr JSON-only, and a scraper or probe
+        # hanging up mid-response is routine, not an error.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            _log.debug("admin client went away", extra={"client": str(client_address)})
+        else:
+            _log.exception("admin request failed", extra={"client": str(client_address)})
 
 
 class _Handler(BaseHTTPRequestHandler):
