@@ -119,6 +119,7 @@ def test_health(admin: Admin) -> None:
     status, headers, body = admin.request("GET", "/health")
     assert (status, body) == (200, b'{"status":"alive"}\n')
     assert headers["Content-Type"] == "application/json"
+    assert headers["Server"] == "sidecar-proxy-admin"
     assert admin.request("HEAD", "/health")[0::2] == (200, b"")
 
 
@@ -158,6 +159,7 @@ def test_other_methods_are_not_allowed(admin: Admin, method: str) -> None:
     status, headers, _ = admin.request(method, "/metrics")
     assert status == 405
     assert headers["Allow"] == "GET, HEAD"
+    assert headers["Connection"] == "close"  # its body, if any, was not read
 
 
 def test_unrecognised_method_is_not_implemented(admin: Admin) -> None:

@@ -71,7 +71,6 @@ class _Handler(BaseHTTPRequestHandler):
     # delayed ACK, adding ~40 ms to every response on a kept-alive connection.
     disable_nagle_algorithm = True
     server_version = "sidecar-proxy-admin"
-    sys_version = ""
     timeout = _IDLE_TIMEOUT
     # Used by the stdlib for its own errors (400, 501, ...): plain text instead of HTML.
     error_content_type = _TEXT
@@ -86,8 +85,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _not_allowed(self) -> None:
         # The request may have a body we will not read; close rather than misparse it as the
         # next request.
-        self.close_connection = True
-        self._reply(405, _TEXT, b"405 method not allowed\n", True, ("Allow", "GET, HEAD"))
+        allow, close = ("Allow", "GET, HEAD"), ("Connection", "close")
+        self._reply(405, _TEXT, b"405 method not allowed\n", True, allow, close)
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed
 
@@ -122,6 +121,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if send_body:
             self.wfile.write(body)
+
+    def version_string(self) -> str:
+        return self.server_version  # not the stdlib's "BaseHTTP/0.6 Python/3.x.y"
 
     def log_message(self, format: str, *args: object) -> None:
         _log.debug(format, *args)
