@@ -147,7 +147,7 @@ def test_write_errors_are_counted_as_drops(pipe: Pipe) -> None:
     log.flush()
     for i in range(5):
         log.write(line(i))
-    log.close(5.0)
+    assert not log.close(5.0)
     assert drops.lines == 15
 
 

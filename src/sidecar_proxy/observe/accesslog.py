@@ -112,7 +112,8 @@ class AccessLog:
             self._batch_bytes = 0
 
     def close(self, timeout: float) -> bool:
-        """Flush, let the writer drain for up to ``timeout`` s; True if everything was written.
+        """Flush, let the writer drain for up to ``timeout`` s; True if every accepted line was
+        written.
 
         The last call on this object. On False the writer is still blocked on the fd; it is a
         daemon thread, so it does not hold up process exit.
@@ -121,7 +122,7 @@ class AccessLog:
         self._queue.put(None)
         self._thread.join(timeout)
         self.flush()  # report lines the writer failed on while draining
-        return not self._thread.is_alive()
+        return not self._thread.is_alive() and self._failed == 0
 
     def _run(self) -> None:
         while (data := self._queue.get()) is not None:
