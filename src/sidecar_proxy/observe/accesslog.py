@@ -112,11 +112,11 @@ class AccessLog:
             self._batch_bytes = 0
 
     def close(self, timeout: float) -> bool:
-        """Flush, let the writer drain for up to ``timeout`` s; True if every accepted line was
-        written.
+        """Flush and let the writer drain for up to ``timeout`` s; the last call on this object.
 
-        The last call on this object. On False the writer is still blocked on the fd; it is a
-        daemon thread, so it does not hold up process exit.
+        True if every accepted line reached the fd. False if lines were lost (and counted through
+        ``on_drop``) or the writer is still blocked on the fd; it is a daemon thread, so it does
+        not hold up process exit.
         """
         self.flush()
         self._queue.put(None)
