@@ -1,0 +1,451 @@
+"""Helpers for the hardening tests: byte-exact exchanges with the proxy, strict parsing of what it
+sends back, an app that also records which of its connections have ended, scripted apps that
+write raw (possibly broken) bytes, and a watch on the event loop's error handler.
+
+Everything here observes from outside, through sockets: the hardening tests state rules about
+what crosses the wire, not about how the proxy is built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+import socket
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httptools
+from conftest import TEST_SETTINGS
+
+from sidecar_proxy.config import Settings
+from sidecar_proxy.server import ProxyServer
+from support.client import Response, connect
+from support.loop import LoopThread
+from support.upstream import Handler, Received, Upstream, ok
+
+# == talking to the proxy ==========================================================================
+
+
+@dataclass
+class Capture:
+    """Everything the proxy sent on one connection, and how the connection ended."""
+
+    data: bytes
+    closed: bool  # the proxy closed the connection (EOF or reset) before the deadline
+    elapsed: float  # seconds from the last byte sent to the close, or to the deadline
+
+
+def send_tolerant(sock: socket.socket, data: bytes, piece: int = 65536) -> bool:
+    """Send ``data``; False when the proxy stopped accepting it (it may close early, as it
+    should on a rejected request, and a test must still read what it answered)."""
+    try:
+        for i in range(0, len(data), piece):
+            sock.sendall(data[i : i + piece])
+    except (BrokenPipeError, ConnectionResetError):
+        return False
+    return True
+
+
+def read_until_close(sock: socket.socket, timeout: float, linger: float = 0.3) -> Capture:
+    """Read until the proxy closes the connection or ``timeout`` passes. Once something has
+    arrived, ``linger`` seconds without more bytes also end the wait (``closed`` stays False):
+    the proxy writes an answer and its close together, so a longer silence means no close."""
+    start = time.monotonic()
+    deadline = start + timeout
+    buf = bytearray()
+    closed = False
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        sock.settimeout(min(left, linger) if buf else left)
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            if buf:
+                break
+            continue
+        except ConnectionResetError:
+            closed = True
+            break
+        if not data:
+            closed = True
+            break
+        buf += data
+    return Capture(bytes(buf), closed, time.monotonic() - start)
+
+
+def exchange(port: int, raw: bytes, timeout: float = 2.0, linger: float = 0.3) -> Capture:
+    """Send ``raw`` on a new connection and collect everything until the proxy closes it."""
+    with connect(port, timeout) as sock:
+        send_tolerant(sock, raw)
+        return read_until_close(sock, timeout, linger)
+
+
+def raw_request(line: bytes, *fields: bytes, body: bytes = b"") -> bytes:
+    """A request from its request line and field lines; CRLFs added, nothing else checked."""
+    return line + b"\r\n" + b"".join(f + b"\r\n" for f in fields) + b"\r\n" + body
+
+
+GET = raw_request(b"GET / HTTP/1.1", b"Host: test")
+
+
+# == reading what the proxy sent ===================================================================
+
+
+@dataclass
+class Parsed:
+    responses: list[Response] = field(default_factory=list)  # complete ones, in order
+    partial: Response | None = None  # started but not ended by its framing
+    error: str | None = None  # the bytes are not a valid sequence of HTTP/1.1 responses
+
+    @property
+    def statuses(self) -> list[int]:
+        return [r.status for r in self.responses]
+
+
+class _ResponseParse:
+    def __init__(self) -> None:
+        self.out = Parsed()
+        self.cur = Response()
+        self.parser = httptools.HttpResponseParser(self)
+
+    def on_message_begin(self) -> None:
+        self.cur = Response()
+        self.out.partial = self.cur
+
+    def on_status(self, reason: bytes) -> None:
+        self.cur.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.cur.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        self.cur.status = self.parser.get_status_code()
+
+    def on_body(self, body: bytes) -> None:
+        self.cur.body += body
+
+    def on_message_complete(self) -> None:
+        self.cur.complete = True
+        self.out.responses.append(self.cur)
+        self.out.partial = None
+
+
+def parse_responses(data: bytes) -> Parsed:
+    """Parse ``data`` strictly (llhttp, no leniency) as responses to non-HEAD requests."""
+    p = _ResponseParse()
+    try:
+        p.parser.feed_data(data)
+    except httptools.HttpParserUpgrade:
+        p.out.error = "unexpected upgrade"
+    except httptools.HttpParserError as exc:
+        p.out.error = str(exc) or type(exc).__name__
+    return p.out
+
+
+def assert_rejected(cap: Capture, status: int | set[int]) -> Response:
+    """The proxy answered with exactly one complete, well-formed ``status`` response that
+    announces the close, and then closed the connection."""
+    parsed = parse_responses(cap.data)
+    assert parsed.error is None, f"malformed bytes from the proxy: {parsed.error}: {cap.data!r}"
+    allowed = {status} if isinstance(status, int) else status
+    assert len(parsed.responses) == 1, f"expected one response: {cap.data!r}"
+    assert parsed.partial is None, f"trailing partial response: {cap.data!r}"
+    resp = parsed.responses[0]
+    assert resp.status in allowed, f"status {resp.status}, expected {allowed}: {cap.data!r}"
+    assert (resp.header("Connection") or "").lower() == "close", cap.data
+    assert cap.closed, "the proxy kept the connection open after rejecting the request"
+    return resp
+
+
+def values(headers: list[tuple[str, str]], name: str) -> list[str]:
+    """Every value of the field ``name`` (any case), in order."""
+    low = name.lower()
+    return [v for n, v in headers if n.lower() == low]
+
+
+def split_head(data: bytes) -> tuple[bytes, bytes]:
+    """A response head (up to and including the blank line) and whatever followed it."""
+    end = data.find(b"\r\n\r\n")
+    assert end >= 0, f"no complete response head in {data!r}"
+    return data[: end + 4], data[end + 4 :]
+
+
+# == apps ==========================================================================================
+
+
+@dataclass
+class TrackingUpstream(Upstream):
+    """An :class:`Upstream` that also records which connections have ended (by 1-based number).
+
+    A connection ends when the proxy closes it, sends bytes the app cannot parse, or the
+    handler closes it; tests that use ``ended`` as "the proxy discarded it" keep their handlers
+    from closing.
+    """
+
+    ended: set[int] = field(default_factory=set)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn_no = self.connections + 1  # what the base class is about to assign
+        try:
+            await super()._serve(reader, writer)
+        finally:
+            self.ended.add(conn_no)
+
+    def raw_total(self) -> int:
+        return sum(len(r) for r in self.raw)
+
+
+@contextmanager
+def running(
+    lt: LoopThread, handler: Handler = ok, **overrides: Any
+) -> Iterator[tuple[TrackingUpstream, ProxyServer]]:
+    """An app and a proxy in front of it, configured like the shared fixtures do, for tests
+    that share one pair across many cases (starting a proxy costs about 0.1 s)."""
+    app = TrackingUpstream(handler)
+    lt.run(app.start())
+    fields = {**TEST_SETTINGS, "upstream_port": app.port, **overrides}
+    proxy = ProxyServer(dataclasses.replace(Settings(), **fields))
+    lt.run(proxy.start())
+    try:
+        yield app, proxy
+    finally:
+        lt.run(proxy.close())
+        lt.run(app.stop())
+
+
+@dataclass(frozen=True)
+class AppMark:
+    """How much had reached the app at one moment."""
+
+    received: int
+    raw_bytes: int
+    per_connection: tuple[int, ...]
+
+
+def mark(app: TrackingUpstream) -> AppMark:
+    return AppMark(len(app.received), app.raw_total(), tuple(len(r) for r in app.raw))
+
+
+def touched_since(app: TrackingUpstream, since: AppMark) -> list[int]:
+    """The app connections (1-based) that received bytes after ``since``."""
+    before = since.per_connection
+    return [
+        i + 1 for i, raw in enumerate(app.raw) if len(raw) > (before[i] if i < len(before) else 0)
+    ]
+
+
+def assert_nothing_reached(app: TrackingUpstream, since: AppMark, settle: float = 0.05) -> None:
+    """No request and not one byte reached the app after ``since``. Waits ``settle`` first: a
+    wrongly forwarded request would be written on the event loop after the answer."""
+    time.sleep(settle)
+    assert app.received[since.received :] == [], "a request reached the app"
+    assert app.raw_total() == since.raw_bytes, f"bytes reached the app: {app.raw[-1]!r}"
+
+
+class Close:
+    """A step of :func:`script`: close the app's side of the connection."""
+
+
+CLOSE = Close()
+
+
+def script(*steps: bytes | float | Close) -> Handler:
+    """An app handler that writes raw bytes, sleeps (a float, in seconds) and may close."""
+
+    async def handler(req: Received, w: asyncio.StreamWriter) -> None:
+        for step in steps:
+            if isinstance(step, Close):
+                w.close()
+                return
+            if isinstance(step, bytes):
+                w.write(step)
+                await w.drain()
+            else:
+                await asyncio.sleep(step)
+
+    return handler
+
+
+RawScript = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@dataclass
+class RawApp:
+    """An app that hands each connection to ``script`` as it is: for apps that answer before
+    the request has ended, which a request-at-a-time app cannot do."""
+
+    script: RawScript
+    port: int = 0
+    connections: int = 0
+    _server: asyncio.base_events.Server | None = None
+    _writers: set[asyncio.StreamWriter] = field(default_factory=set)
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for w in list(self._writers):
+            w.transport.abort()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.add(writer)
+        try:
+            await self.script(reader, writer)
+        except ConnectionError:
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+
+# == waiting and watching ==========================================================================
+
+
+def wait_for(pred: Callable[[], bool], timeout: float = 2.0, interval: float = 0.01) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if pred():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+@contextmanager
+def loop_errors(lt: LoopThread) -> Iterator[list[dict[str, Any]]]:
+    """Collect what reaches the event loop's exception handler meanwhile: an exception escaping
+    a protocol callback (a crash of that connection) lands there, not in the test."""
+    errors: list[dict[str, Any]] = []
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        errors.append(context)
+
+    async def swap(new: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        old = loop.get_exception_handler()
+        loop.set_exception_handler(new)
+        return old
+
+    old = lt.run(swap(handler))
+    try:
+        yield errors
+    finally:
+        lt.run(swap(old))
+
+
+# == what a request on the wire must look like =====================================================
+
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_REQUEST_LINE = re.compile(rb"^(" + _TOKEN + rb") (\S+) HTTP/1\.1$")
+_FIELD_LINE = re.compile(rb"^(" + _TOKEN + rb"): ?([\t\x20-\x7e\x80-\xff]*)$")
+
+
+def check_request_head(head: bytes) -> list[str]:
+    """Problems with one request head as the proxy wrote it (empty when it is clean): a strict
+    request line, strict field lines, exactly one Host, and one unambiguous framing."""
+    problems: list[str] = []
+    lines = head.split(b"\r\n")
+    if not _REQUEST_LINE.match(lines[0]):
+        problems.append(f"bad request line {lines[0]!r}")
+    names: list[bytes] = []
+    for line in lines[1:]:
+        m = _FIELD_LINE.match(line)
+        if m is None:
+            problems.append(f"bad field line {line!r}")
+            continue
+        value = m.group(2)
+        if value != value.strip(b" \t"):
+            problems.append(f"padded field value {line!r}")
+        names.append(m.group(1).lower())
+    if names.count(b"host") != 1:
+        problems.append(f"{names.count(b'host')} Host fields")
+    framing = names.count(b"content-length") + names.count(b"transfer-encoding")
+    if framing > 1:
+        problems.append("more than one framing field")
+    return problems
+
+
+@dataclass
+class AppStream:
+    """One app connection's bytes, parsed as the app would."""
+
+    heads: list[bytes] = field(default_factory=list)
+    complete: int = 0
+    error: str | None = None
+    tail: bool = False  # a request started but not finished when the bytes ran out
+
+
+class _RequestParse:
+    def __init__(self, out: AppStream) -> None:
+        self.out = out
+
+    def on_message_begin(self) -> None:
+        self.out.tail = True
+
+    def on_message_complete(self) -> None:
+        self.out.complete += 1
+        self.out.tail = False
+
+
+def parse_app_stream(raw: bytes) -> AppStream:
+    """Split one app connection's bytes into requests: heads by their blank line (for
+    :func:`check_request_head`), framing by llhttp in strict mode."""
+    out = AppStream()
+    parser = httptools.HttpRequestParser(_RequestParse(out))
+    try:
+        parser.feed_data(raw)
+    except httptools.HttpParserUpgrade:
+        out.error = "unexpected upgrade"
+    except httptools.HttpParserError as exc:
+        out.error = str(exc) or type(exc).__name__
+    # heads: every request starts right after the previous one ended; the parser already
+    # vouched for framing, so locating heads only needs the blank lines that close them
+    pos = 0
+    while pos < len(raw):
+        end = raw.find(b"\r\n\r\n", pos)
+        if end < 0:
+            break
+        out.heads.append(raw[pos:end])
+        try:
+            pos = _skip_body(raw, raw[pos:end], end + 4)
+        except ValueError:  # unreadable framing: llhttp has reported it in ``error``
+            break
+        if pos < 0:
+            break
+    return out
+
+
+def _skip_body(raw: bytes, head: bytes, pos: int) -> int:
+    """Where the message whose head is ``head`` ends, or -1 when the bytes end first."""
+    low = head.lower()
+    m = re.search(rb"\r\ncontent-length: *(\d+)", low)
+    if m:
+        end = pos + int(m.group(1))
+        return end if end <= len(raw) else -1
+    if b"\r\ntransfer-encoding: chunked" in low:
+        while True:
+            eol = raw.find(b"\r\n", pos)
+            if eol < 0:
+                return -1
+            size = int(raw[pos:eol].split(b";")[0] or b"0", 16)
+            pos = eol + 2
+            if size == 0:
+                trailer_end = raw.find(b"\r\n", pos)
+                while trailer_end > pos:  # trailer fields until the empty line
+                    pos = trailer_end + 2
+                    trailer_end = raw.find(b"\r\n", pos)
+                return trailer_end + 2 if trailer_end >= 0 else -1
+            pos += size + 2
+    return pos
