@@ -67,7 +67,7 @@ class Upstream:
     raw: list[bytearray] = field(default_factory=list)  # raw bytes per connection
     connections: int = 0
     _server: asyncio.base_events.Server | None = None
-    _writers: set[asyncio.StreamWriter] = field(default_factory=set)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def start(self, port: int = 0) -> int:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", port)
@@ -78,16 +78,19 @@ class Upstream:
         if self._server is not None:
             self._server.close()
             self._server = None
-        for w in list(self._writers):
-            w.transport.abort()
-        self._writers.clear()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         conn_no = self.connections
         raw = bytearray()
         self.raw.append(raw)
-        self._writers.add(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
         done: asyncio.Queue[Received] = asyncio.Queue()
         collector = _Collector(done, conn_no)
         parser = httptools.HttpRequestParser(collector)
@@ -110,8 +113,8 @@ class Upstream:
         except (ConnectionError, httptools.HttpParserError):
             pass
         finally:
-            self._writers.discard(writer)
-            writer.close()
+            self._tasks.discard(task)
+            writer.transport.abort()
 
 
 class _Collector:

@@ -356,7 +356,9 @@ class DownstreamConnection(asyncio.Protocol):
         return None
 
     def _exchange(self, cur: RequestHead) -> Exchange:
-        ex = Exchange(self.ctx.loop.time(), time.time(), self.remote_addr)
+        # Not loop.time(): uvloop's is libuv's cached millisecond clock, too coarse for the
+        # 1 ms histogram bucket. Timers still use loop.time(); only measurements use this.
+        ex = Exchange(time.monotonic(), time.time(), self.remote_addr)
         ex.method = cur.method.decode("latin-1")
         path, q, _ = cur.target.partition(b"?")
         ex.path = path.decode("latin-1")

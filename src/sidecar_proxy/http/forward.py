@@ -312,7 +312,7 @@ class Forward:
             self._interim(status)
             return
         now = ctx.loop.time()
-        ex.ttfb = now - ex.start
+        ex.ttfb = time.monotonic() - ex.start
         self.last_activity = now
         if self.try_timer is not None:
             self.try_timer.cancel()
@@ -711,6 +711,6 @@ class Forward:
             self.limited = False
             ctx.limiter.release()
         ex = self.ex
-        ex.end = ctx.loop.time()
+        ex.end = time.monotonic()
         ctx.recorder.finished(ex)
         self.client.forward_done(self)

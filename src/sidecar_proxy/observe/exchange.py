@@ -61,7 +61,7 @@ class Exchange:
     )
 
     def __init__(self, start: float, start_wall: float, remote_addr: str) -> None:
-        self.start = start  # loop.time() (monotonic) when the request head was parsed
+        self.start = start  # time.monotonic() when the request head was parsed
         self.start_wall = start_wall  # time.time() of the same moment, for the log timestamp
         self.end = start
         self.remote_addr = remote_addr
