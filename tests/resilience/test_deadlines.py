@@ -3,11 +3,13 @@ each attempt; no retry starts that cannot finish in time."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from support.calls import build, send
 from support.misbehave import OK, Script, always, hang, status
-from support.upstream import Upstream
+from support.scrape import value
+from support.upstream import Received, Upstream
 
 from sidecar_proxy.server import ProxyServer
 
@@ -131,3 +133,45 @@ def test_backoff_that_would_outlast_the_deadline_is_not_waited_out(
     assert out.response is not None and out.response.body == b"app says 503"
     assert out.elapsed < 0.3, out.elapsed
     assert len(up.received) <= 2
+
+
+async def stall_in_head(req: Received, w: asyncio.StreamWriter) -> None:
+    """Start a response head and stall in the middle of it."""
+    w.write(b"HTTP/1.1 200 OK\r\nContent-Le")
+
+
+async def stall_in_body(req: Received, w: asyncio.StreamWriter) -> None:
+    """Send a head promising 100 bytes and 10 of them, then stall with the connection open."""
+    w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
+
+
+def test_app_stalling_inside_its_head_gets_504_at_the_deadline(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    # Half a head is no head: the deadline for the head still applies.
+    up = start_upstream(always(stall_in_head))
+    proxy = start_proxy(up.port, request_timeout=0.5)
+
+    out = send(proxy.port, build("GET", "/half-head"))
+
+    assert out.status == 504
+    assert abs(out.elapsed - 0.5) <= MARGIN, out.elapsed
+
+
+def test_app_stalling_inside_its_body_is_cut_after_request_timeout_of_silence(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    # The head is out, so the status cannot change: the proxy closes the connection short of
+    # the promised length, which is how the client learns the body is truncated.
+    up = start_upstream(always(stall_in_body))
+    proxy = start_proxy(up.port, request_timeout=0.5)
+
+    out = send(proxy.port, build("GET", "/stalled-body"))
+
+    assert out.response is not None
+    assert out.status == 200
+    assert out.response.body == b"x" * 10
+    assert not out.response.complete
+    assert out.closed
+    assert abs(out.elapsed - 0.5) <= MARGIN, out.elapsed
+    assert value(proxy.metrics.registry, "sidecar_upstream_errors_total", type="timeout") == 1
