@@ -202,20 +202,29 @@ class TrackingUpstream(Upstream):
 
 
 @contextmanager
-def running(
-    lt: LoopThread, handler: Handler = ok, **overrides: Any
-) -> Iterator[tuple[TrackingUpstream, ProxyServer]]:
-    """An app and a proxy in front of it, configured like the shared fixtures do, for tests
-    that share one pair across many cases (starting a proxy costs about 0.1 s)."""
-    app = TrackingUpstream(handler)
-    lt.run(app.start())
-    fields = {**TEST_SETTINGS, "upstream_port": app.port, **overrides}
+def proxy_to(lt: LoopThread, upstream_port: int, /, **overrides: Any) -> Iterator[ProxyServer]:
+    """A proxy in front of ``upstream_port``, configured like the shared fixtures do, for tests
+    that share one proxy across many cases (starting one costs about 0.1 s)."""
+    fields = {**TEST_SETTINGS, "upstream_port": upstream_port, **overrides}
     proxy = ProxyServer(dataclasses.replace(Settings(), **fields))
     lt.run(proxy.start())
     try:
-        yield app, proxy
+        yield proxy
     finally:
         lt.run(proxy.close())
+
+
+@contextmanager
+def running(
+    lt: LoopThread, handler: Handler = ok, /, **overrides: Any
+) -> Iterator[tuple[TrackingUpstream, ProxyServer]]:
+    """A tracking app and a proxy in front of it."""
+    app = TrackingUpstream(handler)
+    lt.run(app.start())
+    try:
+        with proxy_to(lt, app.port, **overrides) as proxy:
+            yield app, proxy
+    finally:
         lt.run(app.stop())
 
 
@@ -246,6 +255,17 @@ def assert_nothing_reached(app: TrackingUpstream, since: AppMark, settle: float 
     time.sleep(settle)
     assert app.received[since.received :] == [], "a request reached the app"
     assert app.raw_total() == since.raw_bytes, f"bytes reached the app: {app.raw[-1]!r}"
+
+
+def assert_never_completed(app: TrackingUpstream, since: AppMark) -> None:
+    """Whatever part of a refused request streamed to the app after ``since``, the app never
+    saw it complete, and every connection that carried part of it was closed, not reused."""
+    time.sleep(0.05)
+    assert app.received[since.received :] == [], "the refused request completed at the app"
+    touched = touched_since(app, since)
+    assert wait_for(lambda: all(c in app.ended for c in touched)), (
+        f"app connections {touched} carried part of a refused request and were left open"
+    )
 
 
 class Close:
