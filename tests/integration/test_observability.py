@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 import urllib.request
@@ -97,8 +98,9 @@ def test_seed_metrics_after_known_traffic(
 
 
 def test_upstream_errors_use_the_seeds_types(
-    start_proxy: Callable[..., ProxyServer], free_port: int
+    start_proxy: Callable[..., ProxyServer], free_port: int, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="sidecar_proxy.breaker")
     proxy = start_proxy(free_port, max_retries=0, circuit_breaker_threshold=1)
     assert get(proxy.port, "/").status == 502
     assert get(proxy.port, "/").status == 503  # breaker now open
@@ -107,6 +109,9 @@ def test_upstream_errors_use_the_seeds_types(
     assert value(proxy, "sidecar_requests_rejected_total", reason="circuit_open") == 1
     # the gauge says open while the breaker rejects (the seed's gauge read 0 here)
     assert value(proxy, "sidecar_circuit_breaker_state") == 1
+    # and the transition was logged
+    (record,) = [r for r in caplog.records if r.name == "sidecar_proxy.breaker"]
+    assert record.getMessage() == "circuit breaker open" and record.levelno == logging.WARNING
 
 
 def test_path_label_cardinality_is_capped(

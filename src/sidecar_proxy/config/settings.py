@@ -84,8 +84,8 @@ class Settings:
         "REQUEST_TIMEOUT",
         POSITIVE_DURATION,
         "30s",
-        "deadline for the app's response head, all retries included; "
-        "also the longest the response body may stall",
+        "deadline for the app's response head, counted from the end of the request, "
+        "retries included; also the longest the response body may stall",
     )
     per_try_timeout: float = _setting(
         "PER_TRY_TIMEOUT",

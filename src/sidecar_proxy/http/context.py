@@ -7,11 +7,12 @@ of these with a single attribute load.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING
 
 from sidecar_proxy.http.pool import UpstreamPool
 from sidecar_proxy.policy.backoff import Backoff
-from sidecar_proxy.policy.breaker import CircuitBreaker
+from sidecar_proxy.policy.breaker import BreakerState, CircuitBreaker
 from sidecar_proxy.policy.budget import RetryBudget
 from sidecar_proxy.policy.retry import RetryPolicy
 from sidecar_proxy.policy.shedding import ConcurrencyLimit
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from sidecar_proxy.http.downstream import DownstreamConnection
     from sidecar_proxy.observe.metrics import Metrics
     from sidecar_proxy.observe.recorder import Recorder
+
+log = logging.getLogger("sidecar_proxy.breaker")
 
 
 class ProxyContext:
@@ -68,7 +71,7 @@ class ProxyContext:
             settings.circuit_breaker_timeout,
             settings.circuit_breaker_half_open_requests,
             loop.time,
-            on_transition=metrics.on_breaker_transition,
+            on_transition=self._breaker_transition,
         )
         self.budget = budget = RetryBudget(
             settings.retry_budget_ratio,
@@ -86,3 +89,8 @@ class ProxyContext:
         self.failure_statuses = settings.circuit_breaker_failure_statuses
         self.connections: set[DownstreamConnection] = set()
         self.draining = False
+
+    def _breaker_transition(self, old: BreakerState, new: BreakerState) -> None:
+        self.metrics.on_breaker_transition(old, new)
+        level = logging.WARNING if new is BreakerState.OPEN else logging.INFO
+        log.log(level, "circuit breaker " + new.name.lower(), extra={"from": old.name.lower()})
