@@ -51,6 +51,8 @@ class Run:
     peer: str
     result: WrkResult
     rss_after: int | None
+    cpu_us: float | None  # the peer's CPU time per request (all its threads and processes)
+    waited: float | None  # fraction of the run the peer was runnable but had no core
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -58,6 +60,8 @@ class Run:
             "scenario": self.scenario,
             "peer": self.peer,
             "rss_after": self.rss_after,
+            "cpu_us_per_request": self.cpu_us,
+            "waited_fraction": self.waited,
             **self.result.to_json(),
         }
 
@@ -80,6 +84,8 @@ class Median:
     mibs: float
     errors: int  # over all rounds
     rss_after_max: int | None
+    cpu_us: float | None
+    waited: float | None
     rounds: int
 
 
@@ -90,6 +96,7 @@ class Target:
     goal: float
     at_least: bool  # True: value >= goal wanted; False: value <= goal wanted
     unit: str
+    cpu_ratio: float | None = None  # the same comparison in requests per CPU-second
 
     @property
     def met(self) -> bool:
@@ -117,6 +124,7 @@ class Target:
             "unit": self.unit,
             "met": self.met,
             "margin": self.margin,
+            "cpu_ratio": self.cpu_ratio,
         }
 
 
@@ -164,13 +172,23 @@ class Report:
                 return run
         return None
 
+    def cpu_ratio(self, scenario: Scenario, peer: str, of: str = SIDECAR) -> float | None:
+        """Requests per CPU-second of ``of`` over ``peer``'s: the ratio that noise moves least."""
+        medians = self.medians[scenario.name]
+        mine, theirs = medians.get(of), medians.get(peer)
+        if mine is None or theirs is None or not mine.cpu_us or not theirs.cpu_us:
+            return None
+        return theirs.cpu_us / mine.cpu_us
+
     def targets(self) -> list[Target]:
         found: list[Target] = []
         by_name = {sc.name: sc for sc in self.scenarios}
         for scenario_name, peer, goal in THROUGHPUT_TARGETS:
             scenario = by_name.get(scenario_name)
-            ratio = self.ratio(scenario, peer) if scenario else None
-            if scenario and ratio:
+            if scenario is None:
+                continue
+            ratio = self.ratio(scenario, peer)
+            if ratio:
                 found.append(
                     Target(
                         f"{scenario_name}: {scenario.headline_unit} >= {goal:g} x {peer}",
@@ -178,17 +196,20 @@ class Report:
                         goal,
                         True,
                         "x",
+                        self.cpu_ratio(scenario, peer),
                     )
                 )
         memory = self.memory.get(SIDECAR)
         if memory and memory.idle is not None:
-            found.append(Target("RSS idle <= 40 MiB", memory.idle / MIB, 40, False, "MiB"))
+            found.append(
+                Target("RSS idle <= 40 MiB", memory.idle / MIB, RSS_IDLE_LIMIT / MIB, False, "MiB")
+            )
         if memory and memory.keepalive is not None:
             found.append(
                 Target(
                     f"RSS with {memory.keepalive_open} keep-alive connections <= 64 MiB",
                     memory.keepalive / MIB,
-                    64,
+                    RSS_KEEPALIVE_LIMIT / MIB,
                     False,
                     "MiB",
                 )
@@ -206,10 +227,21 @@ class Report:
                 "(median of rounds) =="
             )
             rows = [
-                ["peer", "req/s", "p50 ms", "p99 ms", "MiB/s", "errors", "RSS MiB", f"x {SIDECAR}"]
+                [
+                    "peer",
+                    "req/s",
+                    "p50 ms",
+                    "p99 ms",
+                    "MiB/s",
+                    "errors",
+                    "RSS MiB",
+                    "CPU us/req",
+                    "waited",
+                    f"{SIDECAR} x",
+                ]
             ]
+            mine = medians.get(SIDECAR)
             for peer, m in medians.items():
-                mine = self.medians[sc.name].get(SIDECAR)
                 vs = (
                     f"{_headline(sc, mine) / _headline(sc, m):.2f}"
                     if mine and peer != SIDECAR and _headline(sc, m) > 0
@@ -224,11 +256,17 @@ class Report:
                         f"{m.mibs:,.1f}",
                         str(m.errors),
                         _mib(m.rss_after_max),
+                        "-" if m.cpu_us is None else f"{m.cpu_us:,.1f}",
+                        "-" if m.waited is None else f"{m.waited:.0%}",
                         vs,
                     ]
                 )
             out.append(_table(rows))
-            out.append(f"  (last column: {SIDECAR}'s {sc.headline_unit} divided by the peer's)")
+            out.append(
+                f"  last column: {SIDECAR}'s {sc.headline_unit} / the peer's. CPU us/req: the "
+                "peer's own CPU time per request. waited: share of the run the peer was runnable "
+                "but its core was busy with other work (noise)."
+            )
 
         out.append(f"\n== ratios: {SIDECAR} / peer (ratio of medians [per-round min-max]) ==")
         rows = [["scenario", "figure", *(f"/ {p}" for p in RATIO_PEERS)]]
@@ -238,17 +276,29 @@ class Report:
                 ratio = self.ratio(sc, peer)
                 cells.append(f"{ratio[0]:.2f} [{ratio[1]:.2f}-{ratio[2]:.2f}]" if ratio else "-")
             rows.append([sc.name, sc.headline_unit, *cells])
+            cpu_cells = []
+            for peer in RATIO_PEERS:
+                cpu = self.cpu_ratio(sc, peer)
+                cpu_cells.append("-" if cpu is None else f"{cpu:.2f}")
+            rows.append([sc.name, "req/CPU-s", *cpu_cells])
         out.append(_table(rows))
+        out.append(
+            "  req/CPU-s: requests per second of the peer's own CPU time, the sidecar's over the "
+            "peer's: what the throughput ratio would be with a quiet core each."
+        )
 
         for sc in self.scenarios:
-            on_off = self.ratio(sc, "sidecar-nolog")
-            pipe_off = self.ratio(sc, "sidecar-nolog", of="sidecar-pipe")
-            if on_off or pipe_off:
-                parts = []
-                if on_off:
-                    parts.append(f"log to /dev/null / log off = {on_off[0]:.2f}")
-                if pipe_off:
-                    parts.append(f"log to a pipe / log off = {pipe_off[0]:.2f}")
+            parts = []
+            for variant, what in (
+                (SIDECAR, "log to /dev/null"),
+                ("sidecar-pipe", "log to a pipe"),
+            ):
+                ratio = self.ratio(sc, "sidecar-nolog", of=variant)
+                cpu = self.cpu_ratio(sc, "sidecar-nolog", of=variant)
+                if ratio:
+                    cpu_text = "" if cpu is None else f" (req/CPU-s {cpu:.2f})"
+                    parts.append(f"{what} / log off = {ratio[0]:.2f}{cpu_text}")
+            if parts:
                 out.append(f"access log cost, {sc.name} ({sc.headline_unit}): " + "; ".join(parts))
 
         out.append("\n== memory: RSS of the peer's process tree (MiB) ==")
@@ -271,10 +321,11 @@ class Report:
         targets = self.targets()
         if targets:
             out.append(f"\n== targets ({SIDECAR}) ==")
-            rows = [["target", "measured", "verdict"]]
+            rows = [["target", "measured", "verdict", "req/CPU-s ratio"]]
             for t in targets:
                 shown = f"{t.value:.2f}x" if t.unit == "x" else f"{t.value:.1f} MiB"
-                rows.append([t.text, shown, t.describe()])
+                cpu_text = "-" if t.cpu_ratio is None else f"{t.cpu_ratio:.2f}x"
+                rows.append([t.text, shown, t.describe(), cpu_text])
             out.append(_table(rows))
 
         if self.notes:
@@ -298,6 +349,10 @@ class Report:
                 }
                 for sc in self.scenarios
             },
+            "cpu_ratios": {
+                sc.name: {peer: cpu for peer in RATIO_PEERS if (cpu := self.cpu_ratio(sc, peer))}
+                for sc in self.scenarios
+            },
             "memory": {peer: vars(mem) for peer, mem in self.memory.items()},
             "targets": [t.to_json() for t in self.targets()],
             "notes": self.notes,
@@ -316,6 +371,8 @@ def _median(runs: list[Run]) -> Median | None:
         return statistics.median(get(r.result) for r in runs)
 
     rss = [r.rss_after for r in runs if r.rss_after is not None]
+    cpu = [r.cpu_us for r in runs if r.cpu_us is not None]
+    waited = [r.waited for r in runs if r.waited is not None]
     return Median(
         rps=med(lambda w: w.requests_per_s),
         p50_ms=med(lambda w: w.p50_ms),
@@ -323,6 +380,8 @@ def _median(runs: list[Run]) -> Median | None:
         mibs=med(lambda w: w.mib_per_s),
         errors=sum(r.result.errors for r in runs),
         rss_after_max=max(rss) if rss else None,
+        cpu_us=statistics.median(cpu) if cpu else None,
+        waited=statistics.median(waited) if waited else None,
         rounds=len(runs),
     )
 

@@ -45,6 +45,7 @@ from bench.procs import (
     Proc,
     Supervisor,
     check_answers,
+    cpu_sample,
     free_port,
     http_get,
     pinning_available,
@@ -218,18 +219,25 @@ class Bench:
                 self.core(CORE_LOAD),
             )
             self.warmup_requests[peer.name] = self.warmup_requests.get(peer.name, 0) + warm.requests
+        before = cpu_sample(peer.proc.pid) if peer.proc is not None else None
+        started = time.monotonic()
         result = wrk.run(
             peer.port, scenario.path, scenario.connections, self.args.duration, self.core(CORE_LOAD)
         )
-        rss = None
-        if peer.proc is not None:
+        wall = time.monotonic() - started
+        rss = cpu_us = waited = None
+        if peer.proc is not None and before is not None:
+            after = cpu_sample(peer.proc.pid)
+            if result.requests:
+                cpu_us = (after.on_cpu - before.on_cpu) / 1e3 / result.requests
+            waited = (after.waiting - before.waiting) / 1e9 / wall
             if not peer.proc.alive():
                 raise PeerError(
                     f"{peer.name}: exited with code {peer.proc.popen.returncode} during the "
                     f"{scenario.name} run\n  stderr tail:\n{peer.proc.stderr_tail()}"
                 )
             rss = rss_bytes(peer.proc.pid)
-        return Run(round_, scenario.name, peer.name, result, rss)
+        return Run(round_, scenario.name, peer.name, result, rss, cpu_us, waited)
 
     def hold_keepalive(self, peer: Peer) -> None:
         proc = peer.proc
@@ -472,10 +480,13 @@ def main(argv: list[str] | None = None) -> int:
 def _progress(run: Run, rounds: int) -> None:
     r = run.result
     errors = f"  ERRORS {r.errors}" if r.errors else ""
+    cpu = ""
+    if run.cpu_us is not None and run.waited is not None:
+        cpu = f"  cpu {run.cpu_us:7.1f} us/req  waited {run.waited:4.0%}"
     print(
         f"  round {run.round + 1}/{rounds}  {run.scenario:<5}  {run.peer:<14}"
         f"{r.requests_per_s:>10,.0f} req/s {r.mib_per_s:>8,.1f} MiB/s"
-        f"  p50 {r.p50_ms:6.2f} ms  p99 {r.p99_ms:7.2f} ms{errors}",
+        f"  p50 {r.p50_ms:6.2f} ms  p99 {r.p99_ms:7.2f} ms{cpu}{errors}",
         flush=True,
     )
 
