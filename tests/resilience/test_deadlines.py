@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import pytest
 from support.calls import build, send
 from support.misbehave import OK, Script, always, hang, status
 from support.scrape import value
@@ -141,7 +142,10 @@ async def stall_in_head(req: Received, w: asyncio.StreamWriter) -> None:
 
 
 async def stall_in_body(req: Received, w: asyncio.StreamWriter) -> None:
-    """Send a head promising 100 bytes and 10 of them, then stall with the connection open."""
+    """After 0.2 s, send a head promising 100 bytes and 10 of them, then stall with the
+    connection open. The delay puts the last byte well after the request started, so a stall
+    limit counted from anything but the last byte shows."""
+    await asyncio.sleep(0.2)
     w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
 
 
@@ -158,11 +162,18 @@ def test_app_stalling_inside_its_head_gets_504_at_the_deadline(
     assert abs(out.elapsed - 0.5) <= MARGIN, out.elapsed
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="Forward._on_deadline re-arms the body stall timer at max(now, last_activity) + "
+    "request_timeout, i.e. now + request_timeout, instead of last_activity + request_timeout: "
+    "a stalled body is cut after up to twice request_timeout of silence",
+)
 def test_app_stalling_inside_its_body_is_cut_after_request_timeout_of_silence(
     start_upstream: StartUpstream, start_proxy: StartProxy
 ) -> None:
     # The head is out, so the status cannot change: the proxy closes the connection short of
-    # the promised length, which is how the client learns the body is truncated.
+    # the promised length, which is how the client learns the body is truncated. The last byte
+    # came at 0.2 s; request_timeout of silence after it is 0.7 s.
     up = start_upstream(always(stall_in_body))
     proxy = start_proxy(up.port, request_timeout=0.5)
 
@@ -173,5 +184,5 @@ def test_app_stalling_inside_its_body_is_cut_after_request_timeout_of_silence(
     assert out.response.body == b"x" * 10
     assert not out.response.complete
     assert out.closed
-    assert abs(out.elapsed - 0.5) <= MARGIN, out.elapsed
+    assert abs(out.elapsed - 0.7) <= MARGIN, out.elapsed
     assert value(proxy.metrics.registry, "sidecar_upstream_errors_total", type="timeout") == 1
