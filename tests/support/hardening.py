@@ -50,10 +50,14 @@ def send_tolerant(sock: socket.socket, data: bytes, piece: int = 65536) -> bool:
     return True
 
 
-def read_until_close(sock: socket.socket, timeout: float, linger: float = 0.3) -> Capture:
+def read_until_close(
+    sock: socket.socket, timeout: float, linger: float = 0.3, responses: int | None = None
+) -> Capture:
     """Read until the proxy closes the connection or ``timeout`` passes. Once something has
     arrived, ``linger`` seconds without more bytes also end the wait (``closed`` stays False):
-    the proxy writes an answer and its close together, so a longer silence means no close."""
+    the proxy writes an answer and its close together, so a longer silence means no close.
+    With ``responses``, having that many complete responses ends the wait too: for tests that
+    do not care whether the connection stays open."""
     start = time.monotonic()
     deadline = start + timeout
     buf = bytearray()
@@ -76,14 +80,23 @@ def read_until_close(sock: socket.socket, timeout: float, linger: float = 0.3) -
             closed = True
             break
         buf += data
+        if responses is not None and len(parse_responses(bytes(buf)).responses) >= responses:
+            break
     return Capture(bytes(buf), closed, time.monotonic() - start)
 
 
-def exchange(port: int, raw: bytes, timeout: float = 2.0, linger: float = 0.3) -> Capture:
-    """Send ``raw`` on a new connection and collect everything until the proxy closes it."""
+def exchange(
+    port: int,
+    raw: bytes,
+    timeout: float = 2.0,
+    linger: float = 0.3,
+    responses: int | None = None,
+) -> Capture:
+    """Send ``raw`` on a new connection and collect everything until the proxy closes it (see
+    :func:`read_until_close` for the other ends of the wait)."""
     with connect(port, timeout) as sock:
         send_tolerant(sock, raw)
-        return read_until_close(sock, timeout, linger)
+        return read_until_close(sock, timeout, linger, responses)
 
 
 def raw_request(line: bytes, *fields: bytes, body: bytes = b"") -> bytes:
