@@ -203,6 +203,9 @@ class TrackingUpstream(Upstream):
 
     ended: set[int] = field(default_factory=set)
 
+    def __repr__(self) -> str:  # the default one prints every byte received
+        return f"TrackingUpstream(port={self.port}, connections={self.connections})"
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn_no = self.connections + 1  # what the base class is about to assign
         try:
