@@ -37,8 +37,8 @@ from sidecar_proxy.server import ProxyServer
 
 HEADER_TIMEOUT = 0.4
 BODY_TIMEOUT = 0.4
-IDLE_TIMEOUT = 0.7
-MARGIN = 0.5  # scheduling slack on a loaded test machine
+IDLE_TIMEOUT = 1.0
+MARGIN = 0.3  # scheduling slack; below IDLE_TIMEOUT - HEADER_TIMEOUT, so a wrong timer shows
 TIMEOUTS = {
     "client_header_timeout": HEADER_TIMEOUT,
     "client_body_timeout": BODY_TIMEOUT,
