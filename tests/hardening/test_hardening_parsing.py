@@ -317,6 +317,7 @@ def test_valid_then_refused_then_valid_pipelined(
     [
         pytest.param(
             b"Host",
+            id="Host",
             marks=xfail("Connection: Host strips Host; the app gets HTTP/1.1 without Host"),
         ),
         b"X-Forwarded-For",
