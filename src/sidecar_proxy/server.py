@@ -60,6 +60,7 @@ class ProxyServer:
             self._flusher = loop.call_later(FLUSH_INTERVAL, self._flush_access_log)
         recorder = Recorder(self.metrics, PathLabeler(s.metrics_path_label_limit), self.access_log)
         ctx = ProxyContext(loop, s, self.metrics, recorder, self.health)
+        ctx.start_ticking()
         self.ctx = ctx
         self.admin = AdminServer(s.metrics_host, s.metrics_port, self.metrics.registry, self.health)
         self.admin.start()
@@ -120,6 +121,7 @@ class ProxyServer:
         if self._server is not None:
             self._server.close()
         if self.ctx is not None:
+            self.ctx.stop_ticking()
             for conn in list(self.ctx.connections):
                 conn.close_transport()
             self.ctx.pool.close()

@@ -19,7 +19,9 @@ from support.upstream import Received, Upstream, response
 @pytest.fixture
 def slow_app() -> Iterator[Upstream]:
     async def slow(req: Received, w: asyncio.StreamWriter) -> None:
-        if req.target.startswith("/slow"):
+        if req.target.startswith("/slower"):
+            await asyncio.sleep(2.5)  # still running when the drain delay ends
+        elif req.target.startswith("/slow"):
             await asyncio.sleep(1.0)
         w.write(response(200, req.target.encode()))
 
@@ -32,7 +34,8 @@ def slow_app() -> Iterator[Upstream]:
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_zero(slow_app: Upstream) -> None:
-    env = {"DRAIN_DELAY": "0.6s", "SHUTDOWN_GRACE_PERIOD": "5s"}
+    drain = 1.5  # long enough that the checks below fit inside it on a loaded machine
+    env = {"DRAIN_DELAY": f"{drain}s", "SHUTDOWN_GRACE_PERIOD": "5s"}
     with run_proxy(slow_app.port, env) as proc:
         results: list[int] = []
 
@@ -43,7 +46,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(slow_app: Upstream) ->
         idle.sendall(b"GET /warm HTTP/1.1\r\nHost: t\r\n\r\n")
         read_responses(idle, 1)
         busy = connect(proc.port)  # a keep-alive connection that will be mid-request
-        busy.sendall(b"GET /slow/busy HTTP/1.1\r\nHost: t\r\n\r\n")
+        busy.sendall(b"GET /slower HTTP/1.1\r\nHost: t\r\n\r\n")
         threads = [threading.Thread(target=slow_request) for _ in range(5)]
         for t in threads:
             t.start()
@@ -52,14 +55,15 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(slow_app: Upstream) ->
         proc.proc.send_signal(signal.SIGTERM)
 
         # /ready turns 503 at once, while the listener is still open and serving
-        deadline = time.monotonic() + 0.3
+        deadline = time.monotonic() + 0.5
         while proc.ready() != 503:
             assert time.monotonic() < deadline, "/ready did not turn 503 promptly"
             time.sleep(0.01)
         assert get(proc.port, "/during-drain").status == 200  # new requests are still served
+        assert time.monotonic() - sent < drain, "too slow to test inside the drain delay"
 
         # after the drain delay the listener is closed
-        time.sleep(0.6 - (time.monotonic() - sent) + 0.3)
+        time.sleep(drain - (time.monotonic() - sent) + 0.3)
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", proc.port), timeout=1).close()
 

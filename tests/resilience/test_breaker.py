@@ -234,12 +234,6 @@ def test_429_is_not_a_breaker_failure(
     assert gauge(proxy) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Forward._retry schedules a retry the just-opened breaker then refuses in _attempt: "
-    "the client gets a local 'circuit breaker open' 503 and the request is counted as rejected "
-    "without contacting the app, though it reached the app THRESHOLD times",
-)
 @pytest.mark.parametrize(
     ("behaviour", "expected", "body"),
     [(status(503), 503, b"app says 503"), (reset, 502, None)],

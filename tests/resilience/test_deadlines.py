@@ -162,12 +162,6 @@ def test_app_stalling_inside_its_head_gets_504_at_the_deadline(
     assert abs(out.elapsed - 0.5) <= MARGIN, out.elapsed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Forward._on_deadline re-arms the body stall timer at max(now, last_activity) + "
-    "request_timeout, i.e. now + request_timeout, instead of last_activity + request_timeout: "
-    "a stalled body is cut after up to twice request_timeout of silence",
-)
 def test_app_stalling_inside_its_body_is_cut_after_request_timeout_of_silence(
     start_upstream: StartUpstream, start_proxy: StartProxy
 ) -> None:

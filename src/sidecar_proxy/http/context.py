@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sidecar_proxy.breaker")
 
+# How often deadlines are checked: the precision of every timeout the proxy enforces on clients
+# and on the app (per-try timeouts and retry backoff use real timers and are exact).
+TICK = 0.05
+
 
 class ProxyContext:
     __slots__ = (
@@ -42,6 +46,7 @@ class ProxyContext:
         "recorder",
         "retry",
         "settings",
+        "ticker",
     )
 
     def __init__(
@@ -89,6 +94,19 @@ class ProxyContext:
         self.failure_statuses = settings.circuit_breaker_failure_statuses
         self.connections: set[DownstreamConnection] = set()
         self.draining = False
+        self.ticker: asyncio.TimerHandle | None = None
+
+    def start_ticking(self) -> None:
+        """One timer for every deadline of every connection, instead of timers per request."""
+        now = self.loop.time()
+        for conn in list(self.connections):
+            conn.on_tick(now)
+        self.ticker = self.loop.call_later(TICK, self.start_ticking)
+
+    def stop_ticking(self) -> None:
+        if self.ticker is not None:
+            self.ticker.cancel()
+            self.ticker = None
 
     def _breaker_transition(self, old: BreakerState, new: BreakerState) -> None:
         self.metrics.on_breaker_transition(old, new)

@@ -27,7 +27,13 @@ import httptools
 
 from sidecar_proxy.http.context import ProxyContext
 from sidecar_proxy.http.forward import Forward
-from sidecar_proxy.http.headers import KNOWN_CODINGS, list_tokens, new_request_id, valid_request_id
+from sidecar_proxy.http.headers import (
+    HOP_BY_HOP,
+    KNOWN_CODINGS,
+    list_tokens,
+    new_request_id,
+    valid_request_id,
+)
 from sidecar_proxy.http.request import RequestHead
 from sidecar_proxy.observe import exchange as X
 from sidecar_proxy.observe.exchange import Exchange
@@ -46,6 +52,41 @@ _BODY = 2  # inside a request body: client_body_timeout since the last byte
 _BUSY = 3  # request read, response in progress: the Forward's own deadline applies
 
 _SUPPORTED_VERSIONS = frozenset({"1.0", "1.1"})
+
+# Request fields the client leg reads or rewrites; any other field is forwarded as it is, so the
+# common header costs one dict lookup. Hop-by-hop fields not listed otherwise are dropped (_HOP).
+(
+    _HOST,
+    _CONTENT_LENGTH,
+    _TRANSFER_ENCODING,
+    _CONNECTION,
+    _UPGRADE,
+    _HOP,
+    _USER_AGENT,
+    _TRACEPARENT,
+    _B3,
+    _IDEMPOTENCY_KEY,
+    _REQUEST_ID,
+    _XFF,
+    _XF_PROTO,
+    _XF_HOST,
+) = range(14)
+_REQUEST_FIELDS = {
+    **dict.fromkeys(HOP_BY_HOP, _HOP),
+    b"host": _HOST,
+    b"content-length": _CONTENT_LENGTH,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+    b"connection": _CONNECTION,
+    b"upgrade": _UPGRADE,
+    b"user-agent": _USER_AGENT,
+    b"traceparent": _TRACEPARENT,
+    b"x-b3-traceid": _B3,
+    b"idempotency-key": _IDEMPOTENCY_KEY,
+    b"x-request-id": _REQUEST_ID,
+    b"x-forwarded-for": _XFF,
+    b"x-forwarded-proto": _XF_PROTO,
+    b"x-forwarded-host": _XF_HOST,
+}
 
 
 class _Reject(Exception):
@@ -66,8 +107,6 @@ class DownstreamConnection(asyncio.Protocol):
         "_parser",
         "_read_block",
         "_state",
-        "_timer",
-        "_timer_when",
         "closing",
         "ctx",
         "cur",
@@ -95,9 +134,7 @@ class DownstreamConnection(asyncio.Protocol):
         self._head_bytes = 0
         self._body_seen = 0
         self._last_body = 0.0
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_when = 0.0
-        self._deadline = 0.0
+        self._deadline = 0.0  # when the current wait (_IDLE or _HEAD) runs out
 
     # == lifecycle =================================================================================
 
@@ -110,16 +147,13 @@ class DownstreamConnection(asyncio.Protocol):
         ctx.connections.add(self)
         ctx.metrics.connection_opened()
         # A new connection must start a request as promptly as a started head must finish.
-        self._set_deadline(ctx.loop.time() + ctx.settings.client_header_timeout)
+        self._deadline = ctx.loop.time() + ctx.settings.client_header_timeout
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         ctx = self.ctx
         ctx.connections.discard(self)
         ctx.metrics.connection_closed()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         if self.tunnel is not None:
             tunnel, self.tunnel = self.tunnel, None
             tunnel.tunnel_client_closed()
@@ -187,7 +221,7 @@ class DownstreamConnection(asyncio.Protocol):
         self.cur = RequestHead()
         self._state = _HEAD
         self._head_bytes = 0
-        self._set_deadline(self.ctx.loop.time() + self.ctx.settings.client_header_timeout)
+        self._deadline = self.ctx.loop.time() + self.ctx.settings.client_header_timeout
 
     def on_url(self, url: bytes) -> None:
         cur = self.cur
@@ -208,42 +242,55 @@ class DownstreamConnection(asyncio.Protocol):
         cur.header_bytes += len(name) + len(value) + 4
         if cur.header_bytes > s.max_header_bytes:
             raise _Reject(431, "request header section too large")
-        if len(cur.headers) >= s.max_header_count:
+        cur.header_count += 1
+        if cur.header_count > s.max_header_count:
             raise _Reject(431, "too many request header fields")
         low = name.lower()
-        if low == b"host":
+        kind = _REQUEST_FIELDS.get(low)
+        if kind is None:  # most fields: forwarded as they are
+            cur.lines.append(name + b": " + value + b"\r\n")
+            cur.names.append(low)
+            return
+        if kind == _HOST:
             cur.host_count += 1
             cur.host = value
-        elif low == b"content-length":
+            cur.host_line = len(cur.lines)
+        elif kind == _CONTENT_LENGTH:
             cur.content_length = int(value)  # llhttp has checked digits and duplicates
-        elif low == b"transfer-encoding":
+            return  # framing is the Forward's to set
+        elif kind == _TRANSFER_ENCODING:
             cur.transfer_encoding.append(value)
-        elif low == b"connection":
+            return
+        elif kind == _CONNECTION:
             cur.connection.append(value)
-        elif low == b"upgrade":
+            return
+        elif kind == _UPGRADE:
             cur.upgrade = value
-        elif low == b"user-agent":
+            return
+        elif kind == _HOP:
+            return
+        elif kind == _USER_AGENT:
             cur.user_agent = value
-        elif low == b"traceparent":
+        elif kind == _TRACEPARENT:
             cur.traceparent = value
-        elif low == b"x-b3-traceid":
+        elif kind == _B3:
             cur.b3_trace_id = value
-        elif low == b"idempotency-key":
+        elif kind == _IDEMPOTENCY_KEY:
             cur.idempotency_key = True
-        elif low == b"x-request-id":
+        elif kind == _REQUEST_ID:
             cur.request_id = value
             return  # re-added by the Forward, exactly once
-        elif low == b"x-forwarded-for":
+        elif kind == _XFF:
             cur.xff = cur.xff + b", " + value if cur.xff else value
             return  # re-added with the client's address appended
-        elif low == b"x-forwarded-proto":
+        elif kind == _XF_PROTO:
             cur.forwarded_proto = value
             return
-        elif low == b"x-forwarded-host":
+        else:
             cur.forwarded_host = value
             return
-        cur.headers.append((name, value))
-        cur.lowered.append(low)
+        cur.lines.append(name + b": " + value + b"\r\n")
+        cur.names.append(low)
 
     def on_headers_complete(self) -> None:
         cur = self.cur
@@ -269,7 +316,6 @@ class DownstreamConnection(asyncio.Protocol):
             self._state = _BODY
             self._body_seen = 0
             self._last_body = ctx.loop.time()
-            self._set_deadline(self._last_body + ctx.settings.client_body_timeout)
         else:
             self._state = _BUSY
         if len(self.queue) == 1:
@@ -349,9 +395,8 @@ class DownstreamConnection(asyncio.Protocol):
             return 400, "malformed request target"
         cur.target = (url.path or b"/") + (b"?" + url.query if url.query else b"")
         authority = url.host + (b":%d" % url.port if url.port else b"")
-        for i, low in enumerate(cur.lowered):
-            if low == b"host":
-                cur.headers[i] = (cur.headers[i][0], authority)
+        if cur.host_line >= 0:
+            cur.lines[cur.host_line] = b"Host: " + authority + b"\r\n"
         cur.host = authority
         return None
 
@@ -454,7 +499,7 @@ class DownstreamConnection(asyncio.Protocol):
             return
         if self._state == _BUSY:
             self._state = _IDLE
-            self._set_deadline(self.ctx.loop.time() + self.ctx.settings.client_idle_timeout)
+            self._deadline = self.ctx.loop.time() + self.ctx.settings.client_idle_timeout
 
     def _start_next(self) -> None:
         if self.closing or not self.queue:
@@ -494,31 +539,27 @@ class DownstreamConnection(asyncio.Protocol):
         if fwd is not None:
             fwd.client_write_paused(False)
 
-    # == the one connection timer ==================================================================
+    # == deadlines ===============================================================================
 
-    def _set_deadline(self, when: float) -> None:
-        """Lazy timer: a later deadline reuses the armed timer (it re-arms when it fires early),
-        so most requests cost no timer churn at all."""
-        self._deadline = when
-        if self._timer is None or when < self._timer_when:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = self.ctx.loop.call_at(when, self._on_timer)
-            self._timer_when = when
+    def on_tick(self, now: float) -> None:
+        """The context's ticker calls this every TICK seconds for every open connection.
 
-    def _on_timer(self) -> None:
-        self._timer = None
+        Deadlines are plain floats checked here rather than timers armed per request: arming
+        and cancelling two uvloop timers per request cost more than the rest of the request's
+        bookkeeping together, and the deadlines almost never fire.
+        """
         if self.closing:
             return
-        ctx = self.ctx
-        now = ctx.loop.time()
+        if self.queue:
+            self.queue[0].on_tick(now)
         state = self._state
         if state == _BUSY:
-            return  # the Forward's deadline governs; forward_done re-arms us
+            return  # waiting on the app: the Forward's deadline governs
         if state == _BODY:
-            self._deadline = self._last_body + ctx.settings.client_body_timeout
-        if now < self._deadline:
-            self._set_deadline(self._deadline)
+            deadline = self._last_body + self.ctx.settings.client_body_timeout
+        else:
+            deadline = self._deadline
+        if now < deadline:
             return
         if state == _IDLE:
             self.close_transport()

@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING
 
 from sidecar_proxy.admin.health import health_body, ready_body
 from sidecar_proxy.http.framing import CRLF, chunk_size_line, last_chunk, response_has_body
-from sidecar_proxy.http.headers import end_to_end, list_tokens
+from sidecar_proxy.http.headers import HOP_BY_HOP, end_to_end
 from sidecar_proxy.http.replies import error_body, local_reply, status_line
 from sidecar_proxy.observe import exchange as X
 from sidecar_proxy.policy.backoff import parse_retry_after
+from sidecar_proxy.policy.breaker import BreakerState
 from sidecar_proxy.policy.retry import Failure
 
 if TYPE_CHECKING:
@@ -37,6 +38,20 @@ if TYPE_CHECKING:
     from sidecar_proxy.observe.exchange import Exchange
 
 _HEALTH_PATHS = frozenset({"/health", "/ready"})
+
+# Response fields the Forward reads or drops; any other is forwarded as it is (one dict lookup).
+_CONTENT_LENGTH, _CONNECTION, _TRANSFER_ENCODING, _UPGRADE, _HOP, _REQUEST_ID, _RETRY_AFTER = range(
+    7
+)
+_RESPONSE_FIELDS = {
+    **dict.fromkeys(HOP_BY_HOP, _HOP),
+    b"content-length": _CONTENT_LENGTH,
+    b"connection": _CONNECTION,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+    b"upgrade": _UPGRADE,
+    b"x-request-id": _REQUEST_ID,
+    b"retry-after": _RETRY_AFTER,
+}
 
 # Failure -> (status sent to the client, sidecar_upstream_errors_total type, response flag)
 _FAILURES = {
@@ -66,22 +81,24 @@ class Forward:
         "keep_client",
         "kept_bytes",
         "last_activity",
+        "last_failure",
         "limited",
         "out",
         "rejected",
         "req_done",
         "req_trailers",
+        "resp_chunked",
         "resp_cl",
         "resp_close_delimited",
         "resp_connection",
         "resp_done",
-        "resp_headers",
-        "resp_lowered",
+        "resp_lines",
+        "resp_names",
         "resp_reason",
         "resp_request_id",
         "resp_retry_after",
         "resp_trailers",
-        "timer",
+        "resp_upgrade",
         "try_timer",
         "tunnel",
         "up",
@@ -106,10 +123,10 @@ class Forward:
         self.connecting: asyncio.Task[None] | None = None
         self._attempt_no = 0
         self.admitted = False  # holds a breaker permit that still needs a verdict
+        self.last_failure: tuple[int, str] | None = None  # what a retry was for
         self.limited = False  # holds a concurrency slot
-        self.timer: asyncio.TimerHandle | None = None
         self.try_timer: asyncio.TimerHandle | None = None
-        self.deadline = 0.0
+        self.deadline = 0.0  # for the app's response head; checked by on_tick
         self.last_activity = 0.0
         # the response
         self._reset_response()
@@ -123,8 +140,10 @@ class Forward:
         self.rejected: tuple[int, str] | None = None  # set by the client leg: answer this instead
 
     def _reset_response(self) -> None:
-        self.resp_headers: list[tuple[bytes, bytes]] = []
-        self.resp_lowered: list[bytes] = []
+        self.resp_lines: list[bytes] = []  # forwardable fields, ready to write
+        self.resp_names: list[bytes] = []  # their lower-cased names
+        self.resp_chunked = False
+        self.resp_upgrade = b""
         self.resp_reason = b""
         self.resp_cl: int | None = None
         self.resp_connection: list[bytes] = []
@@ -163,13 +182,17 @@ class Forward:
         self.limited = True
         ctx.budget.deposit()
         self.deadline = now + ctx.settings.request_timeout
-        self.timer = ctx.loop.call_at(self.deadline, self._on_deadline)
         self._attempt()
 
     def _attempt(self) -> None:
         ctx = self.ctx
         ex = self.ex
         if not ctx.breaker.allow():
+            if self.last_failure is not None:
+                # The breaker opened during this request's backoff: report the failure the
+                # retry was for, not a rejection of a request that did reach the app.
+                self.reply(*self.last_failure)
+                return
             ex.flags.append(X.BREAKER_OPEN)
             ex.upstream_errors.append(X.ERR_CIRCUIT_OPEN)
             self.reply(
@@ -221,7 +244,7 @@ class Forward:
         h = self.head
         s = self.ctx.settings
         lines = [h.method, b" ", h.target, b" HTTP/1.1\r\n"]
-        lines += end_to_end(h.headers, h.lowered, frozenset(list_tokens(h.connection)))
+        lines += end_to_end(h.lines, h.names, h.connection)
         if not h.host:
             lines.append(b"Host: %b:%d\r\n" % (s.upstream_host.encode(), s.upstream_port))
         peer = self.ex.remote_addr.encode()
@@ -293,16 +316,28 @@ class Forward:
             self.resp_trailers.append((name, value))
             return
         low = name.lower()
-        self.resp_headers.append((name, value))
-        self.resp_lowered.append(low)
-        if low == b"content-length":
-            self.resp_cl = int(value)  # llhttp has validated it
-        elif low == b"connection":
-            self.resp_connection.append(value)
-        elif low == b"x-request-id":
-            self.resp_request_id = True
-        elif low == b"retry-after":
-            self.resp_retry_after = value
+        kind = _RESPONSE_FIELDS.get(low)
+        if kind is not None:
+            if kind == _CONTENT_LENGTH:
+                self.resp_cl = int(value)  # llhttp has validated it
+                return  # framing is ours to set
+            if kind == _CONNECTION:
+                self.resp_connection.append(value)
+                return
+            if kind == _TRANSFER_ENCODING:
+                self.resp_chunked = True  # llhttp accepts it only with a final chunked
+                return
+            if kind == _UPGRADE:
+                self.resp_upgrade = value
+                return
+            if kind == _HOP:
+                return
+            if kind == _REQUEST_ID:
+                self.resp_request_id = True
+            else:
+                self.resp_retry_after = value
+        self.resp_lines.append(name + b": " + value + b"\r\n")
+        self.resp_names.append(low)
 
     def response_head(self, conn: UpstreamConnection, status: int, keep_alive: bool) -> None:
         ctx = self.ctx
@@ -332,23 +367,17 @@ class Forward:
             return
         ex.status = status
         has_body = response_has_body(h.method, status)
-        self.resp_close_delimited = has_body and self.resp_cl is None and not self._resp_chunked()
+        self.resp_close_delimited = has_body and self.resp_cl is None and not self.resp_chunked
         self._commit(status, has_body)
         if not has_body:
             # llhttp cannot be told a HEAD response has no body; finish it ourselves and give
             # the connection a fresh parser before it is reused.
             self.response_end(conn, mid_message=h.method == b"HEAD")
 
-    def _resp_chunked(self) -> bool:
-        # llhttp accepts Transfer-Encoding in a response only with a final chunked
-        return b"transfer-encoding" in self.resp_lowered
-
     def _interim(self, status: int) -> None:
         """1xx other than 101: relay to HTTP/1.1 clients (100 Continue, 103 Early Hints)."""
         if self.head.version == "1.1":
-            lines = [status_line(status, self.resp_reason)]
-            lines += end_to_end(self.resp_headers, self.resp_lowered, frozenset())
-            lines.append(CRLF)
+            lines = [status_line(status, self.resp_reason), *self.resp_lines, CRLF]
             self.out.append(b"".join(lines))
         self._reset_response()
         self.interim = True
@@ -365,9 +394,7 @@ class Forward:
             and not self.client.closing
         )
         lines = [status_line(status, self.resp_reason)]
-        lines += end_to_end(
-            self.resp_headers, self.resp_lowered, frozenset(list_tokens(self.resp_connection))
-        )
+        lines += end_to_end(self.resp_lines, self.resp_names, self.resp_connection)
         if has_body:
             if self.resp_cl is not None:
                 lines.append(b"Content-Length: %d\r\n" % self.resp_cl)
@@ -505,6 +532,8 @@ class Forward:
         """Ask the policy whether to try again; if so, drop this attempt and schedule the next."""
         ctx = self.ctx
         ex = self.ex
+        if ctx.breaker.state is BreakerState.OPEN:
+            return False  # this failure opened it: the next attempt would only be refused
         retry_after = None
         if self.resp_retry_after is not None:
             retry_after = parse_retry_after(self.resp_retry_after, time.time())
@@ -526,6 +555,11 @@ class Forward:
             elif decision.reason == "exhausted":
                 ex.flags.append(X.RETRIES_EXHAUSTED)
             return False
+        if failure is not None:
+            code, _, _, detail = _FAILURES[failure]
+            self.last_failure = (code, detail)
+        else:
+            self.last_failure = (status or 502, f"the app answered {status}")
         if self.up is not None:
             self.up.abandon()
             self.up = None
@@ -537,24 +571,19 @@ class Forward:
 
     # == timers ===================================================================================
 
-    def _on_deadline(self) -> None:
-        self.timer = None
-        if self.finished or self.tunnel:
-            return
-        loop = self.ctx.loop
-        now = loop.time()
+    def on_tick(self, now: float) -> None:
+        """Deadline check, called by the client leg's tick (see DownstreamConnection.on_tick)."""
+        if self.finished or self.tunnel or not self.deadline:
+            return  # not started, over, or a tunnel (which lives as long as its peers want)
         if self.committed:
-            # After the head, the deadline becomes a stall limit on the body, lazily re-armed:
-            # no timer churn per chunk. A client that reads slowly pauses the app, which is not
-            # the app stalling.
-            limit = self.ctx.settings.request_timeout
-            if self.client.write_paused or now - self.last_activity < limit:
-                self.timer = loop.call_at(max(now, self.last_activity) + limit, self._on_deadline)
+            # After the head, the deadline becomes a stall limit on the body. A client that
+            # reads slowly pauses the app, which is not the app stalling.
+            if self.client.write_paused:
                 return
-            self._abort_client(X.UPSTREAM_TIMEOUT, X.ERR_TIMEOUT)
+            if now - self.last_activity >= self.ctx.settings.request_timeout:
+                self._abort_client(X.UPSTREAM_TIMEOUT, X.ERR_TIMEOUT)
             return
         if not self.req_done or now < self.deadline:
-            self.timer = loop.call_at(max(self.deadline, now + 0.001), self._on_deadline)
             return
         self._cancel_attempt()
         self.ex.upstream_errors.append(X.ERR_TIMEOUT)
@@ -617,14 +646,8 @@ class Forward:
         self.tunnel = True
         self.committed = True
         conn.tunnel = True
-        if self.timer is not None:  # a tunnel lives as long as its peers want it
-            self.timer.cancel()
-            self.timer = None
-        lines = [status_line(101, self.resp_reason)]
-        lines += end_to_end(self.resp_headers, self.resp_lowered, frozenset())
-        upgrade = next(
-            (v for n, v in self.resp_headers if n.lower() == b"upgrade"), self.head.upgrade
-        )
+        lines = [status_line(101, self.resp_reason), *self.resp_lines]
+        upgrade = self.resp_upgrade or self.head.upgrade
         lines += [b"Connection: upgrade\r\nUpgrade: ", upgrade, CRLF]
         if not self.resp_request_id:
             lines += [b"X-Request-ID: ", ex.request_id.encode(), CRLF]
@@ -676,6 +699,8 @@ class Forward:
         self._cancel_attempt()
         h = self.head
         keep = h.keep_alive and self.req_done and not self.ctx.draining and not h.upgrade
+        if ex.attempts and self.ctx.settings.attempts_header:
+            extra = [*(extra or ()), (b"X-Sidecar-Attempts", b"%d" % ex.attempts)]
         self.out.clear()
         self.out.append(
             local_reply(
@@ -700,9 +725,6 @@ class Forward:
             return
         self.finished = True
         ctx = self.ctx
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         self._cancel_attempt()
         if self.admitted:
             self.admitted = False

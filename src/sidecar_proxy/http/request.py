@@ -16,13 +16,15 @@ class RequestHead:
         "forwarded_host",
         "forwarded_proto",
         "header_bytes",
-        "headers",
+        "header_count",
         "host",
         "host_count",
+        "host_line",
         "idempotency_key",
         "keep_alive",
-        "lowered",
+        "lines",
         "method",
+        "names",
         "request_id",
         "target",
         "traceparent",
@@ -37,10 +39,13 @@ class RequestHead:
         self.method = b""
         self.target = b""
         self.version = "1.1"
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.lowered: list[bytes] = []  # lower-cased names, parallel to headers
+        # forwardable fields as ready "name: value\r\n" lines, lower-cased names alongside
+        self.lines: list[bytes] = []
+        self.names: list[bytes] = []
         self.header_bytes = 0
+        self.header_count = 0
         self.host = b""
+        self.host_line = -1  # index of the Host line in ``lines``
         self.host_count = 0
         self.content_length: int | None = None
         self.transfer_encoding: list[bytes] = []
