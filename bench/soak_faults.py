@@ -1,0 +1,68 @@
+"""When the soak's faults happen, and the task that makes them happen.
+
+The traffic phase is laid out as: a warm-up with no faults (the proxy's pools and the RSS
+baseline settle), fault windows cycling through the four kinds with healthy gaps between them,
+and a quiet tail with no faults (the proxy must be seen to recover, and the last third of the
+RSS curve is not just the aftermath of a fault). Short runs pack all four kinds in with short
+gaps; long runs repeat the cycle every ``PERIOD`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from bench.soak_app import BURST_503, RESET, RESTART, SLOW, Faults, FaultWindow, SoakApp
+
+# The restart comes last in each cycle: in a short run, whatever a restart leaves behind cannot
+# hide the other faults' effects.
+CYCLE = (RESET, BURST_503, SLOW, RESTART)
+PERIOD = 12.0  # seconds from one window's start to the next in a long run
+LONG_WINDOWS = {RESET: 3.0, BURST_503: 2.0, RESTART: 1.0, SLOW: 3.0}
+SHORT_WINDOWS = {RESET: 1.0, BURST_503: 0.8, RESTART: 1.0, SLOW: 1.0}
+RESTART_DOWN = 1.0  # seconds the app does not listen during a restart
+
+
+def schedule(duration: float) -> list[FaultWindow]:
+    """The fault windows for a traffic phase of ``duration`` seconds (offsets from its start)."""
+    warmup = min(10.0, max(1.5, duration * 0.1))
+    tail = min(15.0, max(2.0, duration * 0.12))
+    span = duration - warmup - tail
+    if span <= 0:
+        return []
+    windows: list[FaultWindow] = []
+    if span < PERIOD * len(CYCLE):
+        # Short run: each kind once, evenly spread; whatever does not fit is left out.
+        step = span / len(CYCLE)
+        for i, kind in enumerate(CYCLE):
+            start = warmup + i * step
+            length = min(SHORT_WINDOWS[kind], step * 0.6)
+            if length >= 0.3:
+                windows.append(FaultWindow(kind, round(start, 2), round(start + length, 2)))
+        return windows
+    for i in range(int(span // PERIOD)):
+        kind = CYCLE[i % len(CYCLE)]
+        start = warmup + i * PERIOD
+        windows.append(FaultWindow(kind, start, start + LONG_WINDOWS[kind]))
+    return windows
+
+
+async def run_schedule(windows: list[FaultWindow], faults: Faults, app: SoakApp, t0: float) -> None:
+    """Open and close each window at its planned offset from ``t0``, recording actual times."""
+    for window in windows:
+        delay = t0 + window.planned_start - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        window.start = time.monotonic()
+        if window.kind == RESTART:
+            # The window is exactly the time the app is gone: from dropping its connections to
+            # listening again.
+            window.hits["connections dropped"] = await app.restart(RESTART_DOWN)
+            window.end = time.monotonic()
+            continue
+        faults.open.append(window)
+        try:
+            await asyncio.sleep(max(0.0, t0 + window.planned_end - time.monotonic()))
+        finally:
+            faults.open.remove(window)
+            window.end = time.monotonic()
