@@ -75,6 +75,9 @@ class _Handler(BaseHTTPRequestHandler):
     # Used by the stdlib for its own errors (400, 501, ...): plain text instead of HTML.
     error_content_type = _TEXT
     error_message_format = "%(code)d %(message)s\n"
+    # The stdlib assumes HTTP/0.9 until a request line parses, and answers garbage (a TLS
+    # ClientHello, binary noise) in 0.9 form: a bare body with no status line. Nobody speaks 0.9.
+    default_request_version = "HTTP/1.0"
 
     def do_GET(self) -> None:
         self._serve(send_body=True)

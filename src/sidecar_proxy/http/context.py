@@ -69,6 +69,7 @@ class ProxyContext:
             max_idle=settings.upstream_max_idle,
             idle_timeout=settings.upstream_idle_timeout,
             connect_timeout=settings.connect_timeout,
+            max_head_bytes=settings.max_header_bytes,
             on_connection=metrics.on_upstream_connection,
         )
         self.breaker = CircuitBreaker(

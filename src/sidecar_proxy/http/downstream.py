@@ -32,6 +32,7 @@ from sidecar_proxy.http.headers import (
     KNOWN_CODINGS,
     list_tokens,
     new_request_id,
+    valid_host,
     valid_request_id,
 )
 from sidecar_proxy.http.request import RequestHead
@@ -199,7 +200,8 @@ class DownstreamConnection(asyncio.Protocol):
             else:
                 raise
         except httptools.HttpParserError as exc:
-            self._reject(400, _parser_detail(exc))
+            detail = _parser_detail(exc)
+            self._reject(505 if "HTTP version" in detail else 400, detail)
             return
         if self._state == _HEAD:
             # httptools holds an unfinished head until it is complete, so bound what one may
@@ -234,9 +236,16 @@ class DownstreamConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         cur = self.cur
-        if cur is None:  # a trailer field after a chunked body
-            if self.parsing is not None:
-                self.parsing.req_trailers.append((name, value))
+        if cur is None:  # a trailer field after a chunked body: bounded like the header section
+            fwd = self.parsing
+            if fwd is not None:
+                s = self.ctx.settings
+                self._head_bytes += len(name) + len(value) + 4
+                if self._head_bytes > s.max_header_bytes:
+                    raise _Reject(431, "request trailer section too large")
+                if len(fwd.req_trailers) >= s.max_header_count:
+                    raise _Reject(431, "too many request trailer fields")
+                fwd.req_trailers.append((name, value))
             return
         s = self.ctx.settings
         cur.header_bytes += len(name) + len(value) + 4
@@ -312,6 +321,7 @@ class DownstreamConnection(asyncio.Protocol):
             cur.keep_alive = False
         has_body = cur.chunked or bool(cur.content_length)
         fwd.req_done = not has_body  # so an answer given at once can keep the connection
+        self._head_bytes = 0  # from here on it counts the trailer section, if any
         if has_body:
             self._state = _BODY
             self._body_seen = 0
@@ -358,9 +368,14 @@ class DownstreamConnection(asyncio.Protocol):
             return 505, f"HTTP/{cur.version} is not supported"
         if cur.host_count > 1 or (cur.version == "1.1" and cur.host_count == 0):
             return 400, "an HTTP/1.1 request needs exactly one Host header"
+        if cur.host_count and not valid_host(cur.host):
+            return 400, "invalid Host header"
         if cur.method == b"CONNECT":
             return 501, "CONNECT is not supported by a reverse proxy"
         if cur.transfer_encoding:
+            if cur.version == "1.0":
+                # RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing
+                return 400, "Transfer-Encoding in an HTTP/1.0 request"
             codings = list_tokens(cur.transfer_encoding)
             if codings[-1] != b"chunked":
                 return 400, "chunked must be the final transfer coding"

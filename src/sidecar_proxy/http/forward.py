@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from sidecar_proxy.admin.health import health_body, ready_body
 from sidecar_proxy.http.framing import CRLF, chunk_size_line, last_chunk, response_has_body
-from sidecar_proxy.http.headers import HOP_BY_HOP, end_to_end
+from sidecar_proxy.http.headers import HOP_BY_HOP, end_to_end, list_tokens
 from sidecar_proxy.http.replies import error_body, local_reply, status_line
 from sidecar_proxy.observe import exchange as X
 from sidecar_proxy.policy.backoff import parse_retry_after
@@ -75,6 +75,7 @@ class Forward:
         "deadline",
         "ex",
         "finished",
+        "flushed",
         "head",
         "interim",
         "keep",
@@ -87,7 +88,6 @@ class Forward:
         "rejected",
         "req_done",
         "req_trailers",
-        "resp_chunked",
         "resp_cl",
         "resp_close_delimited",
         "resp_connection",
@@ -97,6 +97,7 @@ class Forward:
         "resp_reason",
         "resp_request_id",
         "resp_retry_after",
+        "resp_te",
         "resp_trailers",
         "resp_upgrade",
         "try_timer",
@@ -136,13 +137,14 @@ class Forward:
         self.keep_client = False
         self.tunnel = False
         self.finished = False
+        self.flushed = False  # bytes of the response have gone to the client
         self.out: list[bytes] = []
         self.rejected: tuple[int, str] | None = None  # set by the client leg: answer this instead
 
     def _reset_response(self) -> None:
         self.resp_lines: list[bytes] = []  # forwardable fields, ready to write
         self.resp_names: list[bytes] = []  # their lower-cased names
-        self.resp_chunked = False
+        self.resp_te: list[bytes] = []
         self.resp_upgrade = b""
         self.resp_reason = b""
         self.resp_cl: int | None = None
@@ -325,7 +327,7 @@ class Forward:
                 self.resp_connection.append(value)
                 return
             if kind == _TRANSFER_ENCODING:
-                self.resp_chunked = True  # llhttp accepts it only with a final chunked
+                self.resp_te.append(value)
                 return
             if kind == _UPGRADE:
                 self.resp_upgrade = value
@@ -345,6 +347,11 @@ class Forward:
         h = self.head
         if status < 200 and status != 101:
             self._interim(status)
+            return
+        if self.resp_te and list_tokens(self.resp_te) != [b"chunked"]:
+            # We re-frame bodies ourselves and decode no transfer coding but chunked; relaying
+            # gzip-coded bytes as if they were the content would corrupt the response.
+            self._fail_committed_or_reply(conn, "the app used a transfer coding we do not decode")
             return
         now = ctx.loop.time()
         ex.ttfb = time.monotonic() - ex.start
@@ -367,7 +374,7 @@ class Forward:
             return
         ex.status = status
         has_body = response_has_body(h.method, status)
-        self.resp_close_delimited = has_body and self.resp_cl is None and not self.resp_chunked
+        self.resp_close_delimited = has_body and self.resp_cl is None and not self.resp_te
         self._commit(status, has_body)
         if not has_body:
             # llhttp cannot be told a HEAD response has no body; finish it ourselves and give
@@ -450,6 +457,7 @@ class Forward:
             t = self.client.transport
             if t is not None:
                 t.writelines(out)
+                self.flushed = True
             out.clear()
 
     # == failures from the app ==================================================================
@@ -487,6 +495,12 @@ class Forward:
         ex = self.ex
         if self.admitted:
             self._verdict(True)
+        if self.committed and not self.flushed:
+            # The head is still in our buffer (it came in the same read as the fault): the
+            # client can still get a clean 502 instead of a cut response.
+            self.out.clear()
+            self.committed = self.chunked_out = False
+            ex.bytes_out = 0
         if self.committed:
             self._abort_client(X.UPSTREAM_PROTOCOL_ERROR, X.ERR_PROTOCOL)
             return

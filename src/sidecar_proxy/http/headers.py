@@ -7,6 +7,7 @@ the case the peer sent (some apps still care); comparisons use the lower-cased n
 from __future__ import annotations
 
 import os
+import re
 
 # RFC 9110 §7.6.1 plus the legacy names Go's ReverseProxy also strips (RFC 2616 §13.5.1).
 # Content-Length is not here: framing decides it separately for each leg.
@@ -50,13 +51,25 @@ def end_to_end(lines: list[bytes], names: list[bytes], connection: list[bytes]) 
     """
     if not connection:
         return lines
-    nominated = frozenset(list_tokens(connection)) - HOP_BY_HOP - _CLOSE
+    nominated = frozenset(list_tokens(connection)) - HOP_BY_HOP - _NOT_NOMINABLE
     if not nominated:
         return lines
     return [line for line, low in zip(lines, names, strict=True) if low not in nominated]
 
 
-_CLOSE = frozenset({b"close"})
+# "close" is an option, not a field; Host is required on every HTTP/1.1 request, so a
+# "Connection: host" cannot take it away from the app.
+_NOT_NOMINABLE = frozenset({b"close", b"host"})
+
+
+# RFC 3986 authority without userinfo: an IP-literal or a reg-name (unreserved, sub-delims,
+# pct-encoded), then an optional port of digits.
+_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
+
+
+def valid_host(value: bytes) -> bool:
+    """RFC 9110 §7.2: a Host that is not a valid authority must be answered 400."""
+    return _HOST.fullmatch(value) is not None
 
 
 def valid_request_id(value: bytes) -> bool:

@@ -32,6 +32,7 @@ class UpstreamPool:
         "host",
         "idle_timeout",
         "loop",
+        "max_head_bytes",
         "max_idle",
         "on_connection",
         "port",
@@ -46,6 +47,7 @@ class UpstreamPool:
         max_idle: int,
         idle_timeout: float,
         connect_timeout: float,
+        max_head_bytes: int,
         on_connection: Callable[[bool], None],
     ) -> None:
         self.loop = loop
@@ -54,6 +56,7 @@ class UpstreamPool:
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
+        self.max_head_bytes = max_head_bytes  # the app's response heads, bounded like requests'
         self.on_connection = on_connection  # metrics hook: True when reused
         self._idle: list[UpstreamConnection] = []
         self._closed = False

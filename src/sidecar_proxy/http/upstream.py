@@ -26,7 +26,9 @@ class UpstreamConnection(asyncio.Protocol):
         "broken",
         "done",
         "forward",
+        "head_bytes",
         "idle_since",
+        "in_head",
         "pool",
         "reset_parser",
         "transport",
@@ -45,6 +47,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.reset_parser = False  # the parser was left mid-message (HEAD): replace on reuse
         self.tunnel = False
         self.write_paused = False
+        self.in_head = False
+        self.head_bytes = 0
         self._feeding = False
         self._release_pending = False
 
@@ -144,6 +148,14 @@ class UpstreamConnection(asyncio.Protocol):
             self._protocol_error(str(exc))
             return
         self._feeding = False
+        if self.in_head:
+            # httptools holds an unfinished head until it is complete: bound it like the
+            # client's (an upper bound: every read that ended inside it counts whole).
+            self.head_bytes += len(data)
+            if self.head_bytes > self.pool.max_head_bytes:
+                self._release_pending = False
+                self._protocol_error("response head too large")
+                return
         if self._release_pending:
             self._release_pending = False
             self._release()
@@ -161,6 +173,8 @@ class UpstreamConnection(asyncio.Protocol):
     # -- httptools callbacks -----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self.head_bytes = 0
+        self.in_head = True
         if self.forward is None or self.done:
             self.broken = True  # a second response to one request
 
@@ -173,6 +187,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.forward.response_header(name, value)
 
     def on_headers_complete(self) -> None:
+        self.in_head = False
         if self.forward is not None and not self.done:
             p = self._parser
             self.forward.response_head(self, p.get_status_code(), p.should_keep_alive())
