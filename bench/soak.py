@@ -27,6 +27,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import sys
 import time
 from collections import Counter
@@ -79,7 +80,7 @@ UPSTREAM_IDLE_TIMEOUT = 2.0
 BREAKER_GRACE = REQUEST_TIMEOUT + BREAKER_TIMEOUT + 1.0
 # After traffic: long enough for the idle sweep to close every pooled connection (it runs at
 # most 1.5 idle timeouts after a connection's last use), with margin.
-SETTLE_TIMEOUT = 3 * UPSTREAM_IDLE_TIMEOUT + 6.0
+SETTLE_TIMEOUT = 2 * UPSTREAM_IDLE_TIMEOUT + 4.0
 
 
 @dataclasses.dataclass
@@ -423,11 +424,17 @@ def main(argv: list[str] | None = None) -> int:
     cfg = SoakConfig(
         duration, args.clients, args.rate, args.seed, args.results_dir, args.breaker_threshold
     )
+    # SIGTERM as Ctrl-C: asyncio.run then cancels the run, whose finally stops the proxy and the
+    # app, instead of the process vanishing with its proxy still running.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         doc = asyncio.run(run(cfg))
     except SoakSetupError as exc:
         print(f"soak: could not run: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("soak: interrupted; the proxy and the app are stopped", file=sys.stderr)
+        return 130
     text = json.dumps(doc, indent=1)
     path = cfg.results_dir / f"soak-{doc['started_utc']}.json"
     path.write_text(text)

@@ -253,7 +253,8 @@ def no_unexplained_5xx(led: Ledgers) -> tuple[Check, dict[str, int]]:
             continue
         windows = led.overlapping(c)
         if windows:
-            explained[f"{c.status} in {windows[0].kind} window"] += 1
+            kinds = "+".join(sorted({w.kind for w in windows}))
+            explained[f"{c.status} in {kinds} window"] += 1
             continue
         if (
             c.status == 503

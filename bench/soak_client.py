@@ -51,7 +51,9 @@ PUT_BYTES = 100 * 1024  # over the proxy's 64 KiB replay buffer, so never retrie
 PARTIAL_DECLARED = 4096  # a "partial" POST declares this much body ...
 PARTIAL_SENT = 2048  # ... and sends only this much before hanging up
 HANG_UP_AFTER = 0.15  # seconds a "hold" or "partial" client waits for an answer before leaving
-CLIENT_TIMEOUT = 15.0  # a request with no complete answer by then is a lost request
+# A request with no complete answer by then is lost. The slowest legitimate answer is a stream
+# whose head took the whole REQUEST_TIMEOUT (2 s) followed by its 1 s body; twice that is ample.
+CLIENT_TIMEOUT = 6.0
 
 # Outcomes (ClientRecord.outcome)
 RESPONSE = "response"  # a complete response

@@ -10,8 +10,10 @@ proxy's ledger, which the report uses to explain a violation (attempts, response
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +26,22 @@ from sidecar_proxy.config import FIELDS
 from sidecar_proxy.config.loader import CONFIG_ENV
 
 COMMAND = Path(sys.executable).with_name("sidecar-proxy")
+_PR_SET_PDEATHSIG = 1
+
+
+try:
+    # loaded here, not in the child: between fork and exec only the prctl call itself runs
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+except OSError:
+    _LIBC = None
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the soak dies, however the soak dies (a CI
+    timeout's SIGKILL skips every finally). Linux's PR_SET_PDEATHSIG; elsewhere a no-op."""
+    prctl = getattr(_LIBC, "prctl", None)
+    if prctl is not None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class SoakSetupError(RuntimeError):
@@ -102,6 +120,10 @@ class ProxyProcess:
                 stdout=out,
                 stderr=err,
                 start_new_session=True,
+                # The soak has no threads yet when it starts the proxy (asyncio binds the
+                # literal 127.0.0.1 without its resolver thread), which is what makes a
+                # preexec_fn safe here.
+                preexec_fn=_die_with_parent,  # noqa: PLW1509
             )
         self.exit_code: int | None = None
 
