@@ -22,6 +22,7 @@ from support.hardening import (
     assert_never_completed,
     assert_nothing_reached,
     assert_rejected,
+    loop_errors,
     mark,
     parse_responses,
     raw_request,
@@ -44,6 +45,15 @@ TIMEOUTS = {
     "client_body_timeout": BODY_TIMEOUT,
     "client_idle_timeout": IDLE_TIMEOUT,
 }
+
+
+@pytest.fixture(autouse=True)
+def no_crash(loop: LoopThread) -> Iterator[None]:
+    """An exception escaping one of the proxy's callbacks lands in the event loop's handler, not
+    in the test: any such exception fails the test."""
+    with loop_errors(loop) as errors:
+        yield
+    assert errors == [], errors
 
 
 @pytest.fixture

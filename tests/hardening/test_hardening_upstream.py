@@ -17,6 +17,7 @@ from support.hardening import (
     CLOSE,
     TrackingUpstream,
     exchange,
+    loop_errors,
     parse_responses,
     raw_request,
     read_until_close,
@@ -35,6 +36,15 @@ SETTINGS = {"max_retries": 0, "circuit_breaker_threshold": 0}
 NEXT = raw_request(b"GET /next HTTP/1.1", b"Host: test")
 
 
+@pytest.fixture(autouse=True)
+def no_crash(loop: LoopThread) -> Iterator[None]:
+    """An exception escaping one of the proxy's callbacks lands in the event loop's handler, not
+    in the test: any such exception fails the test."""
+    with loop_errors(loop) as errors:
+        yield
+    assert errors == [], errors
+
+
 @pytest.fixture(scope="module")
 def pair(loop: LoopThread) -> Iterator[tuple[TrackingUpstream, ProxyServer]]:
     with running(loop, ok, **SETTINGS) as pair:
@@ -50,10 +60,6 @@ def app(pair: tuple[TrackingUpstream, ProxyServer]) -> Iterator[TrackingUpstream
 @pytest.fixture
 def sidecar(pair: tuple[TrackingUpstream, ProxyServer]) -> ProxyServer:
     return pair[1]
-
-
-def xfail(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=reason)
 
 
 def faulty_connection(app: TrackingUpstream) -> int:
@@ -123,7 +129,6 @@ def test_app_closing_without_an_answer_is_502(sidecar: ProxyServer, app: Trackin
 CHUNKED_HEAD = HEAD + b"Transfer-Encoding: chunked\r\n\r\n"
 
 
-@xfail("head and bad chunk in one read: nothing reached the client, yet it gets no 502")
 def test_invalid_chunk_before_anything_reached_the_client_is_502(
     sidecar: ProxyServer, app: TrackingUpstream
 ) -> None:
@@ -249,7 +254,6 @@ def test_body_on_a_response_that_has_none_is_dropped(
     assert [(r.status, r.body) for r in responses] == [(200, b"GET /next")]
 
 
-@xfail("no bound on the app's response head: 2 MiB is buffered, then 504 at request_timeout")
 def test_oversized_response_head_is_refused_promptly(loop: LoopThread) -> None:
     # A response head that never ends: the proxy must stop buffering it at some bound and
     # answer 502, not hold megabytes until request_timeout.
@@ -262,7 +266,6 @@ def test_oversized_response_head_is_refused_promptly(loop: LoopThread) -> None:
     assert elapsed < 1.0, elapsed
 
 
-@xfail("Transfer-Encoding: gzip from the app is stripped: encoded bytes relayed as plain, no end")
 def test_response_with_a_transfer_coding_the_proxy_does_not_decode(
     sidecar: ProxyServer, app: TrackingUpstream
 ) -> None:
