@@ -28,6 +28,7 @@ import os
 import random
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -35,10 +36,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import sidecar_proxy
 from bench.soak_app import Faults, SoakApp
 from bench.soak_checks import (
     Check,
     Ledgers,
+    breaker_tails,
     ledger_checks,
     load_access_log,
     resource_checks,
@@ -212,6 +215,7 @@ async def run(cfg: SoakConfig) -> dict[str, Any]:
             "warmup_s": cfg.warmup,
         },
         "proxy_settings": cfg.proxy_settings,
+        "proxy_source": _proxy_source(),
         "traffic_end_s": round(traffic_end, 2),
         "requests": _counts(traffic),
         "client": {
@@ -238,8 +242,9 @@ async def run(cfg: SoakConfig) -> dict[str, Any]:
                 "start_s": round(w.start - t0, 3),
                 "end_s": round(w.end - t0, 3),
                 "hits": dict(w.hits),
+                "breaker_open_after_end_s": tail,
             }
-            for w in windows
+            for w, tail in zip(windows, breaker_tails(led), strict=True)
         ],
         "explained_5xx": explained,
         "checks": [dataclasses.asdict(c) for c in checks],
@@ -255,6 +260,25 @@ async def run(cfg: SoakConfig) -> dict[str, Any]:
             "ledgers": str(ledgers_path),
         },
     }
+
+
+def _proxy_source() -> dict[str, Any]:
+    """Which proxy code ran: the imported package's path, and the commit and whether src/ had
+    uncommitted changes, when it is this checkout."""
+    path = Path(sidecar_proxy.__file__).resolve().parent
+    out: dict[str, Any] = {"package": str(path)}
+    try:
+        git = ["git", "-C", str(path)]
+        head = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        )
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "--", "."], capture_output=True, text=True, check=True
+        )
+        out.update(commit=head.stdout.strip(), src_dirty=bool(dirty.stdout.strip()))
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return out
 
 
 def _counts(traffic: Traffic) -> dict[str, dict[str, int]]:
@@ -345,7 +369,13 @@ def _curve_rows(doc: dict[str, Any], limit: int = 16) -> list[list[str]]:
 
 
 def report(doc: dict[str, Any]) -> str:
-    out = [f"soak: {doc['command']}  (traffic {doc['traffic_end_s']:.0f} s)", ""]
+    src = doc["proxy_source"]
+    out = [
+        f"soak: {doc['command']}  (traffic {doc['traffic_end_s']:.0f} s)",
+        f"proxy: {src.get('package')} at {src.get('commit', '?')}"
+        + (" with uncommitted changes" if src.get("src_dirty") else ""),
+        "",
+    ]
     rows = []
     total = 0
     for kind, counts in doc["requests"].items():
@@ -379,11 +409,20 @@ def report(doc: dict[str, Any]) -> str:
         "",
     ]
     fault_rows = [
-        [f["kind"], f"{f['start_s']:.1f}", f"{f['end_s']:.1f}", str(f["hits"])]
+        [
+            f["kind"],
+            f"{f['start_s']:.1f}",
+            f"{f['end_s']:.1f}",
+            "-"
+            if f["breaker_open_after_end_s"] is None
+            else f"{f['breaker_open_after_end_s']:.2f}",
+            str(f["hits"]),
+        ]
         for f in doc["faults"]
     ]
     if fault_rows:
-        out += [_table(["fault", "start s", "end s", "what the app did"], fault_rows), ""]
+        headers = ["fault", "start s", "end s", "breaker open after s", "what the app did"]
+        out += [_table(headers, fault_rows), ""]
     if doc["explained_5xx"]:
         out += [f"5xx explained: {doc['explained_5xx']}", ""]
     for c in doc["checks"]:

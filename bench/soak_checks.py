@@ -325,6 +325,22 @@ def ledger_checks(led: Ledgers) -> tuple[list[Check], dict[str, int]]:
     return checks, explained
 
 
+def breaker_tails(led: Ledgers) -> list[float | None]:
+    """Per window: how long after its end the proxy still refused with "circuit breaker open"
+    (the start of the last such request before the next window), or None if it did not."""
+    refused = sorted(
+        c.t_start
+        for c in led.client
+        if c.outcome == RESPONSE and c.status == 503 and BREAKER_OPEN_TEXT in c.detail
+    )
+    tails: list[float | None] = []
+    for i, w in enumerate(led.windows):
+        following = led.windows[i + 1].start if i + 1 < len(led.windows) else float("inf")
+        after = [t for t in refused if w.end < t < following]
+        tails.append(round(after[-1] - w.end, 3) if after else None)
+    return tails
+
+
 # -- resources ----------------------------------------------------------------------------------
 
 
