@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from prometheus_client import generate_latest
 
+from sidecar_proxy.observe.metrics import RequestSeries
+
 MetricType = Literal["counter", "gauge", "histogram"]
 
 
@@ -117,9 +119,17 @@ def from_registry(registry: Any) -> dict[str, Exported]:
     declared = from_exposition(generate_latest(registry).decode())
     # prometheus_client keeps the declared label names only on the collector (a private
     # attribute, stable since its first releases); the public exposition shows them only once
-    # a series exists.
+    # a series exists. The sidecar's own per-request collector declares them in LABEL_NAMES.
     collectors = registry._names_to_collectors
+
+    def label_names(name: str) -> tuple[str, ...]:
+        collector = collectors[name]
+        if isinstance(collector, RequestSeries):
+            return collector.LABEL_NAMES.get(name, ())
+        names: tuple[str, ...] = collector._labelnames
+        return names
+
     return {
-        name: Exported(m.type, m.labels | frozenset(collectors[name]._labelnames))
+        name: Exported(m.type, m.labels | frozenset(label_names(name)))
         for name, m in declared.items()
     }

@@ -22,9 +22,9 @@ from sidecar_proxy import __version__
 from sidecar_proxy.observe import exchange as X
 from sidecar_proxy.observe.accesslog import AccessLog
 from sidecar_proxy.observe.exchange import Exchange
-from sidecar_proxy.observe.metrics import BUCKETS, Metrics
+from sidecar_proxy.observe.metrics import BUCKETS, EXEMPLAR_INTERVAL, Metrics
 from sidecar_proxy.observe.paths import PathLabeler
-from sidecar_proxy.observe.recorder import EXEMPLAR_INTERVAL, Recorder
+from sidecar_proxy.observe.recorder import Recorder
 from sidecar_proxy.policy.breaker import BreakerState, CircuitBreaker
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
