@@ -205,6 +205,48 @@ BAD_CHUNKED = [
 ]
 
 
+def target_xfail(reason: str) -> pytest.MarkDecorator:
+    return pytest.mark.xfail(strict=True, reason=reason)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        # RFC 9112 §3.2.4: the asterisk-form is only for a server-wide OPTIONS
+        pytest.param(
+            b"GET * HTTP/1.1", id="asterisk-not-options", marks=target_xfail("GET * is forwarded")
+        ),
+        # RFC 9112 §3.2.1: origin-form is absolute-path [ "?" query ]; a fragment is not part of
+        # it, and servers disagree on whether to strip it
+        pytest.param(
+            b"GET /public#/../admin HTTP/1.1",
+            id="fragment",
+            marks=target_xfail("a target with a fragment is forwarded as it is"),
+        ),
+        # RFC 9110 §4.2.4: userinfo in an http(s) URI SHOULD be treated as an error
+        pytest.param(
+            b"GET http://user:pw@test/p HTTP/1.1",
+            id="userinfo",
+            marks=target_xfail("userinfo in an absolute-form target is silently dropped"),
+        ),
+    ],
+)
+def test_target_outside_the_grammar_is_refused(
+    sidecar: ProxyServer, app: TrackingUpstream, warm: AppMark, line: bytes
+) -> None:
+    # RFC 9112 §3: an invalid request-line SHOULD get a 400; forwarding it leaves the app, and
+    # any path-based rule in it, to guess what the client meant.
+    assert_rejected(exchange(sidecar.port, raw_request(line, b"Host: test")), 400)
+    assert_nothing_reached(app, warm)
+
+
+def test_asterisk_form_options_is_forwarded(sidecar: ProxyServer, app: TrackingUpstream) -> None:
+    assert (
+        one_response(sidecar.port, raw_request(b"OPTIONS * HTTP/1.1", b"Host: test")).status == 200
+    )
+    assert app.received[-1].target == "*"
+
+
 @pytest.mark.parametrize(
     "host",
     [
