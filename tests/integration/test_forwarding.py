@@ -277,3 +277,24 @@ def test_tcp_peer_address_is_the_client(proxy: ProxyServer, upstream: Upstream) 
         sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         read_responses(sock, 1)
     assert upstream.received[0].header("X-Forwarded-For") == "127.0.0.1"
+
+
+def test_idle_pool_is_bounded(
+    start_upstream: Callable[..., Upstream], start_proxy: Callable[..., ProxyServer]
+) -> None:
+    async def slow(req: Received, w: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.2)
+        w.write(response(200, b"ok"))
+
+    up = start_upstream(slow)
+    proxy = start_proxy(up.port, upstream_max_idle=2)
+    socks = [connect(proxy.port) for _ in range(5)]
+    for sock in socks:  # five at once: five app connections
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    for sock in socks:
+        (resp,), _ = read_responses(sock, 1)
+        assert resp.status == 200
+        sock.close()
+    assert up.connections == 5
+    assert proxy.ctx is not None
+    assert proxy.ctx.pool.idle_count == 2  # only two kept for reuse, the rest closed

@@ -14,6 +14,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from support.client import connect, get, request
+from support.process import run_proxy
 from support.upstream import Received, Upstream, response
 
 from sidecar_proxy.server import ProxyServer
@@ -216,3 +217,50 @@ def test_health_and_ready_on_proxy_port_and_switch(
     assert get(proxy.port, "/ready").status == 503
     passthrough = start_proxy(up.port, health_on_proxy_port=False)
     assert get(passthrough.port, "/health").body == b"hello"  # the app's own /health
+
+
+def test_trace_headers_pass_through_untouched(proxy: ProxyServer, upstream: Upstream) -> None:
+    sent = {
+        "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "tracestate": "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7",
+        "X-B3-TraceId": "463ac35c9f6413ad48485a3953bb6124",
+        "X-B3-SpanId": "a2fb4a1d1a96d312",
+        "X-B3-Sampled": "1",
+    }
+    get(proxy.port, "/t", "".join(f"{k}: {v}\r\n" for k, v in sent.items()))
+    (received,) = upstream.received
+    for name, value in sent.items():
+        assert received.header_all(name) == [value]
+
+
+def test_a_stuck_stdout_never_blocks_the_proxy(upstream: Upstream) -> None:
+    """stdout is a pipe nobody reads: the access log drops and counts, requests keep flowing."""
+    r, w = os.pipe()
+    try:
+        with run_proxy(upstream.port, stdout=w) as proc:
+            with connect(proc.port) as sock:
+                # enough lines to fill the pipe (64 KiB) and the log's own 8 MiB backlog
+                for _ in range(40):
+                    batch = b"GET /x HTTP/1.1\r\nHost: t\r\nUser-Agent: " + b"u" * 900 + b"\r\n\r\n"
+                    sock.sendall(batch * 500)
+                    got = 0
+                    data = b""
+                    while got < 500:
+                        chunk = sock.recv(1 << 20)
+                        assert chunk, "the proxy stopped answering"
+                        data += chunk
+                        got = data.count(b"HTTP/1.1 200")
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{proc.admin_port}/metrics", timeout=3
+            ) as resp:
+                text = resp.read().decode()
+            dropped = [
+                s.value
+                for f in text_string_to_metric_families(text)
+                for s in f.samples
+                if s.name == "sidecar_access_log_dropped_total"
+            ]
+            assert dropped and dropped[0] > 0
+    finally:
+        os.close(r)
+        os.close(w)
