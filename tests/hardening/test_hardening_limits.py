@@ -290,3 +290,26 @@ def test_trailer_section_is_bounded_like_the_header_section(
     assert_rejected(cap, {400, 431})
     assert_never_completed(app, warm)
     assert parse_responses(cap.data).error is None
+
+
+@pytest.mark.xfail(
+    strict=True, reason="an unfinished trailer field is buffered until client_body_timeout"
+)
+def test_unfinished_trailer_field_is_bounded_too(
+    sidecar: ProxyServer, app: TrackingUpstream, warm: AppMark
+) -> None:
+    # Like the dribbled head above, but after the last chunk: a trailer field that never ends
+    # must be cut off at the head limits, not held until the body timeout.
+    head = raw_request(b"POST /up HTTP/1.1", b"Host: test", b"Transfer-Encoding: chunked")
+    with connect(sidecar.port) as sock:
+        sock.sendall(head + b"3\r\nabc\r\n0\r\nX-Endless: ")
+        sent = 0
+        for _ in range(80):
+            if not send_tolerant(sock, b"a" * 100):
+                break
+            sent += 100
+            time.sleep(0.005)
+        cap = read_until_close(sock, 1.0)
+    assert_rejected(cap, {400, 431})
+    assert sent < 4 * (MAX_HEADER_BYTES + MAX_URL_BYTES), "the proxy kept reading the field"
+    assert_never_completed(app, warm)

@@ -7,6 +7,7 @@ and an app connection that misbehaved is closed, never reused for the next reque
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import time
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from support.hardening import (
     wait_for,
 )
 from support.loop import LoopThread
-from support.upstream import ok
+from support.upstream import Received, ok
 
 from sidecar_proxy.server import ProxyServer
 
@@ -263,6 +264,27 @@ def test_oversized_response_head_is_refused_promptly(loop: LoopThread) -> None:
         cap = exchange(sidecar.port, raw_request(b"GET / HTTP/1.1", b"Host: test"), timeout=3.0)
         elapsed = time.monotonic() - start
     assert parse_responses(cap.data).statuses == [502], cap.data[:200]
+    assert elapsed < 1.0, elapsed
+
+
+@pytest.mark.xfail(strict=True, reason="the app's trailer section is neither sized nor counted")
+def test_response_trailer_section_is_bounded(loop: LoopThread) -> None:
+    # Trailer fields after the last chunk, without end: the head is out, so the client's
+    # connection must be cut without a clean end, promptly, not after megabytes and a timeout.
+    async def endless_trailers(req: Received, w: asyncio.StreamWriter) -> None:
+        w.write(CHUNKED_HEAD + b"5\r\nhello\r\n0\r\n")
+        for i in range(2000):
+            if w.is_closing():  # the proxy (or the test's end) hung up
+                return
+            w.write(b"X-T%d: %b\r\n" % (i, b"t" * 1000))
+            await w.drain()
+            await asyncio.sleep(0.001)
+
+    with running(loop, endless_trailers, request_timeout=3.0, **SETTINGS) as (_, sidecar):
+        start = time.monotonic()
+        cap = exchange(sidecar.port, raw_request(b"GET / HTTP/1.1", b"Host: test"), timeout=5.0)
+        elapsed = time.monotonic() - start
+    assert_aborted(cap.data, cap.closed, b"hello")
     assert elapsed < 1.0, elapsed
 
 
