@@ -6,7 +6,9 @@ tests stay fast.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import tracemalloc
 from collections.abc import Iterator
 
 import pytest
@@ -29,6 +31,7 @@ from support.hardening import (
     send_tolerant,
 )
 from support.loop import LoopThread
+from support.upstream import Received, response
 
 from sidecar_proxy.server import ProxyServer
 
@@ -313,3 +316,29 @@ def test_unfinished_trailer_field_is_bounded_too(
     assert_rejected(cap, {400, 431})
     assert sent < 4 * (MAX_HEADER_BYTES + MAX_URL_BYTES), "the proxy kept reading the field"
     assert_never_completed(app, warm)
+
+
+@pytest.mark.xfail(
+    strict=True, reason="every request pipelined in one read is parsed and queued at once"
+)
+def test_pipelined_requests_do_not_multiply_memory(loop: LoopThread) -> None:
+    # Requests pipelined behind one the app is still working on must wait as bytes, not as
+    # thousands of parsed requests: a 28-byte GET costs about 2 KB once queued, so a few
+    # connections doing this would take a small sidecar's memory.
+    async def slow(req: Received, w: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.5)
+        w.write(response(200, b"late"))
+
+    one = raw_request(b"GET / HTTP/1.1", b"Host: test")
+    burst = one * ((256 << 10) // len(one))
+    with running(loop, slow) as (_, sidecar), connect(sidecar.port) as sock:
+        gc.collect()
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            sock.sendall(burst)
+            time.sleep(0.3)  # the app is still on the first request
+            grown = tracemalloc.get_traced_memory()[1] - base
+        finally:
+            tracemalloc.stop()
+    assert grown < 4 * len(burst), f"{grown / 1e6:.1f} MB held for {len(burst) >> 10} KiB sent"
