@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import sidecar_proxy
-from bench.soak_app import Faults, SoakApp
+from bench.soak_app import Faults, FaultWindow, SoakApp
 from bench.soak_checks import (
     Check,
     Ledgers,
@@ -47,7 +47,7 @@ from bench.soak_checks import (
     resource_checks,
 )
 from bench.soak_client import KINDS, RESPONSE, Pacer, Traffic
-from bench.soak_faults import run_schedule, schedule
+from bench.soak_faults import run_schedule, schedule, watch_stalls
 from bench.soak_proc import ProxyProcess, Sample, SoakSetupError
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -166,6 +166,8 @@ async def run(cfg: SoakConfig) -> dict[str, Any]:
             os.urandom(4).hex(),
         )
         samples: list[Sample] = []
+        stalls: list[FaultWindow] = []
+        tasks.append(asyncio.create_task(watch_stalls(stalls, t0)))
         tasks.append(asyncio.create_task(_sample_every(proxy, t0, samples)))
         injector = asyncio.create_task(run_schedule(windows, faults, app, t0))
         tasks.append(injector)
@@ -188,7 +190,7 @@ async def run(cfg: SoakConfig) -> dict[str, Any]:
         await app.stop()
 
     access = load_access_log(proxy.access_log)
-    led = Ledgers(traffic.ledger, app.ledger, windows, t0, BREAKER_GRACE, access)
+    led = Ledgers(traffic.ledger, app.ledger, windows + stalls, t0, BREAKER_GRACE, access)
     checks, explained = ledger_checks(led)
     checks.append(
         Check(
@@ -244,7 +246,11 @@ async def run(cfg: SoakConfig) -> dict[str, Any]:
                 "hits": dict(w.hits),
                 "breaker_open_after_end_s": tail,
             }
-            for w, tail in zip(windows, breaker_tails(led), strict=True)
+            for w, tail in zip(windows, breaker_tails(led, windows), strict=True)
+        ],
+        "stalls": [
+            {"start_s": round(w.start - t0, 3), "end_s": round(w.end - t0, 3), **w.hits}
+            for w in stalls
         ],
         "explained_5xx": explained,
         "checks": [dataclasses.asdict(c) for c in checks],
@@ -423,6 +429,15 @@ def report(doc: dict[str, Any]) -> str:
     if fault_rows:
         headers = ["fault", "start s", "end s", "breaker open after s", "what the app did"]
         out += [_table(headers, fault_rows), ""]
+    stalls = doc["stalls"]
+    if stalls:
+        longest = max(s["end_s"] - s["start_s"] for s in stalls)
+        out.append(
+            f"soak process stalls (app and clients not running, counted as fault windows): "
+            f"{len(stalls)}, longest {longest:.2f} s: "
+            + ", ".join(f"{s['start_s']:.1f}-{s['end_s']:.1f}" for s in stalls[:12])
+        )
+        out.append("")
     if doc["explained_5xx"]:
         out += [f"5xx explained: {doc['explained_5xx']}", ""]
     for c in doc["checks"]:

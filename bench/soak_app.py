@@ -35,6 +35,9 @@ RESET = "reset"  # close the connection before answering, or half-way through th
 SLOW = "slow"  # hold the response head past the proxy's per-try and request timeouts
 BURST_503 = "503"  # answer every request 503
 RESTART = "restart"  # stop listening and drop every connection, then listen again
+# Not injected: a time the soak's own process did not run (measured, see soak_faults.watch_stalls).
+# The app lives in that process, so for the proxy the app was as unresponsive as in a slow window.
+STALL = "stall"
 
 # What the app did with one request (AppRecord.action)
 OK = "ok"

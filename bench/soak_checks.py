@@ -7,6 +7,10 @@ so a failure can be traced without rerunning.
 
 Definitions (docs/reliability.md repeats them):
 
+* Stalls: stretches in which the soak's own process did not run for more than 0.2 s (measured by
+  a task that wakes every 50 ms). The app runs in that process, so during a stall the proxy saw
+  an app as unresponsive as in a slow window; stalls count as fault windows below, and the report
+  lists them so that they cannot hide anything unnoticed.
 * A request *overlaps* a fault window when ``t_start <= window.end`` and ``t_end >=
   window.start``: client-side start and end, and the window's actual start and end, all on the
   one monotonic clock the soak process shares with its app.
@@ -27,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.soak_app import RESET, RESTART, AppRecord, FaultWindow
+from bench.soak_app import RESET, RESTART, STALL, AppRecord, FaultWindow
 from bench.soak_client import (
     HANGUP,
     HANGUP_KINDS,
@@ -166,10 +170,10 @@ def one_response_each(led: Ledgers) -> Check:
         elif c.outcome == HANGUP and c.kind in HANGUP_KINDS:
             pass
         elif c.outcome == TRUNCATED and c.kind not in HANGUP_KINDS:
-            if any(w.kind in (RESET, RESTART) for w in led.overlapping(c)):
+            if any(w.kind in (RESET, RESTART, STALL) for w in led.overlapping(c)):
                 truncated_ok += 1
             else:
-                why = "body cut short outside any reset/restart window"
+                why = "body cut short outside any reset/restart/stall window"
         else:
             why = f"ended as {c.outcome}"
         if why:
@@ -294,22 +298,23 @@ def bodies_intact(led: Ledgers) -> Check:
     return _result("bodies-intact", f"{oks} 200s, every byte as the app sent it, both ways", bad, n)
 
 
-def faults_took_effect(windows: list[FaultWindow], t0: float) -> Check:
+def faults_took_effect(windows: list[FaultWindow]) -> Check:
     """Not a finding about the proxy: a window that hit nothing would make the run vacuous."""
+    scheduled = [w for w in windows if w.kind != STALL]
     bad = [
         {"kind": w.kind, "planned": [w.planned_start, w.planned_end], "hits": dict(w.hits)}
-        for w in windows
+        for w in scheduled
         if not w.happened or (w.kind != RESTART and not w.hits)
     ]
     return _result(
-        "faults-took-effect", f"{len(windows)} fault windows, each hit requests", bad, len(bad)
+        "faults-took-effect", f"{len(scheduled)} fault windows, each hit requests", bad, len(bad)
     )
 
 
 def ledger_checks(led: Ledgers) -> tuple[list[Check], dict[str, int]]:
     five, explained = no_unexplained_5xx(led)
     checks = [
-        faults_took_effect(led.windows, led.t0),
+        faults_took_effect(led.windows),
         one_response_each(led),
         statuses_expected(led),
         at_most_once(
@@ -325,17 +330,17 @@ def ledger_checks(led: Ledgers) -> tuple[list[Check], dict[str, int]]:
     return checks, explained
 
 
-def breaker_tails(led: Ledgers) -> list[float | None]:
-    """Per window: how long after its end the proxy still refused with "circuit breaker open"
-    (the start of the last such request before the next window), or None if it did not."""
+def breaker_tails(led: Ledgers, windows: list[FaultWindow]) -> list[float | None]:
+    """Per window (in time order): how long after its end the proxy still refused with "circuit
+    breaker open" (the start of the last such request before the next window), or None."""
     refused = sorted(
         c.t_start
         for c in led.client
         if c.outcome == RESPONSE and c.status == 503 and BREAKER_OPEN_TEXT in c.detail
     )
     tails: list[float | None] = []
-    for i, w in enumerate(led.windows):
-        following = led.windows[i + 1].start if i + 1 < len(led.windows) else float("inf")
+    for i, w in enumerate(windows):
+        following = windows[i + 1].start if i + 1 < len(windows) else float("inf")
         after = [t for t in refused if w.end < t < following]
         tails.append(round(after[-1] - w.end, 3) if after else None)
     return tails

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from bench.soak_app import BURST_503, RESET, RESTART, SLOW, Faults, FaultWindow, SoakApp
+from bench.soak_app import BURST_503, RESET, RESTART, SLOW, STALL, Faults, FaultWindow, SoakApp
 
 # The restart comes last in each cycle: in a short run, whatever a restart leaves behind cannot
 # hide the other faults' effects.
@@ -21,6 +21,10 @@ PERIOD = 12.0  # seconds from one window's start to the next in a long run
 LONG_WINDOWS = {RESET: 3.0, BURST_503: 2.0, RESTART: 1.0, SLOW: 3.0}
 SHORT_WINDOWS = {RESET: 1.0, BURST_503: 0.8, RESTART: 1.0, SLOW: 1.0}
 RESTART_DOWN = 1.0  # seconds the app does not listen during a restart
+# How often the stall watch wakes, and how late a wake-up must be to count as a stall. The
+# proxy's per-try timeout is 0.8 s; a quarter of that already shifts its verdicts.
+STALL_TICK = 0.05
+STALL_THRESHOLD = 0.2
 
 
 def schedule(duration: float) -> list[FaultWindow]:
@@ -66,3 +70,22 @@ async def run_schedule(windows: list[FaultWindow], faults: Faults, app: SoakApp,
         finally:
             faults.open.remove(window)
             window.end = time.monotonic()
+
+
+async def watch_stalls(out: list[FaultWindow], t0: float) -> None:
+    """Record every stretch in which the soak's process did not run (the machine was busy
+    elsewhere, or a long collection) as a STALL window, until cancelled.
+
+    The app runs in this process, so during a stall it neither accepts, reads nor answers, and
+    the proxy rightly reports it as slow or unreachable. The window spans from the last on-time
+    wake-up to the late one, which contains the stall.
+    """
+    for _ in range(100_000_000):  # cancelled at the end of traffic; the bound stops a runaway
+        before = time.monotonic()
+        await asyncio.sleep(STALL_TICK)
+        now = time.monotonic()
+        late = now - before - STALL_TICK
+        if late > STALL_THRESHOLD:
+            window = FaultWindow(STALL, round(before - t0, 3), round(now - t0, 3), before, now)
+            window.hits["ms late"] = round(late * 1000)
+            out.append(window)
