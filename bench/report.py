@@ -85,6 +85,8 @@ class Median:
     errors: int  # over all rounds
     rss_after_max: int | None
     cpu_us: float | None
+    cpu_us_min: float | None  # the per-round spread: the 1 MiB runs of the sidecar are bimodal
+    cpu_us_max: float | None
     waited: float | None
     rounds: int
 
@@ -236,6 +238,7 @@ class Report:
                     "errors",
                     "RSS MiB",
                     "CPU us/req",
+                    "CPU min-max",
                     "waited",
                     f"{SIDECAR} x",
                 ]
@@ -257,6 +260,9 @@ class Report:
                         str(m.errors),
                         _mib(m.rss_after_max),
                         "-" if m.cpu_us is None else f"{m.cpu_us:,.1f}",
+                        "-"
+                        if m.cpu_us_min is None or m.cpu_us_max is None
+                        else f"{m.cpu_us_min:,.0f}-{m.cpu_us_max:,.0f}",
                         "-" if m.waited is None else f"{m.waited:.0%}",
                         vs,
                     ]
@@ -381,6 +387,8 @@ def _median(runs: list[Run]) -> Median | None:
         errors=sum(r.result.errors for r in runs),
         rss_after_max=max(rss) if rss else None,
         cpu_us=statistics.median(cpu) if cpu else None,
+        cpu_us_min=min(cpu) if cpu else None,
+        cpu_us_max=max(cpu) if cpu else None,
         waited=statistics.median(waited) if waited else None,
         rounds=len(runs),
     )

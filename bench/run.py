@@ -410,7 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     durations = f"{args.duration:g} s x {args.rounds} round{'s' if args.rounds != 1 else ''}"
     peers = ", ".join(args.peer_list)
+    dirty = " + uncommitted src/ changes" if meta["src_uncommitted_changes"] else ""
     print(f"bench: {meta['cpu']}, {meta['nproc']} cores, {meta['date']}, peers: {peers}")
+    print(f"bench: code at {meta['git_head']}{dirty}; load average {meta['loadavg_start'][0]:.2f}")
     if pinning_available():
         # This script's own work (reading the log pipe, holding connections) stays off core 0.
         os.sched_setaffinity(0, {CORE_LOAD})
