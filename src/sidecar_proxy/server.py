@@ -62,9 +62,8 @@ class ProxyServer:
         ctx = ProxyContext(loop, s, self.metrics, recorder, self.health)
         ctx.start_ticking()
         self.ctx = ctx
-        self.admin = AdminServer(s.metrics_host, s.metrics_port, self.metrics.registry, self.health)
-        self.admin.start()
-        self.admin_port = self.admin.port
+        # The proxy port first: /ready on the admin port must never answer 200 for a process
+        # that then fails to listen.
         self._server = await loop.create_server(
             lambda: DownstreamConnection(ctx),
             s.listen_host,
@@ -74,6 +73,9 @@ class ProxyServer:
         )
         sock: socket.socket = self._server.sockets[0]
         self.port = sock.getsockname()[1]
+        self.admin = AdminServer(s.metrics_host, s.metrics_port, self.metrics.registry, self.health)
+        self.admin.start()
+        self.admin_port = self.admin.port
         log.info(
             "listening",
             extra={

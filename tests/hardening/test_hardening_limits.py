@@ -295,9 +295,6 @@ def test_trailer_section_is_bounded_like_the_header_section(
     assert parse_responses(cap.data).error is None
 
 
-@pytest.mark.xfail(
-    strict=True, reason="an unfinished trailer field is buffered until client_body_timeout"
-)
 def test_unfinished_trailer_field_is_bounded_too(
     sidecar: ProxyServer, app: TrackingUpstream, warm: AppMark
 ) -> None:
@@ -318,9 +315,6 @@ def test_unfinished_trailer_field_is_bounded_too(
     assert_never_completed(app, warm)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="every request pipelined in one read is parsed and queued at once"
-)
 def test_pipelined_requests_do_not_multiply_memory(loop: LoopThread) -> None:
     # Requests pipelined behind one the app is still working on must wait as bytes, not as
     # thousands of parsed requests: a 28-byte GET costs about 2 KB once queued, so a few

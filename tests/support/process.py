@@ -56,6 +56,26 @@ class ProxyProcess:
 def run_proxy(
     upstream_port: int, env: dict[str, str] | None = None, stdout: int | None = None
 ) -> Iterator[ProxyProcess]:
+    # A port found free can be taken by another socket before the child binds it; that is the
+    # test's race, not the proxy's, so pick again.
+    for _ in range(3):
+        try:
+            proc = _start(upstream_port, env, stdout)
+        except PortTaken:
+            continue
+        try:
+            yield proc
+        finally:
+            _stop(proc.proc)
+        return
+    raise AssertionError("no free ports for sidecar-proxy after 3 tries")
+
+
+class PortTaken(Exception):
+    pass
+
+
+def _start(upstream_port: int, env: dict[str, str] | None, stdout: int | None) -> ProxyProcess:
     port, admin = free_port(), free_port()
     full_env = {
         **os.environ,
@@ -76,24 +96,28 @@ def run_proxy(
         stderr=subprocess.PIPE,
     )
     p = ProxyProcess(proc, port, admin)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                raise AssertionError(f"sidecar-proxy exited {proc.returncode}: {err}")
-            try:
-                if p.ready() == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("sidecar-proxy did not become ready")
-            time.sleep(0.05)
-        yield p
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(5)
-        if proc.stderr:
-            proc.stderr.close()
+    deadline = time.monotonic() + 10
+    while True:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            _stop(proc)
+            if "address already in use" in err.lower():
+                raise PortTaken(err)
+            raise AssertionError(f"sidecar-proxy exited {proc.returncode}: {err}")
+        try:
+            if p.ready() == 200:
+                return p
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            _stop(proc)
+            raise AssertionError("sidecar-proxy did not become ready")
+        time.sleep(0.05)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(5)
+    if proc.stderr:
+        proc.stderr.close()

@@ -45,6 +45,9 @@ _FOR_APP = 1  # the app (or the lack of a connection to it) cannot take more req
 _PIPELINE = 2  # a later request is parsed and waits its turn
 _UPGRADE = 4  # bytes after an Upgrade request wait for the app's 101
 _REJECTED = 8  # the stream is no longer trusted: nothing more is parsed
+_STASHED = 16  # bytes of an earlier read are held back unparsed; they go first
+
+_SLICE = 4096  # how much of a large read is parsed at a time outside a body
 
 # what the connection is waiting for; decides what its one timer means
 _IDLE = 0  # between requests: client_idle_timeout
@@ -101,12 +104,15 @@ class _Reject(Exception):
 
 class DownstreamConnection(asyncio.Protocol):
     __slots__ = (
+        "_body_in_read",
         "_body_seen",
         "_deadline",
         "_head_bytes",
         "_last_body",
+        "_overhead",
         "_parser",
         "_read_block",
+        "_stash",
         "_state",
         "closing",
         "ctx",
@@ -134,6 +140,9 @@ class DownstreamConnection(asyncio.Protocol):
         self._state = _IDLE
         self._head_bytes = 0
         self._body_seen = 0
+        self._body_in_read = 0  # body bytes delivered by the current feed
+        self._overhead = 0  # bytes of a chunked body since its last body byte that were not body
+        self._stash = b""  # the unparsed rest of a read, while a pipelined request waits
         self._last_body = 0.0
         self._deadline = 0.0  # when the current wait (_IDLE or _HEAD) runs out
 
@@ -188,7 +197,45 @@ class DownstreamConnection(asyncio.Protocol):
             return
         if self._read_block & _REJECTED:
             return
+        if len(data) <= _SLICE or self._state == _BODY:
+            self._feed(data)
+            return
+        # A large read outside a body may hold thousands of pipelined requests. Parse it a slice
+        # at a time and stop once a request must wait its turn: the rest stays raw bytes (one
+        # read at most) instead of becoming thousands of queued requests.
+        pos, size = 0, len(data)
+        while pos < size:
+            end = size if self._state == _BODY else pos + _SLICE  # a body streams on whole
+            self._feed(data[pos:end])
+            pos = end
+            if pos >= size:
+                return
+            blocked = self._read_block
+            if blocked & _REJECTED:
+                return
+            if self.tunnel is not None:
+                self.tunnel.tunnel_from_client(data[pos:])
+                return
+            if blocked & _UPGRADE and self.parsing is not None:
+                self.parsing.tunnel_from_client(data[pos:])  # held until the app's 101
+                return
+            if blocked & _PIPELINE:
+                self._stash = data[pos:]
+                self._block(_STASHED)
+                return
+
+    def _resume_stash(self) -> None:
+        """The queue drained: parse the bytes held back, before any new read."""
+        data, self._stash = self._stash, b""
+        if data and not self.closing:
+            self.data_received(data)
+        if not self._stash:
+            self._unblock(_STASHED)
+
+    def _feed(self, data: bytes) -> None:
         head_before = self.cur if self._state == _HEAD else None
+        in_body = self._state == _BODY
+        self._body_in_read = 0
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -214,6 +261,13 @@ class DownstreamConnection(asyncio.Protocol):
             s = self.ctx.settings
             if self._head_bytes > s.max_header_bytes + s.max_url_bytes:
                 self._reject(431, "request header section too large")
+        elif in_body and self._state == _BODY:
+            # What a chunked body sends that is not body (chunk framing, extensions, trailers)
+            # is bounded like a head: httptools holds an unfinished trailer field whole.
+            extra = len(data) - self._body_in_read
+            self._overhead = extra if self._body_in_read else self._overhead + extra
+            if self._overhead > self.ctx.settings.max_header_bytes:
+                self._reject(431, "request trailer section too large")
 
     # == httptools callbacks =======================================================================
 
@@ -322,6 +376,7 @@ class DownstreamConnection(asyncio.Protocol):
         has_body = cur.chunked or bool(cur.content_length)
         fwd.req_done = not has_body  # so an answer given at once can keep the connection
         self._head_bytes = 0  # from here on it counts the trailer section, if any
+        self._overhead = 0
         if has_body:
             self._state = _BODY
             self._body_seen = 0
@@ -336,6 +391,7 @@ class DownstreamConnection(asyncio.Protocol):
             raise _Reject(0, problem[1])  # already answered in its turn; stop parsing
 
     def on_body(self, body: bytes) -> None:
+        self._body_in_read += len(body)
         fwd = self.parsing
         if fwd is None or fwd.finished:
             return  # answered early (413, 503, ...): the rest of its body is ignored
@@ -394,7 +450,13 @@ class DownstreamConnection(asyncio.Protocol):
                 cur.upgrade = b""  # not an upgrade request after all (RFC 9110 §7.8)
             elif cur.upgrade.lower().startswith(b"h2c"):
                 cur.upgrade = b""  # no HTTP/2 towards the app; answer over HTTP/1.1
-        if cur.target[:1] != b"/" and cur.target != b"*":
+        target = cur.target
+        if b"#" in target:
+            return 400, "a request target has no fragment"  # RFC 9112 §3.2: servers disagree
+        if target == b"*":
+            if cur.method != b"OPTIONS":
+                return 400, "the asterisk target is for OPTIONS only"
+        elif target[:1] != b"/":
             return self._absolute_form(cur)
         return None
 
@@ -408,6 +470,8 @@ class DownstreamConnection(asyncio.Protocol):
             return 400, "malformed request target"
         if url.schema not in (b"http", b"https") or not url.host:
             return 400, "malformed request target"
+        if url.userinfo:
+            return 400, "userinfo in the request target"  # RFC 9110 §4.2.4
         cur.target = (url.path or b"/") + (b"?" + url.query if url.query else b"")
         authority = url.host + (b":%d" % url.port if url.port else b"")
         if cur.host_line >= 0:
@@ -533,6 +597,8 @@ class DownstreamConnection(asyncio.Protocol):
     def _unblock(self, reason: int) -> None:
         if self._read_block & reason:
             self._read_block &= ~reason
+            if reason == _PIPELINE and self._stash:
+                self.ctx.loop.call_soon(self._resume_stash)
             if not self._read_block and self.transport is not None and not self.closing:
                 self.transport.resume_reading()
 

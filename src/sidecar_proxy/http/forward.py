@@ -247,7 +247,7 @@ class Forward:
         s = self.ctx.settings
         lines = [h.method, b" ", h.target, b" HTTP/1.1\r\n"]
         lines += end_to_end(h.lines, h.names, h.connection)
-        if not h.host:
+        if not h.host_count:  # HTTP/1.0 without Host; an empty Host is forwarded as it is
             lines.append(b"Host: %b:%d\r\n" % (s.upstream_host.encode(), s.upstream_port))
         peer = self.ex.remote_addr.encode()
         lines += [b"X-Forwarded-For: ", h.xff + b", " + peer if h.xff else peer, CRLF]
@@ -315,6 +315,8 @@ class Forward:
 
     def response_header(self, name: bytes, value: bytes) -> None:
         if self.committed:  # trailers after a chunked body
+            if len(self.resp_trailers) >= self.ctx.settings.max_header_count:
+                raise ValueError("too many trailer fields")  # a protocol error of the app's
             self.resp_trailers.append((name, value))
             return
         low = name.lower()

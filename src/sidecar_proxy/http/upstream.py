@@ -23,6 +23,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_feeding",
         "_parser",
         "_release_pending",
+        "body_in_read",
         "broken",
         "done",
         "forward",
@@ -48,7 +49,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.tunnel = False
         self.write_paused = False
         self.in_head = False
-        self.head_bytes = 0
+        self.head_bytes = 0  # bytes of the head, then of non-body framing, held by the parser
+        self.body_in_read = 0
         self._feeding = False
         self._release_pending = False
 
@@ -129,6 +131,8 @@ class UpstreamConnection(asyncio.Protocol):
         if self.tunnel:
             forward.tunnel_from_upstream(data)
             return
+        in_body = not self.in_head and not self.done
+        self.body_in_read = 0
         self._feeding = True
         try:
             self._parser.feed_data(data)
@@ -155,6 +159,14 @@ class UpstreamConnection(asyncio.Protocol):
             if self.head_bytes > self.pool.max_head_bytes:
                 self._release_pending = False
                 self._protocol_error("response head too large")
+                return
+        elif in_body and not self.done:
+            # Chunk framing and trailers are not body; bounded the same way, since httptools
+            # holds an unfinished trailer field whole.
+            extra = len(data) - self.body_in_read
+            self.head_bytes = extra if self.body_in_read else self.head_bytes + extra
+            if self.head_bytes > self.pool.max_head_bytes:
+                self._protocol_error("response trailer section too large")
                 return
         if self._release_pending:
             self._release_pending = False
@@ -193,6 +205,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.forward.response_head(self, p.get_status_code(), p.should_keep_alive())
 
     def on_body(self, body: bytes) -> None:
+        self.body_in_read += len(body)
         if self.forward is not None and not self.done:
             self.forward.response_body(body)
         else:
