@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-import pytest
 from support.calls import build, send
 from support.misbehave import OK, Script, always, hang, status
 from support.scrape import value
