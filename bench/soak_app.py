@@ -235,7 +235,16 @@ class SoakApp:
         ``down_for`` seconds. Returns how many connections were dropped."""
         dropped = await self._drop_all()
         await asyncio.sleep(down_for)
-        await self.start(self.port)
+        # Another process on this machine may have bound the port meanwhile; a real app would
+        # retry its bind too. Bounded: after 5 s the run fails rather than go on without an app.
+        for attempt in range(50):
+            try:
+                await self.start(self.port)
+                break
+            except OSError:
+                if attempt == 49:
+                    raise
+                await asyncio.sleep(0.1)
         self.restarts += 1
         return dropped
 

@@ -20,7 +20,8 @@ Definitions (docs/reliability.md repeats them):
   CIRCUIT_BREAKER_TIMEOUT after the last of them, and the last can come REQUEST_TIMEOUT after
   the window closed.
 * A body cut short (head received, connection closed mid-body) is explained only when its
-  request overlaps a reset or restart window: the only faults that cut an answer the app began.
+  request overlaps a reset, restart or stall window: the only faults that cut an answer the app
+  began (a stall only if it outlasts the proxy's body stall limit).
 """
 
 from __future__ import annotations
@@ -394,9 +395,10 @@ def resource_checks(
             )
         )
     end = settled[-1] if settled else None
-    if end is None:
-        checks.append(Check("fds-back-to-baseline", False, "no sample after traffic", 1))
-        checks.append(Check("in-flight-back-to-zero", False, "no sample after traffic", 1))
+    if end is None or end.fds < 0:
+        why = "the proxy could not be sampled after traffic"
+        checks.append(Check("fds-back-to-baseline", False, why, 1))
+        checks.append(Check("in-flight-back-to-zero", False, why, 1))
         return checks
     peak = max((s.fds for s in traffic), default=baseline.fds)
     checks.append(

@@ -164,8 +164,12 @@ class ProxyProcess:
         return rss, threads
 
     async def sample(self, t: float, phase: str) -> Sample:
-        rss, threads = self._proc_status()
-        fds = len(os.listdir(f"/proc/{self.pid}/fd"))
+        """A sample; -1 for what could not be read (the process is gone)."""
+        try:
+            rss, threads = self._proc_status()
+            fds = len(os.listdir(f"/proc/{self.pid}/fd"))
+        except OSError:
+            rss = threads = fds = -1
         gauges: dict[bytes, float] = {}
         try:
             status, body = await http_get(self.admin_port, "/metrics", 2.0)
