@@ -7,23 +7,12 @@ import math
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support.fakeclock import FakeClock
 
 from sidecar_proxy.policy.breaker import BreakerState, CircuitBreaker
 
 CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
 OPEN_FOR = 30.0
-
-
-class FakeClock:
-    """A monotonic clock the test sets by hand."""
-
-    __slots__ = ("now",)
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Harness:

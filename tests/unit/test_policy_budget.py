@@ -5,22 +5,11 @@ from __future__ import annotations
 import math
 
 import pytest
+from support.fakeclock import FakeClock
 
 from sidecar_proxy.policy.budget import RetryBudget
 
 TTL = 10.0
-
-
-class FakeClock:
-    """A monotonic clock the test sets by hand."""
-
-    __slots__ = ("now",)
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def withdraw_all(budget: RetryBudget) -> int:
