@@ -17,7 +17,10 @@ from bench.soak_app import BURST_503, RESET, RESTART, SLOW, STALL, Faults, Fault
 # The restart comes last in each cycle: in a short run, whatever a restart leaves behind cannot
 # hide the other faults' effects.
 CYCLE = (RESET, BURST_503, SLOW, RESTART)
-PERIOD = 12.0  # seconds from one window's start to the next in a long run
+# Seconds from one window's start to the next in a long run: every healthy gap (at least 7 s) is
+# longer than the breaker's tail after a window (4 s at most), and the 120 s default still gets
+# two restarts, each a fresh chance for the races only a restart opens.
+PERIOD = 10.0
 LONG_WINDOWS = {RESET: 3.0, BURST_503: 2.0, RESTART: 1.0, SLOW: 3.0}
 SHORT_WINDOWS = {RESET: 1.0, BURST_503: 0.8, RESTART: 1.0, SLOW: 1.0}
 RESTART_DOWN = 1.0  # seconds the app does not listen during a restart
