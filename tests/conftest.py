@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from support.loop import LoopThread
 from support.process import free_port as support_free_port
+from support.proxy import new_proxy
 from support.upstream import Handler, Upstream, ok
 
-from sidecar_proxy.config import Settings
 from sidecar_proxy.server import ProxyServer
-
-# Tests run the proxy with small timeouts; anything a test needs differently it passes itself.
-TEST_SETTINGS: dict[str, Any] = {
-    "listen_host": "127.0.0.1",
-    "listen_port": 0,
-    "metrics_host": "127.0.0.1",
-    "metrics_port": 0,
-    "upstream_host": "127.0.0.1",
-    "request_timeout": 5.0,
-    "retry_backoff": 0.001,
-    "retry_max_backoff": 0.01,
-    "drain_delay": 0.0,
-    "access_log": False,
-}
 
 
 @pytest.fixture(scope="session")
@@ -58,12 +43,7 @@ def start_proxy(loop: LoopThread) -> Iterator[Callable[..., ProxyServer]]:
     def start(
         upstream_port: int, access_log_fd: int | None = None, **overrides: Any
     ) -> ProxyServer:
-        fields = {**TEST_SETTINGS, "upstream_port": upstream_port, **overrides}
-        if access_log_fd is not None:
-            fields["access_log"] = True
-        settings = dataclasses.replace(Settings(), **fields)
-        server = ProxyServer(settings, access_log_fd=access_log_fd or 1)
-        loop.run(server.start())
+        server = new_proxy(loop, upstream_port, access_log_fd, **overrides)
         started.append(server)
         return server
 

@@ -9,7 +9,6 @@ what crosses the wire, not about how the proxy is built.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import re
 import socket
 import time
@@ -19,12 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httptools
-from conftest import TEST_SETTINGS
 
-from sidecar_proxy.config import Settings
 from sidecar_proxy.server import ProxyServer
 from support.client import Response, connect
 from support.loop import LoopThread
+from support.proxy import new_proxy
 from support.upstream import Handler, Received, Upstream, ok
 
 # == talking to the proxy ==========================================================================
@@ -218,9 +216,7 @@ class TrackingUpstream(Upstream):
 def proxy_to(lt: LoopThread, upstream_port: int, /, **overrides: Any) -> Iterator[ProxyServer]:
     """A proxy in front of ``upstream_port``, configured like the shared fixtures do, for tests
     that share one proxy across many cases (starting one costs about 0.1 s)."""
-    fields = {**TEST_SETTINGS, "upstream_port": upstream_port, **overrides}
-    proxy = ProxyServer(dataclasses.replace(Settings(), **fields))
-    lt.run(proxy.start())
+    proxy = new_proxy(lt, upstream_port, **overrides)
     try:
         yield proxy
     finally:
