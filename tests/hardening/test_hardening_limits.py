@@ -12,7 +12,7 @@ import tracemalloc
 from collections.abc import Iterator
 
 import pytest
-from support.client import connect, get, read_responses
+from support.client import connect, read_responses
 from support.hardening import (
     AppMark,
     RawApp,
@@ -21,7 +21,6 @@ from support.hardening import (
     assert_nothing_reached,
     assert_rejected,
     exchange,
-    loop_errors,
     mark,
     parse_responses,
     proxy_to,
@@ -47,36 +46,13 @@ LIMITS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def no_crash(loop: LoopThread) -> Iterator[None]:
-    """An exception escaping one of the proxy's callbacks lands in the event loop's handler, not
-    in the test: any such exception fails the test."""
-    with loop_errors(loop) as errors:
-        yield
-    assert errors == [], errors
+pytestmark = pytest.mark.usefixtures("no_crash")
 
 
 @pytest.fixture(scope="module")
 def pair(loop: LoopThread) -> Iterator[tuple[TrackingUpstream, ProxyServer]]:
     with running(loop, **LIMITS) as pair:
         yield pair
-
-
-@pytest.fixture
-def app(pair: tuple[TrackingUpstream, ProxyServer]) -> TrackingUpstream:
-    return pair[0]
-
-
-@pytest.fixture
-def sidecar(pair: tuple[TrackingUpstream, ProxyServer]) -> ProxyServer:
-    return pair[1]
-
-
-@pytest.fixture
-def warm(sidecar: ProxyServer, app: TrackingUpstream) -> AppMark:
-    """One request through first, so a wrongly forwarded request would reach the app at once."""
-    assert get(sidecar.port).status == 200
-    return mark(app)
 
 
 def fields(count: int, name: bytes = b"X-Field", size: int = 8) -> list[bytes]:

@@ -20,7 +20,6 @@ from support.hardening import (
     assert_nothing_reached,
     assert_rejected,
     exchange,
-    loop_errors,
     mark,
     parse_responses,
     raw_request,
@@ -35,13 +34,7 @@ from sidecar_proxy.server import ProxyServer
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
 
-@pytest.fixture(autouse=True)
-def no_crash(loop: LoopThread) -> Iterator[None]:
-    """An exception escaping one of the proxy's callbacks lands in the event loop's handler, not
-    in the test: any such exception fails the test."""
-    with loop_errors(loop) as errors:
-        yield
-    assert errors == [], errors
+pytestmark = pytest.mark.usefixtures("no_crash")
 
 
 @pytest.fixture(scope="module")
@@ -50,24 +43,6 @@ def pair(loop: LoopThread) -> Iterator[tuple[TrackingUpstream, ProxyServer]]:
     what had reached the app before it and looks only at what came after."""
     with running(loop) as pair:
         yield pair
-
-
-@pytest.fixture
-def app(pair: tuple[TrackingUpstream, ProxyServer]) -> TrackingUpstream:
-    return pair[0]
-
-
-@pytest.fixture
-def sidecar(pair: tuple[TrackingUpstream, ProxyServer]) -> ProxyServer:
-    return pair[1]
-
-
-@pytest.fixture
-def warm(sidecar: ProxyServer, app: TrackingUpstream) -> AppMark:
-    """One request through first, so the proxy holds an idle connection to the app; returns
-    what had reached the app by then."""
-    assert get(sidecar.port).status == 200
-    return mark(app)
 
 
 def post(*fields: bytes, body: bytes = b"", version: bytes = b"1.1") -> bytes:

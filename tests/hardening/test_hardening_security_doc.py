@@ -64,7 +64,7 @@ def expected_failures() -> set[str]:
     """Every strict xfail in this directory, as ``file::test`` or ``file::test[id]``."""
     found: set[str] = set()
     for path in sorted(HERE.glob("test_hardening_*.py")):
-        module = importlib.import_module(path.stem)
+        module = importlib.import_module(f"{__package__}.{path.stem}")
         for name, fn in vars(module).items():
             if not name.startswith("test_") or not callable(fn):
                 continue

@@ -22,7 +22,6 @@ from support.hardening import (
     assert_never_completed,
     assert_nothing_reached,
     assert_rejected,
-    loop_errors,
     mark,
     parse_responses,
     raw_request,
@@ -47,13 +46,7 @@ TIMEOUTS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def no_crash(loop: LoopThread) -> Iterator[None]:
-    """An exception escaping one of the proxy's callbacks lands in the event loop's handler, not
-    in the test: any such exception fails the test."""
-    with loop_errors(loop) as errors:
-        yield
-    assert errors == [], errors
+pytestmark = pytest.mark.usefixtures("no_crash")
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from support.hardening import (
     CLOSE,
     TrackingUpstream,
     exchange,
-    loop_errors,
     parse_responses,
     raw_request,
     read_until_close,
@@ -37,13 +36,7 @@ SETTINGS = {"max_retries": 0, "circuit_breaker_threshold": 0}
 NEXT = raw_request(b"GET /next HTTP/1.1", b"Host: test")
 
 
-@pytest.fixture(autouse=True)
-def no_crash(loop: LoopThread) -> Iterator[None]:
-    """An exception escaping one of the proxy's callbacks lands in the event loop's handler, not
-    in the test: any such exception fails the test."""
-    with loop_errors(loop) as errors:
-        yield
-    assert errors == [], errors
+pytestmark = pytest.mark.usefixtures("no_crash")
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +46,10 @@ def pair(loop: LoopThread) -> Iterator[tuple[TrackingUpstream, ProxyServer]]:
 
 
 @pytest.fixture
-def app(pair: tuple[TrackingUpstream, ProxyServer]) -> Iterator[TrackingUpstream]:
-    yield pair[0]
-    pair[0].handler = ok
-
-
-@pytest.fixture
-def sidecar(pair: tuple[TrackingUpstream, ProxyServer]) -> ProxyServer:
-    return pair[1]
+def app(app: TrackingUpstream) -> Iterator[TrackingUpstream]:
+    """The shared app, its handler put back after each test (every test here scripts its own)."""
+    yield app
+    app.handler = ok
 
 
 def faulty_connection(app: TrackingUpstream) -> int:
