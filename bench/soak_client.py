@@ -7,8 +7,8 @@ once (library clients may resend an idempotent request on a stale keep-alive con
 must tell apart the ways a request can end: a complete response, a body cut short, a connection
 closed or reset with no response, a timeout, or a hang-up the client made itself.
 
-It reads while it sends, and stops sending once an answer has begun, as curl and browsers do,
-so an early answer (a 503 before a 100 KiB body is through) is read rather than lost. It uses
+It reads while it sends, and stops sending once the answer is complete, as curl and browsers
+do, so an early answer (a 503 before a 100 KiB body is through) is read rather than lost. It uses
 ``loop.sock_recv``/``sock_sendall`` rather than asyncio streams for the same reason: after a
 failed write (the proxy closed with body bytes unread, so its kernel answered them with a
 reset), a stream reader raises at once even with the answer already in its buffer, and a
