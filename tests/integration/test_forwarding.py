@@ -298,3 +298,20 @@ def test_idle_pool_is_bounded(
     assert up.connections == 5
     assert proxy.ctx is not None
     assert proxy.ctx.pool.idle_count == 2  # only two kept for reuse, the rest closed
+
+
+def test_connection_is_read_again_after_a_local_answer_to_a_request_with_a_body(
+    start_proxy: Callable[..., ProxyServer], free_port: int
+) -> None:
+    # The body arrives while the proxy is still trying to connect, which pauses reading; the
+    # refused connection is answered 502 with keep-alive, and the next request must be read.
+    proxy = start_proxy(free_port, max_retries=0, circuit_breaker_threshold=0)
+    with connect(proxy.port) as sock:
+        for raw in (
+            b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n",
+            b"POST /b HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi",
+            b"GET /c HTTP/1.1\r\nHost: t\r\n\r\n",
+        ):
+            sock.sendall(raw)
+            (resp,), closed = read_responses(sock, 1, timeout=3)
+            assert resp.status == 502 and not closed

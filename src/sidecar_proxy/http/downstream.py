@@ -560,6 +560,9 @@ class DownstreamConnection(asyncio.Protocol):
                 queue.remove(fwd)
         if self.parsing is fwd and fwd.req_done:
             self.parsing = None
+        # Whatever paused reading for this request's body (the app's backpressure, or no app
+        # connection yet) ended with it; a keep-alive client must be read again.
+        self._unblock(_FOR_APP)
         if self.closing or self.transport is None:
             return
         if fwd.tunnel:
