@@ -25,7 +25,6 @@ from support.hardening import (
     raw_request,
     running,
     touched_since,
-    values,
 )
 from support.loop import LoopThread
 
@@ -384,7 +383,7 @@ def test_request_id_is_kept_only_when_safe(
     (req,) = app.received[warm.received :]
     (rid,) = req.header_all("X-Request-ID")
     # one id for the exchange: what the app got is what the client is told
-    assert values(resp.headers, "X-Request-ID") == [rid]
+    assert resp.header_all("X-Request-ID") == [rid]
     if kept:
         assert rid == sent.decode("latin-1")
     else:
@@ -398,7 +397,7 @@ def test_several_request_ids_become_exactly_one(
     resp = one_response(sidecar.port, raw)
     (req,) = app.received[warm.received :]
     (rid,) = req.header_all("X-Request-ID")
-    assert values(resp.headers, "X-Request-ID") == [rid]
+    assert resp.header_all("X-Request-ID") == [rid]
 
 
 def test_rejection_does_not_echo_an_unsafe_request_id(sidecar: ProxyServer) -> None:

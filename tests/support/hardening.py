@@ -20,10 +20,10 @@ from typing import Any
 import httptools
 
 from sidecar_proxy.server import ProxyServer
-from support.client import Response, connect
+from support.client import Incoming, Response, ResponseParse, connect
 from support.loop import LoopThread
 from support.proxy import new_proxy
-from support.upstream import Handler, Received, Upstream, ok
+from support.upstream import Handler, Listener, Received, Upstream, ok
 
 # == talking to the proxy ==========================================================================
 
@@ -57,30 +57,13 @@ def read_until_close(
     With ``responses``, having that many complete responses ends the wait too: for tests that
     do not care whether the connection stays open."""
     start = time.monotonic()
-    deadline = start + timeout
     buf = bytearray()
-    closed = False
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        sock.settimeout(min(left, linger) if buf else left)
-        try:
-            data = sock.recv(65536)
-        except TimeoutError:
-            if buf:
-                break
-            continue
-        except ConnectionResetError:
-            closed = True
-            break
-        if not data:
-            closed = True
-            break
+    incoming = Incoming(sock, timeout, linger)
+    for data in incoming:
         buf += data
         if responses is not None and len(parse_responses(bytes(buf)).responses) >= responses:
             break
-    return Capture(bytes(buf), closed, time.monotonic() - start)
+    return Capture(bytes(buf), incoming.closed, time.monotonic() - start)
 
 
 def exchange(
@@ -116,44 +99,17 @@ class Parsed:
         return [r.status for r in self.responses]
 
 
-class _ResponseParse:
-    def __init__(self) -> None:
-        self.out = Parsed()
-        self.cur = Response()
-        self.parser = httptools.HttpResponseParser(self)
-
-    def on_message_begin(self) -> None:
-        self.cur = Response()
-        self.out.partial = self.cur
-
-    def on_status(self, reason: bytes) -> None:
-        self.cur.reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.cur.headers.append((name.decode("latin-1"), value.decode("latin-1")))
-
-    def on_headers_complete(self) -> None:
-        self.cur.status = self.parser.get_status_code()
-
-    def on_body(self, body: bytes) -> None:
-        self.cur.body += body
-
-    def on_message_complete(self) -> None:
-        self.cur.complete = True
-        self.out.responses.append(self.cur)
-        self.out.partial = None
-
-
 def parse_responses(data: bytes) -> Parsed:
     """Parse ``data`` strictly (llhttp, no leniency) as responses to non-HEAD requests."""
-    p = _ResponseParse()
+    p = ResponseParse()
+    error = None
     try:
         p.parser.feed_data(data)
     except httptools.HttpParserUpgrade:
-        p.out.error = "unexpected upgrade"
+        error = "unexpected upgrade"
     except httptools.HttpParserError as exc:
-        p.out.error = str(exc) or type(exc).__name__
-    return p.out
+        error = str(exc) or type(exc).__name__
+    return Parsed(p.done, p.partial, error)
 
 
 def assert_rejected(cap: Capture, status: int | set[int]) -> Response:
@@ -169,12 +125,6 @@ def assert_rejected(cap: Capture, status: int | set[int]) -> Response:
     assert (resp.header("Connection") or "").lower() == "close", cap.data
     assert cap.closed, "the proxy kept the connection open after rejecting the request"
     return resp
-
-
-def values(headers: list[tuple[str, str]], name: str) -> list[str]:
-    """Every value of the field ``name`` (any case), in order."""
-    low = name.lower()
-    return [v for n, v in headers if n.lower() == low]
 
 
 def split_head(data: bytes) -> tuple[bytes, bytes]:
@@ -305,25 +255,16 @@ RawScript = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[Non
 
 
 @dataclass
-class RawApp:
+class RawApp(Listener):
     """An app that hands each connection to ``script`` as it is: for apps that answer before
     the request has ended, which a request-at-a-time app cannot do."""
 
     script: RawScript
-    port: int = 0
     connections: int = 0
-    _server: asyncio.base_events.Server | None = None
     _writers: set[asyncio.StreamWriter] = field(default_factory=set)
 
-    async def start(self) -> int:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self.port
-
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        self._stop_accepting()
         for w in list(self._writers):
             w.transport.abort()
 

@@ -14,26 +14,17 @@ from dataclasses import dataclass, field
 
 import httptools
 
+from support.client import HeaderFields
+
 
 @dataclass
-class Received:
+class Received(HeaderFields):
     method: str
     target: str
     headers: list[tuple[str, str]]
     body: bytes = b""
     version: str = "1.1"
     connection: int = 0  # which accepted connection carried it (1-based)
-
-    def header(self, name: str) -> str | None:
-        low = name.lower()
-        for n, v in self.headers:
-            if n.lower() == low:
-                return v
-        return None
-
-    def header_all(self, name: str) -> list[str]:
-        low = name.lower()
-        return [v for n, v in self.headers if n.lower() == low]
 
 
 Handler = Callable[[Received, asyncio.StreamWriter], Awaitable[None]]
@@ -59,25 +50,38 @@ async def ok(req: Received, w: asyncio.StreamWriter) -> None:
     w.write(response(200, f"{req.method} {req.target}".encode(), [("Content-Type", "text/plain")]))
 
 
-@dataclass
-class Upstream:
-    handler: Handler = ok
+@dataclass(kw_only=True)
+class Listener:
+    """A server on 127.0.0.1 that hands each connection it accepts to ``_serve``."""
+
     port: int = 0
-    received: list[Received] = field(default_factory=list)
-    raw: list[bytearray] = field(default_factory=list)  # raw bytes per connection
-    connections: int = 0
     _server: asyncio.base_events.Server | None = None
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def start(self, port: int = 0) -> int:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", port)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
-    async def stop(self) -> None:
+    def _stop_accepting(self) -> None:
+        """Close the listening socket; the connections already accepted are the subclass's."""
         if self._server is not None:
             self._server.close()
             self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class Upstream(Listener):
+    handler: Handler = ok
+    received: list[Received] = field(default_factory=list)
+    raw: list[bytearray] = field(default_factory=list)  # raw bytes per connection
+    connections: int = 0
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def stop(self) -> None:
+        self._stop_accepting()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
