@@ -149,6 +149,8 @@ async def run(cfg: SoakConfig) -> dict[str, Any]:
     await app.start()
     proxy: ProxyProcess | None = None
     tasks: list[asyncio.Task[None]] = []
+    # Which code the proxy runs is decided when it starts; src/ may change during a long run.
+    source = _proxy_source()
     try:
         proxy = ProxyProcess(app.port, cfg.proxy_settings, cfg.results_dir, stem)
         await proxy.wait_ready()
@@ -217,7 +219,7 @@ async def run(cfg: SoakConfig) -> dict[str, Any]:
             "warmup_s": cfg.warmup,
         },
         "proxy_settings": cfg.proxy_settings,
-        "proxy_source": _proxy_source(),
+        "proxy_source": source,
         "traffic_end_s": round(traffic_end, 2),
         "requests": _counts(traffic),
         "client": {
@@ -269,7 +271,7 @@ async def run(cfg: SoakConfig) -> dict[str, Any]:
 
 
 def _proxy_source() -> dict[str, Any]:
-    """Which proxy code ran: the imported package's path, and the commit and whether src/ had
+    """Which proxy code runs: the package's path, and the commit and whether src/ has
     uncommitted changes, when it is this checkout."""
     path = Path(sidecar_proxy.__file__).resolve().parent
     out: dict[str, Any] = {"package": str(path)}
