@@ -25,13 +25,13 @@ from running import (
     REPO,
     SIDECAR,
     VENV_BIN,
-    free_port,
     process,
     serve,
     sidecar,
     sidecar_env,
     wait_http_ok,
 )
+from support.process import free_port
 
 from sidecar_proxy.config import Settings
 

@@ -22,14 +22,13 @@ from running import (
     LOOPBACK,
     REPO,
     SIDECAR,
-    free_port,
-    http_get,
     process,
     serve,
     sidecar_env,
     wait_http_ok,
 )
 from sidecar_settings import BY_ENV, check_config, load_env
+from support.process import free_port, http_get
 
 from sidecar_proxy.config import ConfigError, Settings, parse_duration
 

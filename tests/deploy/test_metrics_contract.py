@@ -17,7 +17,8 @@ from exported import (
     from_registry,
 )
 from prometheus_client import generate_latest
-from running import LOOPBACK, PROMTOOL, http_get, serve, sidecar
+from running import LOOPBACK, PROMTOOL, serve, sidecar
+from support.process import http_get
 
 from sidecar_proxy.observe.metrics import Metrics
 

@@ -24,7 +24,6 @@ from running import (
     LOOPBACK,
     REPO,
     api,
-    free_port,
     prometheus,
     query,
     serve,
@@ -32,6 +31,7 @@ from running import (
     wait_for_query,
     wait_until,
 )
+from support.process import free_port
 
 PROM = REPO / "deploy" / "prometheus"
 NAMESPACE, POD = "shop", "my-application-7d9f8-x2x9z"

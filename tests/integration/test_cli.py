@@ -14,6 +14,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from support.process import free_port
 
 from sidecar_proxy import __version__
 from sidecar_proxy.config import FIELDS
@@ -219,13 +220,6 @@ def test_check_config_missing_file(tmp_path: Path) -> None:
 
 
 # --- run and demo refuse bad configuration before starting anything ----------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.mark.parametrize("command", [[], ["run"], ["demo"]])

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,10 +18,20 @@ COMMAND = str(Path(sys.executable).with_name("sidecar-proxy"))
 
 
 def free_port() -> int:
+    """A port nothing listens on right now (the kernel's pick, released again)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    """Status and body of a GET; HTTP error statuses are returned, not raised."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
 
 
 @dataclass
@@ -42,14 +53,7 @@ class ProxyProcess:
         raise AssertionError(f"no {field}")
 
     def ready(self) -> int:
-        try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.admin_port}/ready", timeout=1
-            ) as r:
-                status: int = r.status
-                return status
-        except urllib.error.HTTPError as exc:
-            return exc.code
+        return http_get(f"http://127.0.0.1:{self.admin_port}/ready", timeout=1)[0]
 
 
 @contextmanager
