@@ -27,39 +27,24 @@ def policy(max_retries: int = 3, retries_in_budget: int = 1000) -> RetryPolicy:
     )
 
 
-def after_status(
+def after(
     p: RetryPolicy,
+    outcome: Failure | int = 503,
     *,
-    status: int = 503,
     attempt: int = 1,
     replayable: bool = True,
     retry_after: float | None = None,
     remaining: float = 30.0,
 ) -> Decision:
-    return p.decide(
-        attempt=attempt,
-        failure=None,
-        status=status,
-        replayable=replayable,
-        retry_after=retry_after,
-        remaining=remaining,
-    )
-
-
-def after_failure(
-    p: RetryPolicy,
-    failure: Failure,
-    *,
-    attempt: int = 1,
-    replayable: bool = True,
-    remaining: float = 30.0,
-) -> Decision:
+    """The decision after an attempt that ended with ``outcome``: a response status, or a
+    failure that left none."""
+    failure, status = (outcome, None) if isinstance(outcome, Failure) else (None, outcome)
     return p.decide(
         attempt=attempt,
         failure=failure,
-        status=None,
+        status=status,
         replayable=replayable,
-        retry_after=None,
+        retry_after=retry_after,
         remaining=remaining,
     )
 
@@ -118,86 +103,81 @@ def test_exactly_one_of_failure_and_status() -> None:
 
 def test_a_retry_waits_the_backoff_of_its_retry_number() -> None:
     p = policy()
-    assert after_status(p, attempt=1) == Decision(True, 0.1, "retry")
-    assert after_status(p, attempt=2) == Decision(True, 0.2, "retry")
-    assert after_failure(p, Failure.CONNECT, attempt=3) == Decision(True, 0.4, "retry")
+    assert after(p, attempt=1) == Decision(True, 0.1, "retry")
+    assert after(p, attempt=2) == Decision(True, 0.2, "retry")
+    assert after(p, Failure.CONNECT, attempt=3) == Decision(True, 0.4, "retry")
 
 
 def test_retry_after_replaces_the_backoff_even_beyond_its_cap() -> None:
-    assert after_status(policy(), retry_after=7.5) == Decision(True, 7.5, "retry")
+    assert after(policy(), retry_after=7.5) == Decision(True, 7.5, "retry")
 
 
 def test_not_retryable_failure_or_status() -> None:
     p = policy()
-    assert after_failure(p, Failure.RESET) == Decision(False, 0.0, "not-retryable")
-    assert after_status(p, status=500) == Decision(False, 0.0, "not-retryable")
+    assert after(p, Failure.RESET) == Decision(False, 0.0, "not-retryable")
+    assert after(p, 500) == Decision(False, 0.0, "not-retryable")
 
 
 def test_exhausted_after_max_retries() -> None:
     p = policy(max_retries=2)
-    assert after_status(p, attempt=2).retry
-    assert after_status(p, attempt=3) == Decision(False, 0.0, "exhausted")
+    assert after(p, attempt=2).retry
+    assert after(p, attempt=3) == Decision(False, 0.0, "exhausted")
 
 
 def test_zero_max_retries_never_retries() -> None:
-    assert after_failure(policy(max_retries=0), Failure.CONNECT).reason == "exhausted"
+    assert after(policy(max_retries=0), Failure.CONNECT).reason == "exhausted"
 
 
 def test_unsafe_when_not_replayable() -> None:
-    assert after_status(policy(), replayable=False) == Decision(False, 0.0, "unsafe")
+    assert after(policy(), replayable=False) == Decision(False, 0.0, "unsafe")
 
 
 def test_retry_after_longer_than_the_deadline() -> None:
     p = policy()
-    assert after_status(p, retry_after=10.0, remaining=9.0) == Decision(
-        False, 0.0, "retry-after-too-long"
-    )
+    assert after(p, retry_after=10.0, remaining=9.0) == Decision(False, 0.0, "retry-after-too-long")
 
 
 def test_deadline_when_the_retry_could_not_start_before_it() -> None:
     p = policy()
     # attempt 3 waits 0.4 s: it needs strictly more than that left.
-    assert after_status(p, attempt=3, remaining=0.41).retry
-    assert after_status(p, attempt=3, remaining=0.4) == Decision(False, 0.0, "deadline")
-    assert after_status(p, retry_after=0.0, remaining=0.0).reason == "deadline"
-    assert after_status(p, retry_after=2.0, remaining=2.0).reason == "deadline"
-    assert after_status(p, remaining=-1.0).reason == "deadline"
+    assert after(p, attempt=3, remaining=0.41).retry
+    assert after(p, attempt=3, remaining=0.4) == Decision(False, 0.0, "deadline")
+    assert after(p, retry_after=0.0, remaining=0.0).reason == "deadline"
+    assert after(p, retry_after=2.0, remaining=2.0).reason == "deadline"
+    assert after(p, remaining=-1.0).reason == "deadline"
 
 
 def test_budget_refuses_when_spent() -> None:
     p = policy(retries_in_budget=2)
-    assert after_status(p).retry
-    assert after_status(p).retry
-    assert after_status(p) == Decision(False, 0.0, "budget")
+    assert after(p).retry
+    assert after(p).retry
+    assert after(p) == Decision(False, 0.0, "budget")
 
 
 def test_order_of_checks() -> None:
     # Each call fails every check from its reason onwards (and the budget is empty): the first
     # check in the documented order wins.
     p = policy(retries_in_budget=0)
-    assert (
-        after_status(p, status=500, attempt=9, replayable=False, remaining=0.0).reason
-        == "not-retryable"
-    )
-    assert after_status(p, attempt=4, replayable=False, remaining=0.0).reason == "exhausted"
-    assert after_status(p, replayable=False, retry_after=60.0, remaining=0.0).reason == "unsafe"
-    assert after_status(p, retry_after=60.0, remaining=1.0).reason == "retry-after-too-long"
-    assert after_status(p, remaining=0.0).reason == "deadline"
-    assert after_status(p).reason == "budget"
+    assert after(p, 500, attempt=9, replayable=False, remaining=0.0).reason == "not-retryable"
+    assert after(p, attempt=4, replayable=False, remaining=0.0).reason == "exhausted"
+    assert after(p, replayable=False, retry_after=60.0, remaining=0.0).reason == "unsafe"
+    assert after(p, retry_after=60.0, remaining=1.0).reason == "retry-after-too-long"
+    assert after(p, remaining=0.0).reason == "deadline"
+    assert after(p).reason == "budget"
 
 
 def test_the_budget_is_only_spent_by_retries_that_would_go() -> None:
     p = policy(retries_in_budget=1)
     for refused in (
-        after_status(p, status=500),
-        after_status(p, attempt=4),
-        after_status(p, replayable=False),
-        after_status(p, retry_after=60.0, remaining=1.0),
-        after_status(p, remaining=0.0),
+        after(p, 500),
+        after(p, attempt=4),
+        after(p, replayable=False),
+        after(p, retry_after=60.0, remaining=1.0),
+        after(p, remaining=0.0),
     ):
         assert not refused.retry
-    assert after_status(p).retry
-    assert after_status(p).reason == "budget"
+    assert after(p).retry
+    assert after(p).reason == "budget"
 
 
 @given(
@@ -211,11 +191,10 @@ def test_a_post_that_is_not_replayable_is_never_retried(
 ) -> None:
     p = policy(max_retries=10)
     replayable = p.replay_safe("POST", has_idempotency_key=False)
-    failure, status = (outcome, None) if isinstance(outcome, Failure) else (None, outcome)
-    decision = p.decide(
+    decision = after(
+        p,
+        outcome,
         attempt=attempt,
-        failure=failure,
-        status=status,
         replayable=replayable,
         retry_after=retry_after,
         remaining=remaining,
@@ -226,10 +205,10 @@ def test_a_post_that_is_not_replayable_is_never_retried(
 
 def test_a_post_that_never_reached_the_app_is_retried() -> None:
     # The data path passes replayable=True for a connect failure, whatever the method.
-    assert after_failure(policy(), Failure.CONNECT, replayable=True).retry
+    assert after(policy(), Failure.CONNECT, replayable=True).retry
 
 
 def test_refusals_carry_no_delay() -> None:
-    decision = after_status(policy(), retry_after=60.0, remaining=1.0)
+    decision = after(policy(), retry_after=60.0, remaining=1.0)
     assert not decision.retry
     assert decision.delay == 0.0
