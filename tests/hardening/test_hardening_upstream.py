@@ -33,6 +33,8 @@ from sidecar_proxy.server import ProxyServer
 
 # No retries (a fault is seen once) and no breaker (faults from earlier cases must not open it).
 SETTINGS = {"max_retries": 0, "circuit_breaker_threshold": 0}
+# The request each test's app answers badly, and the one after it that must be answered well.
+REQUEST = raw_request(b"GET / HTTP/1.1", b"Host: test")
 NEXT = raw_request(b"GET /next HTTP/1.1", b"Host: test")
 
 
@@ -100,7 +102,7 @@ def test_malformed_response_head_is_502_and_the_connection_discarded(
     sidecar: ProxyServer, app: TrackingUpstream, reply: bytes
 ) -> None:
     app.handler = script(reply)
-    cap = exchange(sidecar.port, raw_request(b"GET / HTTP/1.1", b"Host: test"), responses=1)
+    cap = exchange(sidecar.port, REQUEST, responses=1)
     parsed = parse_responses(cap.data)
     assert parsed.error is None and parsed.partial is None, cap.data
     assert parsed.statuses == [502], cap.data
@@ -111,7 +113,7 @@ def test_malformed_response_head_is_502_and_the_connection_discarded(
 
 def test_app_closing_without_an_answer_is_502(sidecar: ProxyServer, app: TrackingUpstream) -> None:
     app.handler = script(CLOSE)
-    cap = exchange(sidecar.port, raw_request(b"GET / HTTP/1.1", b"Host: test"), responses=1)
+    cap = exchange(sidecar.port, REQUEST, responses=1)
     assert parse_responses(cap.data).statuses == [502], cap.data
     assert_next_request_is_clean(sidecar, app, faulty_connection(app))
 
@@ -123,7 +125,7 @@ def test_invalid_chunk_before_anything_reached_the_client_is_502(
     sidecar: ProxyServer, app: TrackingUpstream
 ) -> None:
     app.handler = script(CHUNKED_HEAD + b"zz\r\nhello\r\n0\r\n\r\n")
-    cap = exchange(sidecar.port, raw_request(b"GET / HTTP/1.1", b"Host: test"))
+    cap = exchange(sidecar.port, REQUEST)
     parsed = parse_responses(cap.data)
     assert parsed.error is None and parsed.partial is None, cap.data
     assert parsed.statuses == [502], cap.data
@@ -153,7 +155,7 @@ def test_invalid_chunk_after_the_head_was_sent_aborts_the_client(
     sidecar: ProxyServer, app: TrackingUpstream, rest: bytes
 ) -> None:
     app.handler = script(CHUNKED_HEAD + b"5\r\nhello\r\n", 0.1, rest)
-    cap = exchange(sidecar.port, raw_request(b"GET / HTTP/1.1", b"Host: test"))
+    cap = exchange(sidecar.port, REQUEST)
     assert_aborted(cap.data, cap.closed, b"hello")
     bad = faulty_connection(app)
     assert_discarded(app, bad)
@@ -171,7 +173,7 @@ def test_response_cut_short_closes_the_client_without_a_clean_end(
     sidecar: ProxyServer, app: TrackingUpstream, reply: bytes, so_far: bytes
 ) -> None:
     app.handler = script(reply, 0.05, CLOSE)
-    cap = exchange(sidecar.port, raw_request(b"GET / HTTP/1.1", b"Host: test"))
+    cap = exchange(sidecar.port, REQUEST)
     assert_aborted(cap.data, cap.closed, so_far)
     assert_next_request_is_clean(sidecar, app, faulty_connection(app))
 
@@ -189,7 +191,7 @@ def test_bytes_after_a_complete_response_never_reach_the_next_request(
 ) -> None:
     app.handler = script(HEAD + b"Content-Length: 2\r\n\r\nok" + extra)
     with connect(sidecar.port) as sock:
-        sock.sendall(raw_request(b"GET / HTTP/1.1", b"Host: test"))
+        sock.sendall(REQUEST)
         (resp,), _ = read_responses(sock, 1)
         assert (resp.status, resp.body) == (200, b"ok")
         bad = faulty_connection(app)
@@ -250,7 +252,7 @@ def test_oversized_response_head_is_refused_promptly(loop: LoopThread) -> None:
     endless = script(HEAD + b"X-Big: " + b"a" * (2 << 20), 5.0)
     with running(loop, endless, request_timeout=1.5, **SETTINGS) as (_, sidecar):
         start = time.monotonic()
-        cap = exchange(sidecar.port, raw_request(b"GET / HTTP/1.1", b"Host: test"), timeout=3.0)
+        cap = exchange(sidecar.port, REQUEST, timeout=3.0)
         elapsed = time.monotonic() - start
     assert parse_responses(cap.data).statuses == [502], cap.data[:200]
     assert elapsed < 1.0, elapsed
@@ -270,7 +272,7 @@ def test_response_trailer_section_is_bounded(loop: LoopThread) -> None:
 
     with running(loop, endless_trailers, request_timeout=3.0, **SETTINGS) as (_, sidecar):
         start = time.monotonic()
-        cap = exchange(sidecar.port, raw_request(b"GET / HTTP/1.1", b"Host: test"), timeout=5.0)
+        cap = exchange(sidecar.port, REQUEST, timeout=5.0)
         elapsed = time.monotonic() - start
     assert_aborted(cap.data, cap.closed, b"hello")
     assert elapsed < 1.0, elapsed
@@ -284,7 +286,7 @@ def test_response_with_a_transfer_coding_the_proxy_does_not_decode(
     # labelled and end the relayed body cleanly; never pass gzip bytes off as the content.
     encoded = gzip.compress(b"hello world")
     app.handler = script(HEAD + b"Transfer-Encoding: gzip\r\n\r\n" + encoded, CLOSE)
-    cap = exchange(sidecar.port, raw_request(b"GET / HTTP/1.1", b"Host: test"))
+    cap = exchange(sidecar.port, REQUEST)
     parsed = parse_responses(cap.data)
     assert parsed.error is None, cap.data
     if parsed.statuses == [502]:
