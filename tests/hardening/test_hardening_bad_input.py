@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from support.client import connect, get, read_responses
+from support.client import connect, get, request
 from support.hardening import (
     Capture,
     TrackingUpstream,
@@ -141,9 +141,7 @@ def test_many_garbage_connections_at_once(
 
 
 def admin_get(port: int, path: str) -> int:
-    with connect(port) as sock:
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n".encode())
-        responses, _ = read_responses(sock, 1)
+    responses = request(port, f"GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n".encode())
     assert responses, "no answer from the admin server"
     return responses[0].status
 

@@ -12,7 +12,7 @@ import tracemalloc
 from collections.abc import Iterator
 
 import pytest
-from support.client import connect, read_responses
+from support.client import connect, read_responses, request
 from support.hardening import (
     AppMark,
     RawApp,
@@ -70,9 +70,7 @@ def chunked_post(*chunks: bytes, trailers: list[bytes] | None = None) -> bytes:
 
 
 def ok_response(port: int, raw: bytes) -> bytes:
-    with connect(port) as sock:
-        sock.sendall(raw)
-        responses, _ = read_responses(sock, 1)
+    responses = request(port, raw)
     assert [r.status for r in responses] == [200], responses
     return responses[0].body
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from support.client import Response, connect, get, read_responses
+from support.client import Response, get, request
 from support.hardening import (
     AppMark,
     TrackingUpstream,
@@ -409,8 +409,6 @@ def test_rejection_does_not_echo_an_unsafe_request_id(sidecar: ProxyServer) -> N
 
 
 def one_response(port: int, raw: bytes) -> Response:
-    with connect(port) as sock:
-        sock.sendall(raw)
-        responses, _ = read_responses(sock, 1)
+    responses = request(port, raw)
     assert len(responses) == 1 and responses[0].complete, responses
     return responses[0]

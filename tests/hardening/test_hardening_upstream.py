@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from support.client import connect, read_responses
+from support.client import connect, read_responses, request
 from support.hardening import (
     CLOSE,
     TrackingUpstream,
@@ -68,9 +68,7 @@ def assert_discarded(app: TrackingUpstream, conn: int) -> None:
 def assert_next_request_is_clean(sidecar: ProxyServer, app: TrackingUpstream, bad: int) -> None:
     """A following request is answered correctly, on another app connection."""
     app.handler = ok
-    with connect(sidecar.port) as sock:
-        sock.sendall(NEXT)
-        responses, _ = read_responses(sock, 1)
+    responses = request(sidecar.port, NEXT)
     assert [(r.status, r.body) for r in responses] == [(200, b"GET /next")]
     assert app.received[-1].connection != bad
 
