@@ -13,6 +13,7 @@ lags the SIGTERM by a few seconds):
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import signal
@@ -139,7 +140,31 @@ class ProxyServer:
 def run(settings: Settings, before_start: Callable[[], None] | None = None) -> int:
     """Run a proxy until SIGTERM or SIGINT, drain, and return the exit code."""
     configure_logging(settings.log_level)
+    _tune_malloc()
     return uvloop.run(_main(settings, before_start))
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def _tune_malloc() -> None:
+    """Keep large read buffers on the heap instead of a fresh mmap each.
+
+    uvloop copies every read (up to 256 KiB) into a new bytes object. Above glibc's mmap threshold
+    each one is a fresh mapping, page-faulted in and unmapped again: measured on the 1 MiB
+    benchmark, that doubled the CPU per MiB (1,600 against 650 us) in about half the runs. A
+    1 MiB threshold keeps such buffers on the heap, and a 16 MiB trim threshold lets freed ones
+    be reused instead of returned to the kernel at once. A no-op where libc is not glibc.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+    mallopt(_M_TRIM_THRESHOLD, 16 << 20)
 
 
 async def _main(settings: Settings, before_start: Callable[[], None] | None) -> int:

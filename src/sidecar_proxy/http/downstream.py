@@ -118,11 +118,13 @@ class DownstreamConnection(asyncio.Protocol):
         "ctx",
         "cur",
         "parsing",
+        "peer",
         "queue",
         "remote_addr",
         "transport",
         "tunnel",
         "write_paused",
+        "xff_line",
     )
 
     def __init__(self, ctx: ProxyContext) -> None:
@@ -130,6 +132,8 @@ class DownstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
         self.remote_addr = ""
+        self.peer = b""
+        self.xff_line = b""
         self.queue: deque[Forward] = deque()
         self.cur: RequestHead | None = None  # the head being parsed
         self.parsing: Forward | None = None  # the request whose body is being parsed
@@ -153,6 +157,9 @@ class DownstreamConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.remote_addr = peer[0] if peer else ""
+        self.peer = self.remote_addr.encode()
+        # what nearly every request forwards: no incoming X-Forwarded-For, just this client
+        self.xff_line = b"X-Forwarded-For: " + self.peer + b"\r\n"
         ctx = self.ctx
         ctx.connections.add(self)
         ctx.metrics.connection_opened()

@@ -100,6 +100,7 @@ class Forward:
         "resp_te",
         "resp_trailers",
         "resp_upgrade",
+        "rid_line",
         "try_timer",
         "tunnel",
         "up",
@@ -112,6 +113,7 @@ class Forward:
         self.client = client
         self.head = head
         self.ex = ex
+        self.rid_line = b"X-Request-ID: " + ex.request_id.encode() + CRLF  # to the app and back
         # request body: chunks kept while a replay may still be needed
         self.chunks: list[bytes] = []
         self.written = 0  # chunks the current attempt has sent
@@ -144,14 +146,16 @@ class Forward:
     def _reset_response(self) -> None:
         self.resp_lines: list[bytes] = []  # forwardable fields, ready to write
         self.resp_names: list[bytes] = []  # their lower-cased names
-        self.resp_te: list[bytes] = []
+        # Rare fields stay None until one arrives: this runs for every attempt, and five fresh
+        # lists per response were a measurable share of a small request's cost.
+        self.resp_te: list[bytes] | None = None
         self.resp_upgrade = b""
         self.resp_reason = b""
-        self.resp_cl: int | None = None
-        self.resp_connection: list[bytes] = []
+        self.resp_cl: bytes | None = None  # the app's Content-Length digits, as validated
+        self.resp_connection: list[bytes] | None = None
         self.resp_request_id = False
         self.resp_retry_after: bytes | None = None
-        self.resp_trailers: list[tuple[bytes, bytes]] = []
+        self.resp_trailers: list[tuple[bytes, bytes]] | None = None
         self.resp_close_delimited = False
         self.app_keep_alive = False
         self.interim = False
@@ -249,15 +253,19 @@ class Forward:
         lines += end_to_end(h.lines, h.names, h.connection)
         if not h.host_count:  # HTTP/1.0 without Host; an empty Host is forwarded as it is
             lines.append(b"Host: %b:%d\r\n" % (s.upstream_host.encode(), s.upstream_port))
-        peer = self.ex.remote_addr.encode()
-        lines += [b"X-Forwarded-For: ", h.xff + b", " + peer if h.xff else peer, CRLF]
+        if h.xff:
+            lines += [b"X-Forwarded-For: ", h.xff, b", ", self.client.peer, CRLF]
+        else:
+            lines.append(self.client.xff_line)
         trust = s.trust_forwarded_headers
-        proto = h.forwarded_proto if trust and h.forwarded_proto else b"http"
-        lines += [b"X-Forwarded-Proto: ", proto, CRLF]
+        if trust and h.forwarded_proto:
+            lines += [b"X-Forwarded-Proto: ", h.forwarded_proto, CRLF]
+        else:
+            lines.append(b"X-Forwarded-Proto: http\r\n")
         fhost = h.forwarded_host if trust and h.forwarded_host else h.host
         if fhost:
             lines += [b"X-Forwarded-Host: ", fhost, CRLF]
-        lines += [b"X-Request-ID: ", self.ex.request_id.encode(), CRLF]
+        lines.append(self.rid_line)
         if h.upgrade:
             lines += [b"Connection: upgrade\r\nUpgrade: ", h.upgrade, CRLF]
         if h.chunked:
@@ -315,21 +323,30 @@ class Forward:
 
     def response_header(self, name: bytes, value: bytes) -> None:
         if self.committed:  # trailers after a chunked body
-            if len(self.resp_trailers) >= self.ctx.settings.max_header_count:
+            trailers = self.resp_trailers
+            if trailers is None:
+                trailers = self.resp_trailers = []
+            elif len(trailers) >= self.ctx.settings.max_header_count:
                 raise ValueError("too many trailer fields")  # a protocol error of the app's
-            self.resp_trailers.append((name, value))
+            trailers.append((name, value))
             return
         low = name.lower()
         kind = _RESPONSE_FIELDS.get(low)
         if kind is not None:
             if kind == _CONTENT_LENGTH:
-                self.resp_cl = int(value)  # llhttp has validated it
+                self.resp_cl = value  # llhttp has validated the digits; forwarded as they are
                 return  # framing is ours to set
             if kind == _CONNECTION:
-                self.resp_connection.append(value)
+                if self.resp_connection is None:
+                    self.resp_connection = [value]
+                else:
+                    self.resp_connection.append(value)
                 return
             if kind == _TRANSFER_ENCODING:
-                self.resp_te.append(value)
+                if self.resp_te is None:
+                    self.resp_te = [value]
+                else:
+                    self.resp_te.append(value)
                 return
             if kind == _UPGRADE:
                 self.resp_upgrade = value
@@ -406,16 +423,16 @@ class Forward:
         lines += end_to_end(self.resp_lines, self.resp_names, self.resp_connection)
         if has_body:
             if self.resp_cl is not None:
-                lines.append(b"Content-Length: %d\r\n" % self.resp_cl)
+                lines += [b"Content-Length: ", self.resp_cl, CRLF]
             elif h.version == "1.1":
                 self.chunked_out = True
                 lines.append(b"Transfer-Encoding: chunked\r\n")
             else:
                 keep = False  # HTTP/1.0 client: the end of the body is the end of the connection
         elif self.resp_cl is not None and status != 204:
-            lines.append(b"Content-Length: %d\r\n" % self.resp_cl)
+            lines += [b"Content-Length: ", self.resp_cl, CRLF]
         if not self.resp_request_id:
-            lines += [b"X-Request-ID: ", self.ex.request_id.encode(), CRLF]
+            lines.append(self.rid_line)
         if ctx.settings.attempts_header:
             lines.append(b"X-Sidecar-Attempts: %d\r\n" % self.ex.attempts)
         if not keep:
@@ -443,7 +460,7 @@ class Forward:
         if self.tunnel or not self.committed:
             return
         if self.chunked_out:
-            self.out.append(last_chunk(self.resp_trailers))
+            self.out.append(last_chunk(self.resp_trailers or ()))
         self.resp_done = True
         self.up = None
         if self.req_done and self.app_keep_alive and not self.resp_close_delimited:
@@ -666,7 +683,7 @@ class Forward:
         upgrade = self.resp_upgrade or self.head.upgrade
         lines += [b"Connection: upgrade\r\nUpgrade: ", upgrade, CRLF]
         if not self.resp_request_id:
-            lines += [b"X-Request-ID: ", ex.request_id.encode(), CRLF]
+            lines.append(self.rid_line)
         lines.append(CRLF)
         self.out.append(b"".join(lines))
         self.flush_to_client()
@@ -722,7 +739,7 @@ class Forward:
             local_reply(
                 status,
                 body,
-                request_id=ex.request_id,
+                request_id_line=self.rid_line,
                 close=not keep,
                 content_type=content_type,
                 extra=extra,

@@ -8,6 +8,8 @@ request smuggling — cannot pass through.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 CRLF = b"\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
 
@@ -18,7 +20,7 @@ def chunk_size_line(size: int) -> bytes:
     return b"%x\r\n" % size
 
 
-def last_chunk(trailers: list[tuple[bytes, bytes]]) -> bytes:
+def last_chunk(trailers: Sequence[tuple[bytes, bytes]]) -> bytes:
     """The terminating chunk, carrying trailer fields when the peer sent any (RFC 9112 §7.1.2)."""
     if not trailers:
         return LAST_CHUNK

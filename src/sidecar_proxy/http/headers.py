@@ -40,7 +40,9 @@ def list_tokens(values: list[bytes]) -> list[bytes]:
     return tokens
 
 
-def end_to_end(lines: list[bytes], names: list[bytes], connection: list[bytes]) -> list[bytes]:
+def end_to_end(
+    lines: list[bytes], names: list[bytes], connection: list[bytes] | None
+) -> list[bytes]:
     """The header lines that go on to the next hop.
 
     Both legs drop the fixed hop-by-hop set while parsing (one lookup per header, no second

@@ -8,11 +8,15 @@ from __future__ import annotations
 from http import HTTPStatus
 
 _STATUS_LINES = {s.value: b"HTTP/1.1 %d %b\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
+# The same lines keyed by (status, reason): apps nearly always send the standard phrase, and a
+# lookup is cheaper than formatting a status line for every response.
+_LINES_BY_REASON = {(s.value, s.phrase.encode()): _STATUS_LINES[s.value] for s in HTTPStatus}
 
 
 def status_line(status: int, reason: bytes = b"") -> bytes:
     if reason:
-        return b"HTTP/1.1 %d %b\r\n" % (status, reason)
+        line = _LINES_BY_REASON.get((status, reason))
+        return line if line is not None else b"HTTP/1.1 %d %b\r\n" % (status, reason)
     return _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status
 
 
@@ -20,7 +24,7 @@ def local_reply(
     status: int,
     body: bytes,
     *,
-    request_id: str | None,
+    request_id_line: bytes | None,
     close: bool,
     content_type: bytes = b"text/plain; charset=utf-8",
     extra: list[tuple[bytes, bytes]] | None = None,
@@ -33,8 +37,8 @@ def local_reply(
         content_type,
         b"\r\nContent-Length: %d\r\n" % len(body),
     ]
-    if request_id:
-        lines += [b"X-Request-ID: ", request_id.encode(), b"\r\n"]
+    if request_id_line:
+        lines.append(request_id_line)
     for name, value in extra or ():
         lines += [name, b": ", value, b"\r\n"]
     if close:
