@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -178,6 +179,11 @@ async def _main(settings: Settings, before_start: Callable[[], None] | None) -> 
         log.error("cannot listen", extra={"error": str(exc)})
         await server.close()
         return 1
+    # Everything allocated so far (modules, settings, metric families) lives as long as the
+    # process: take it out of the collector's view so each full collection, triggered by the
+    # churn of per-request objects, does not walk it again.
+    gc.collect()
+    gc.freeze()
     stop = asyncio.Event()
     signals_seen = 0
 
