@@ -106,13 +106,11 @@ class Incoming:
 
 
 def read_responses(
-    sock: socket.socket, count: int, timeout: float = 5.0, head_request: bool = False
+    sock: socket.socket, count: int, timeout: float = 5.0
 ) -> tuple[list[Response], bool]:
     """Read until ``count`` responses are complete or the peer closes; returns the responses
     (a trailing incomplete one included) and whether the connection was closed."""
     p = ResponseParse()
-    if head_request:
-        p.parser = httptools.HttpResponseParser(p)
     incoming = Incoming(sock, timeout)
     for data in incoming:
         try:
