@@ -20,6 +20,7 @@ from support.hardening import (
     assert_never_completed,
     assert_nothing_reached,
     assert_rejected,
+    dribble,
     exchange,
     mark,
     parse_responses,
@@ -105,14 +106,7 @@ def test_header_section_dribbled_over_many_reads_is_still_431(
     # holds across reads rather than wait for the field to be complete.
     with connect(sidecar.port) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: test\r\nX-Endless: ")
-        sent = 0
-        for _ in range(80):
-            try:
-                sock.sendall(b"a" * 100)
-            except (BrokenPipeError, ConnectionResetError):
-                break
-            sent += 100
-            time.sleep(0.005)
+        sent = dribble(sock, b"a" * 100, 80)
         cap = read_until_close(sock, 2.0)
     assert_rejected(cap, 431)
     assert sent < 4 * (MAX_HEADER_BYTES + MAX_URL_BYTES), "the proxy kept reading the field"
@@ -277,12 +271,7 @@ def test_unfinished_trailer_field_is_bounded_too(
     head = raw_request(b"POST /up HTTP/1.1", b"Host: test", b"Transfer-Encoding: chunked")
     with connect(sidecar.port) as sock:
         sock.sendall(head + b"3\r\nabc\r\n0\r\nX-Endless: ")
-        sent = 0
-        for _ in range(80):
-            if not send_tolerant(sock, b"a" * 100):
-                break
-            sent += 100
-            time.sleep(0.005)
+        sent = dribble(sock, b"a" * 100, 80)
         cap = read_until_close(sock, 1.0)
     assert_rejected(cap, {400, 431})
     assert sent < 4 * (MAX_HEADER_BYTES + MAX_URL_BYTES), "the proxy kept reading the field"

@@ -315,3 +315,20 @@ def test_connection_is_read_again_after_a_local_answer_to_a_request_with_a_body(
             sock.sendall(raw)
             (resp,), closed = read_responses(sock, 1, timeout=3)
             assert resp.status == 502 and not closed
+
+
+def test_early_answer_reaches_a_client_still_sending_its_body(
+    start_proxy: Callable[..., ProxyServer], free_port: int
+) -> None:
+    # The breaker answers 503 before the body is read. Closing at once with the body unread
+    # would make the kernel reset the connection and could destroy the 503 already sent; the
+    # proxy half-closes and reads on for a while instead (RFC 9112 §9.6).
+    proxy = start_proxy(free_port, max_retries=0, circuit_breaker_threshold=1)
+    assert get(proxy.port, "/").status == 502  # opens the breaker
+    with connect(proxy.port) as sock:
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 4194304\r\n\r\n")
+        for _ in range(16):
+            sock.sendall(b"x" * 65536)  # the client keeps sending after the answer is out
+        time.sleep(0.2)
+        (resp,), _ = read_responses(sock, 1, timeout=3)
+    assert resp.status == 503 and resp.header("Retry-After")

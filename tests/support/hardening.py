@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import select
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -46,6 +47,22 @@ def send_tolerant(sock: socket.socket, data: bytes, piece: int = 65536) -> bool:
     except (BrokenPipeError, ConnectionResetError):
         return False
     return True
+
+
+def dribble(sock: socket.socket, piece: bytes, times: int, pause: float = 0.005) -> int:
+    """Send ``piece`` up to ``times`` times, ``pause`` apart, until the proxy answers or stops
+    accepting; returns the bytes sent before that. What counts is when the proxy answered: after
+    it answers it may still read and discard what the client sends (a lingering close), which
+    holds nothing, so bytes it accepted afterwards say nothing about what it buffered."""
+    sent = 0
+    for _ in range(times):
+        if select.select([sock], [], [], 0)[0]:
+            break  # the answer (or the close) is there
+        if not send_tolerant(sock, piece):
+            break
+        sent += len(piece)
+        time.sleep(pause)
+    return sent
 
 
 def read_until_close(

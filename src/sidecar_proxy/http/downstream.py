@@ -49,6 +49,10 @@ _STASHED = 16  # bytes of an earlier read are held back unparsed; they go first
 
 _SLICE = 4096  # how much of a large read is parsed at a time outside a body
 
+# Lingering close: how long, and how much, a closing connection keeps reading and discarding.
+_LINGER_SECONDS = 2.0
+_LINGER_BYTES = 8 * 1024 * 1024
+
 # what the connection is waiting for; decides what its one timer means
 _IDLE = 0  # between requests: client_idle_timeout
 _HEAD = 1  # inside a request head: client_header_timeout (slowloris -> 408)
@@ -109,6 +113,8 @@ class DownstreamConnection(asyncio.Protocol):
         "_deadline",
         "_head_bytes",
         "_last_body",
+        "_linger_left",
+        "_linger_until",
         "_overhead",
         "_parser",
         "_read_block",
@@ -147,6 +153,8 @@ class DownstreamConnection(asyncio.Protocol):
         self._body_in_read = 0  # body bytes delivered by the current feed
         self._overhead = 0  # bytes of a chunked body since its last body byte that were not body
         self._stash = b""  # the unparsed rest of a read, while a pipelined request waits
+        self._linger_until = 0.0  # set while closing lingers (see close_transport)
+        self._linger_left = 0
         self._last_body = 0.0
         self._deadline = 0.0  # when the current wait (_IDLE or _HEAD) runs out
 
@@ -185,9 +193,23 @@ class DownstreamConnection(asyncio.Protocol):
         return False
 
     def close_transport(self) -> None:
+        if self.closing:
+            return
         self.closing = True
-        if self.transport is not None:
-            self.transport.close()
+        t = self.transport
+        if t is None:
+            return
+        if self._state in (_HEAD, _BODY) or self._read_block & _REJECTED:
+            # The client may still be sending (a body we answered early, bytes after a rejected
+            # request). Closing with them unread makes the kernel reset the connection, which can
+            # destroy the answer just written. RFC 9112 §9.6: half-close, read and discard for a
+            # while, then close; nginx's lingering_close does the same.
+            t.write_eof()
+            self._linger_until = self.ctx.loop.time() + _LINGER_SECONDS
+            self._linger_left = _LINGER_BYTES
+            t.resume_reading()
+        else:
+            t.close()
 
     def close_if_idle(self) -> bool:
         """Drain: close a keep-alive connection that has no request in progress."""
@@ -199,6 +221,11 @@ class DownstreamConnection(asyncio.Protocol):
     # == bytes in ==================================================================================
 
     def data_received(self, data: bytes) -> None:
+        if self._linger_until:
+            self._linger_left -= len(data)  # lingering close: discard, within bounds
+            if self._linger_left <= 0 and self.transport is not None:
+                self.transport.close()
+            return
         if self.tunnel is not None:
             self.tunnel.tunnel_from_client(data)
             return
@@ -640,6 +667,8 @@ class DownstreamConnection(asyncio.Protocol):
         bookkeeping together, and the deadlines almost never fire.
         """
         if self.closing:
+            if self._linger_until and now >= self._linger_until and self.transport is not None:
+                self.transport.close()
             return
         if self.queue:
             self.queue[0].on_tick(now)
