@@ -154,11 +154,7 @@ class Bench:
             peer = Peer(name, port, proc)
         elif name in (SIDECAR, "sidecar-pipe", "sidecar-nolog"):
             port, admin = free_port(), free_port()
-            env |= {
-                "SIDECAR_LISTEN_PORT": str(port),
-                "METRICS_PORT": str(admin),
-                "UPSTREAM_HOST": "127.0.0.1",
-                "UPSTREAM_PORT": str(self.upstream_port),
+            env |= self.seed_env(port, admin) | {
                 "LOG_LEVEL": "warning",
                 "ACCESS_LOG": "false" if name == "sidecar-nolog" else "true",
                 # Loopback only, and a stop that does not wait out the drain delay.
@@ -180,11 +176,7 @@ class Bench:
             peer = Peer(name, port, proc, admin_port=admin, drain=drain)
         elif name == "seed-go":
             port, admin = free_port(), free_port()
-            env |= {
-                "SIDECAR_LISTEN_PORT": str(port),
-                "METRICS_PORT": str(admin),
-                "UPSTREAM_HOST": "127.0.0.1",
-                "UPSTREAM_PORT": str(self.upstream_port),
+            env |= self.seed_env(port, admin) | {
                 # The seed counts a client that hangs up mid-request (wrk at the end of every
                 # run) as an upstream failure and never resets its count while closed, so its
                 # breaker opens after 5 such in its lifetime and answers 503 for 30 s. That is a
@@ -207,6 +199,15 @@ class Bench:
         return peer
 
     # -- measuring ----------------------------------------------------------------------------
+
+    def seed_env(self, port: int, admin: int) -> dict[str, str]:
+        """The seed's environment variables, which both sidecars read the same way."""
+        return {
+            "SIDECAR_LISTEN_PORT": str(port),
+            "METRICS_PORT": str(admin),
+            "UPSTREAM_HOST": "127.0.0.1",
+            "UPSTREAM_PORT": str(self.upstream_port),
+        }
 
     def measure(self, round_: int, scenario: Scenario, peer: Peer) -> Run:
         check_answers(peer.proc, peer.name, peer.port, scenario.path, scenario.size)

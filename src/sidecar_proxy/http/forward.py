@@ -61,6 +61,14 @@ _FAILURES = {
 }
 
 
+def _added(values: list[bytes] | None, value: bytes) -> list[bytes]:
+    """Append to a list that is only made once something arrives for it."""
+    if values is None:
+        return [value]
+    values.append(value)
+    return values
+
+
 class Forward:
     __slots__ = (
         "_attempt_no",
@@ -337,16 +345,10 @@ class Forward:
                 self.resp_cl = value  # llhttp has validated the digits; forwarded as they are
                 return  # framing is ours to set
             if kind == _CONNECTION:
-                if self.resp_connection is None:
-                    self.resp_connection = [value]
-                else:
-                    self.resp_connection.append(value)
+                self.resp_connection = _added(self.resp_connection, value)
                 return
             if kind == _TRANSFER_ENCODING:
-                if self.resp_te is None:
-                    self.resp_te = [value]
-                else:
-                    self.resp_te.append(value)
+                self.resp_te = _added(self.resp_te, value)
                 return
             if kind == _UPGRADE:
                 self.resp_upgrade = value
