@@ -53,7 +53,7 @@ _SLICE = 4096  # how much of a large read is parsed at a time outside a body
 _LINGER_SECONDS = 2.0
 _LINGER_BYTES = 8 * 1024 * 1024
 
-# what the connection is waiting for; decides what its one timer means
+# what the connection is waiting for; decides which deadline on_tick checks
 _IDLE = 0  # between requests: client_idle_timeout
 _HEAD = 1  # inside a request head: client_header_timeout (slowloris -> 408)
 _BODY = 2  # inside a request body: client_body_timeout since the last byte

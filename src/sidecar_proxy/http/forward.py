@@ -2,7 +2,8 @@
 
 A :class:`Forward` is made by the client leg when a request head is complete. It is a callback
 state machine rather than a coroutine: the common case (one attempt, small response) then costs
-no Task, no Future and one timer, which matters at tens of thousands of requests a second.
+no Task, no Future and no timer (deadlines are checked by the context's ticker, see ``on_tick``),
+which matters at tens of thousands of requests a second.
 
 The two protocols call in with events (``request_body``, ``response_head``, ``upstream_lost``, …)
 and the Forward asks the policies what to do: the concurrency limit and the breaker before an
@@ -18,6 +19,7 @@ once at the end, so a small response goes out as one ``writev`` instead of head 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from typing import TYPE_CHECKING
@@ -37,12 +39,20 @@ if TYPE_CHECKING:
     from sidecar_proxy.http.upstream import UpstreamConnection
     from sidecar_proxy.observe.exchange import Exchange
 
+log = logging.getLogger("sidecar_proxy.forward")
+
 _HEALTH_PATHS = frozenset({"/health", "/ready"})
 
 # Response fields the Forward reads or drops; any other is forwarded as it is (one dict lookup).
-_CONTENT_LENGTH, _CONNECTION, _TRANSFER_ENCODING, _UPGRADE, _HOP, _REQUEST_ID, _RETRY_AFTER = range(
-    7
-)
+(
+    _CONTENT_LENGTH,
+    _CONNECTION,
+    _TRANSFER_ENCODING,
+    _UPGRADE,
+    _HOP,
+    _REQUEST_ID,
+    _RETRY_AFTER,
+) = range(7)
 _RESPONSE_FIELDS = {
     **dict.fromkeys(HOP_BY_HOP, _HOP),
     b"content-length": _CONTENT_LENGTH,
@@ -53,7 +63,8 @@ _RESPONSE_FIELDS = {
     b"retry-after": _RETRY_AFTER,
 }
 
-# Failure -> (status sent to the client, sidecar_upstream_errors_total type, response flag)
+# Failure -> (status sent to the client, sidecar_upstream_errors_total type, response flag,
+# the short reason in the body of the client's error response)
 _FAILURES = {
     Failure.CONNECT: (502, X.ERR_CONNECTION, X.UPSTREAM_CONNECT_FAILURE, "the app is unreachable"),
     Failure.RESET: (502, X.ERR_RESET, X.UPSTREAM_RESET, "the app closed the connection"),
@@ -508,6 +519,12 @@ class Forward:
     def upstream_protocol_error(self, conn: UpstreamConnection, reason: str) -> None:
         if conn is not self.up or self.finished:
             return
+        # The client only learns "malformed response"; what exactly was malformed is for the
+        # app's owners, at debug level so a broken app cannot flood the log.
+        log.debug(
+            "malformed response from the app",
+            extra={"reason": reason, "request_id": self.ex.request_id},
+        )
         self._fail_committed_or_reply(conn, "the app sent a malformed response")
 
     def _fail_committed_or_reply(self, conn: UpstreamConnection, detail: str) -> None:
@@ -604,7 +621,7 @@ class Forward:
             self._attempt()
         return True
 
-    # == timers ===================================================================================
+    # == deadlines =================================================================================
 
     def on_tick(self, now: float) -> None:
         """Deadline check, called by the client leg's tick (see DownstreamConnection.on_tick)."""
