@@ -229,7 +229,8 @@ class Forward:
         self.admitted = True
         ex.attempts += 1
         self._attempt_no += 1
-        self._reset_response()
+        if self._attempt_no > 1:
+            self._reset_response()  # a retry: forget the failed attempt's response
         per_try = ctx.settings.per_try_timeout
         if per_try > 0:
             self.try_timer = ctx.loop.call_later(per_try, self._on_try_timeout, self._attempt_no)
