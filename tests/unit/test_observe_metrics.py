@@ -447,6 +447,7 @@ def test_access_log_line(metrics: Metrics, pipe_log: PipeLog) -> None:
         "time",
         "method",
         "path",
+        "protocol",
         "query",
         "status",
         "duration_ms",
