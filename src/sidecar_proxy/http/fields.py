@@ -128,10 +128,6 @@ class RequestHead:
         self.forwarded_proto = b""
         self.forwarded_host = b""
 
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or bool(self.content_length)
-
 
 class ResponseHead:
     """One response head from the app (a 1xx included), filled by the app leg."""
@@ -164,8 +160,3 @@ class ResponseHead:
         self.has_request_id = False
         self.retry_after: bytes | None = None
         self.keep_alive = False  # the app will take another request on this connection
-
-    @property
-    def length_known(self) -> bool:
-        """The body ends by its framing rather than by the app closing the connection."""
-        return self.content_length is not None or bool(self.transfer_encoding)
