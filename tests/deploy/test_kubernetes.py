@@ -19,7 +19,6 @@ import kubernetes_validate  # type: ignore[import-untyped]  # the package ships 
 import pytest
 import yaml
 from running import (
-    LOOPBACK,
     REPO,
     SIDECAR,
     process,
@@ -371,9 +370,9 @@ def test_the_sidecar_runs_on_a_read_only_root_filesystem() -> None:
         env = {**sidecar_env(proxy, metrics, app.port), "PYTHONDONTWRITEBYTECODE": "1"}
         args = [unshare, "--mount", "--propagation", "private", "sh", "-c", script, str(SIDECAR)]
         with process(args, env) as proc:
-            wait_http_ok(f"http://{LOOPBACK}:{metrics}/ready", timeout=15, proc=proc)
-            assert http_get(f"http://{LOOPBACK}:{proxy}/orders") == (200, b"hello from the app")
-            status, body = http_get(f"http://{LOOPBACK}:{metrics}/metrics")
+            wait_http_ok(metrics, "/ready", timeout=15, proc=proc)
+            assert http_get(proxy, "/orders") == (200, b"hello from the app")
+            status, body = http_get(metrics, "/metrics")
             assert status == 200 and b"sidecar_requests_total{" in body
             proc.popen.terminate()
             assert proc.popen.wait(timeout=10) == 0, proc.output()

@@ -69,7 +69,7 @@ def test_a_running_sidecar_serves_the_list() -> None:
         for _ in range(3):
             with urllib.request.urlopen(f"http://{LOOPBACK}:{proxy}/orders", timeout=5) as resp:
                 assert resp.status == 200
-        status, body = http_get(f"http://{LOOPBACK}:{metrics}/metrics")
+        status, body = http_get(metrics, "/metrics")
     assert status == 200
     text = body.decode()
     served = from_exposition(text)

@@ -1,37 +1,25 @@
-"""Run the installed ``sidecar-proxy`` command as a real subprocess, as users do."""
+"""Run the installed ``sidecar-proxy`` command as a real subprocess, as users do.
+
+Ports, HTTP calls and memory figures come from the one process toolkit, :mod:`bench.procs`,
+which the benchmarks and the soak use too.
+"""
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.procs import free_port, http_get, status_kib
+
+__all__ = ["ProxyProcess", "free_port", "http_get", "run_proxy"]
+
 COMMAND = str(Path(sys.executable).with_name("sidecar-proxy"))
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (the kernel's pick, released again)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
-    """Status and body of a GET; HTTP error statuses are returned, not raised."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
 
 
 @dataclass
@@ -46,14 +34,12 @@ class ProxyProcess:
 
     def status_kib(self, field: str) -> int:
         """A /proc/PID/status memory figure (VmRSS, VmHWM) in KiB."""
-        with open(f"/proc/{self.pid}/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-        raise AssertionError(f"no {field}")
+        kib = status_kib(self.pid, field)
+        assert kib, f"no {field} for pid {self.pid}"
+        return kib
 
     def ready(self) -> int:
-        return http_get(f"http://127.0.0.1:{self.admin_port}/ready", timeout=1)[0]
+        return http_get(self.admin_port, "/ready", timeout=1)[0]
 
 
 @contextmanager

@@ -498,10 +498,10 @@ class Exchange:
             remaining=self.deadline - ctx.loop.time(),
         )
         if not decision.retry:
-            if decision.reason is REASON_BUDGET:
+            if decision.reason == REASON_BUDGET:
                 rec.retries_refused += 1
                 rec.flags.append(R.RETRY_BUDGET_EXHAUSTED)
-            elif decision.reason is REASON_EXHAUSTED:
+            elif decision.reason == REASON_EXHAUSTED:
                 rec.flags.append(R.RETRIES_EXHAUSTED)
             return False
         if failure is not None:
