@@ -33,6 +33,21 @@ bug_log = logging.getLogger("sidecar_proxy.exchange")
 TICK = 0.05
 
 
+def new_pool(loop: asyncio.AbstractEventLoop, settings: Settings, metrics: Metrics) -> H1Pool:
+    """The app pool the settings ask for."""
+    return H1Pool(
+        loop,
+        settings.upstream_host,
+        settings.upstream_port,
+        max_idle=settings.upstream_max_idle,
+        idle_timeout=settings.upstream_idle_timeout,
+        connect_timeout=settings.connect_timeout,
+        max_head_bytes=settings.max_header_bytes,
+        max_header_count=settings.max_header_count,
+        on_connection=metrics.on_upstream_connection,
+    )
+
+
 class ClientConnection(Protocol):
     """What the context and the server's drain need of each open client connection."""
 
@@ -79,17 +94,7 @@ class ProxyContext:
         self.recorder = recorder
         self.health = health
         # Tests give a pool of fake legs; a proxy makes the one its settings ask for.
-        self.pool: AppPool = pool or H1Pool(
-            loop,
-            settings.upstream_host,
-            settings.upstream_port,
-            max_idle=settings.upstream_max_idle,
-            idle_timeout=settings.upstream_idle_timeout,
-            connect_timeout=settings.connect_timeout,
-            max_head_bytes=settings.max_header_bytes,
-            max_header_count=settings.max_header_count,
-            on_connection=metrics.on_upstream_connection,
-        )
+        self.pool: AppPool = pool or new_pool(loop, settings, metrics)
         self.breaker = CircuitBreaker(
             settings.circuit_breaker_threshold,
             settings.circuit_breaker_timeout,
