@@ -263,22 +263,23 @@ class Exchange:
         h = self.head
         s = self.ctx.settings
         client = self.client
-        lines: list[bytes] = []
-        if not h.host_count:  # HTTP/1.0 without Host; an empty Host is forwarded as it is
-            lines.append(b"Host: %b:%d\r\n" % (s.upstream_host.encode(), s.upstream_port))
-        if h.xff:
-            lines += [b"X-Forwarded-For: " + h.xff + b", " + client.peer + CRLF]
-        else:
-            lines.append(client.forwarded_for_line)
+        xff = (
+            b"X-Forwarded-For: " + h.xff + b", " + client.peer + CRLF
+            if h.xff
+            else client.forwarded_for_line
+        )
         trust = s.trust_forwarded_headers
         if trust and h.forwarded_proto:
-            lines.append(b"X-Forwarded-Proto: " + h.forwarded_proto + CRLF)
+            xfp = b"X-Forwarded-Proto: " + h.forwarded_proto + CRLF
         else:
-            lines.append(b"X-Forwarded-Proto: http\r\n")
+            xfp = b"X-Forwarded-Proto: http\r\n"
         fhost = h.forwarded_host if trust and h.forwarded_host else h.host
         if fhost:
-            lines.append(b"X-Forwarded-Host: " + fhost + CRLF)
-        lines.append(self.rid_line)
+            lines = [xff, xfp, b"X-Forwarded-Host: " + fhost + CRLF, self.rid_line]
+        else:
+            lines = [xff, xfp, self.rid_line]
+        if not h.host_count:  # HTTP/1.0 without Host; an empty Host is forwarded as it is
+            lines.insert(0, b"Host: %b:%d\r\n" % (s.upstream_host.encode(), s.upstream_port))
         return lines
 
     # == request body from the client ==========================================================

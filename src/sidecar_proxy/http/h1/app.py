@@ -94,7 +94,7 @@ class H1AppConnection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self.events: AppEvents | None = None
         self._state = IDLE
-        self._resp: ResponseHead | None = None  # the response being parsed
+        self._resp = ResponseHead()  # the response being parsed, or the last one
         self._trailers: Trailers | None = None
         self._head_request = False  # the request was HEAD: its response has no body
         self._chunked = False  # the request body is sent chunked
@@ -210,9 +210,8 @@ class H1AppConnection(asyncio.Protocol):
         waits until ``feed_data`` returns: bytes after the response in the same read must mark
         the connection unfit before anyone can take it from the pool.
         """
-        resp = self._resp
         self.events = None
-        if not complete or (resp is not None and not resp.keep_alive):
+        if not complete or not self._resp.keep_alive:
             self.close()
             return
         self.reset_parser = self._head_request
@@ -227,7 +226,6 @@ class H1AppConnection(asyncio.Protocol):
             self.close()
             return
         self._state = IDLE
-        self._resp = None
         self.pool.release(self)
 
     def abandon(self) -> None:
@@ -325,24 +323,15 @@ class H1AppConnection(asyncio.Protocol):
         self._trailers = None
 
     def on_status(self, reason: bytes) -> None:
-        if self._state is HEAD and self._resp is not None:
+        if self._state is HEAD:
             self._resp.reason = reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._state is not HEAD:
+            if self._state is BODY:  # trailers after a chunked body
+                self._trailer(name, value)
+            return
         resp = self._resp
-        if resp is None:
-            return
-        state = self._state
-        if state is BODY:  # trailers after a chunked body
-            trailers = self._trailers
-            if trailers is None:
-                trailers = self._trailers = []
-            elif len(trailers) >= self.pool.max_header_count:
-                raise ValueError("too many trailer fields")  # a protocol error of the app's
-            trailers.append((name, value))
-            return
-        if state is not HEAD:
-            return
         low = name.lower()
         kind = RESPONSE_FIELDS.get(low)
         if kind is not None:
@@ -363,10 +352,18 @@ class H1AppConnection(asyncio.Protocol):
         resp.lines.append(name + b": " + value + CRLF)
         resp.names.append(low)
 
+    def _trailer(self, name: bytes, value: bytes) -> None:
+        trailers = self._trailers
+        if trailers is None:
+            trailers = self._trailers = []
+        elif len(trailers) >= self.pool.max_header_count:
+            raise ValueError("too many trailer fields")  # a protocol error of the app's
+        trailers.append((name, value))
+
     def on_headers_complete(self) -> None:
         resp = self._resp
         events = self.events
-        if self._state is not HEAD or resp is None or events is None:
+        if self._state is not HEAD or events is None:
             return
         p = self._parser
         resp.status = p.get_status_code()
@@ -385,7 +382,7 @@ class H1AppConnection(asyncio.Protocol):
         events = self.events
         if self._state is not BODY or events is None:
             return
-        status = self._resp.status if self._resp is not None else 0
+        status = self._resp.status
         if 100 <= status < 200 and status != 101:
             self._state = WAITING  # a 1xx is over; the final response follows
             events.response_end(self, None)
