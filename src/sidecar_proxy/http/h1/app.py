@@ -211,7 +211,9 @@ class H1AppConnection(asyncio.Protocol):
         the connection unfit before anyone can take it from the pool.
         """
         self.events = None
-        if not complete or not self._resp.keep_alive:
+        # IDLE: never bound (a connection that came after its requester gave up); else the
+        # app's response said whether it keeps the connection.
+        if not complete or (self._state is not IDLE and not self._resp.keep_alive):
             self.close()
             return
         self.reset_parser = self._head_request
