@@ -18,11 +18,11 @@ from typing import Any, cast
 
 import uvloop
 
-from sidecar_proxy.admin.health import HealthState
 from sidecar_proxy.config import Settings
 from sidecar_proxy.http.context import ProxyContext
 from sidecar_proxy.http.downstream import DownstreamConnection
 from sidecar_proxy.http.upstream import UpstreamConnection
+from sidecar_proxy.lifecycle.health import HealthState
 from sidecar_proxy.observe.accesslog import AccessLog
 from sidecar_proxy.observe.metrics import Metrics
 from sidecar_proxy.observe.paths import PathLabeler

@@ -12,8 +12,8 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar_proxy.admin.health import HealthState, health_body, ready_body
 from sidecar_proxy.admin.server import AdminServer
+from sidecar_proxy.lifecycle.health import HealthState, health_body, ready_body
 from sidecar_proxy.observe.exchange import Exchange
 from sidecar_proxy.observe.metrics import Metrics
 from sidecar_proxy.observe.paths import PathLabeler
@@ -127,20 +127,23 @@ def test_ready_follows_the_state(admin: Admin) -> None:
     status, headers, body = admin.request("GET", "/ready")
     assert (status, body) == (200, b'{"status":"ready"}\n')
     assert headers["Content-Type"] == "application/json"
-    admin.health.ready = False
+    admin.health.set_app_ready(False)
     assert admin.request("GET", "/ready")[0::2] == (503, b'{"status":"not ready"}\n')
     status, headers, body = admin.request("HEAD", "/ready")
     assert (status, body, headers["Content-Length"]) == (503, b"", "23")
-    admin.health.ready = True
+    admin.health.set_app_ready(True)
     assert admin.request("GET", "/ready")[0] == 200
+    admin.health.shut_down()
+    assert admin.request("GET", "/ready")[0] == 503
 
 
 def test_probe_bodies_are_the_seeds() -> None:
     state = HealthState()
     assert health_body() == (200, b'{"status":"alive"}\n')
     assert ready_body(state) == (200, b'{"status":"ready"}\n')
-    state.ready = False
+    state.shut_down()
     assert ready_body(state) == (503, b'{"status":"not ready"}\n')
+    assert ready_body(HealthState(app_ready=False)) == (503, b'{"status":"not ready"}\n')
 
 
 def test_query_strings_are_ignored_for_routing(admin: Admin) -> None:

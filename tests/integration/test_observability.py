@@ -213,7 +213,7 @@ def test_health_and_ready_on_proxy_port_and_switch(
     assert get(proxy.port, "/health").body == b'{"status":"alive"}\n'
     assert get(proxy.port, "/ready").status == 200
     assert up.received == []  # answered by the sidecar
-    proxy.health.ready = False
+    proxy.health.shut_down()
     assert get(proxy.port, "/ready").status == 503
     passthrough = start_proxy(up.port, health_on_proxy_port=False)
     assert get(passthrough.port, "/health").body == b"hello"  # the app's own /health

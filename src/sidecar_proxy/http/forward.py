@@ -24,11 +24,12 @@ import math
 import time
 from typing import TYPE_CHECKING
 
-from sidecar_proxy.admin.health import health_body, ready_body
 from sidecar_proxy.http.framing import CRLF, chunk_size_line, last_chunk, response_has_body
 from sidecar_proxy.http.headers import HOP_BY_HOP, end_to_end, list_tokens
 from sidecar_proxy.http.replies import error_body, local_reply, status_line
+from sidecar_proxy.lifecycle.health import health_body, ready_body
 from sidecar_proxy.observe import exchange as X
+from sidecar_proxy.observe.servertiming import server_timing_line
 from sidecar_proxy.policy.backoff import parse_retry_after
 from sidecar_proxy.policy.breaker import BreakerState
 from sidecar_proxy.policy.retry import Failure
@@ -120,6 +121,7 @@ class Forward:
         "resp_trailers",
         "resp_upgrade",
         "rid_line",
+        "sent_at",
         "try_timer",
         "tunnel",
         "up",
@@ -149,6 +151,7 @@ class Forward:
         self.limited = False  # holds a concurrency slot
         self.try_timer: asyncio.TimerHandle | None = None
         self.deadline = 0.0  # for the app's response head; checked by on_tick
+        self.sent_at = 0.0  # time.monotonic() when the current attempt's head went to the app
         self.last_activity = 0.0
         # the response
         self._reset_response()
@@ -199,6 +202,12 @@ class Forward:
             status, body = health_body() if ex.path == "/health" else ready_body(ctx.health)
             self.answer(status, body, content_type=b"application/json")
             return
+        if ctx.rate_limit is not None:
+            refusal = ctx.rate_limit.check(self.client.peer, self.head.xff)
+            if refusal is not None:
+                ex.flags.append(X.RATE_LIMITED)
+                self.answer(429, error_body(429, "rate limit exceeded"), extra=refusal)
+                return
         now = ctx.loop.time()
         if not ctx.limiter.try_acquire():
             ex.flags.append(X.LOAD_SHED)
@@ -258,6 +267,7 @@ class Forward:
         conn.bind(self)
         assert conn.transport is not None
         out = [self._request_head()]
+        self.sent_at = time.monotonic()
         self.written = 0
         if not self.head.upgrade:  # bytes after an Upgrade request wait for the 101
             self._body_out(out)
@@ -429,7 +439,7 @@ class Forward:
         keep = (
             h.keep_alive
             and self.req_done
-            and not ctx.draining
+            and not ctx.goodbye
             and not h.upgrade
             and not self.client.closing
         )
@@ -449,6 +459,8 @@ class Forward:
             lines.append(self.rid_line)
         if ctx.settings.attempts_header:
             lines.append(b"X-Sidecar-Attempts: %d\r\n" % self.ex.attempts)
+        if ctx.settings.server_timing and self.ex.ttfb is not None:
+            lines.append(server_timing_line(self.ex.start, self.sent_at, self.ex.ttfb))
         if not keep:
             lines.append(b"Connection: close\r\n")
         elif h.version == "1.0":
@@ -751,7 +763,7 @@ class Forward:
         ex = self.ex
         self._cancel_attempt()
         h = self.head
-        keep = h.keep_alive and self.req_done and not self.ctx.draining and not h.upgrade
+        keep = h.keep_alive and self.req_done and not self.ctx.goodbye and not h.upgrade
         if ex.attempts and self.ctx.settings.attempts_header:
             extra = [*(extra or ()), (b"X-Sidecar-Attempts", b"%d" % ex.attempts)]
         self.out.clear()

@@ -15,17 +15,38 @@ _NOT_READY = b'{"status":"not ready"}\n'
 
 
 class HealthState:
-    """Whether the pod should receive traffic.
+    """Whether the pod should receive traffic: the app is ready and no shutdown has begun.
 
-    ``ready`` starts True and the lifecycle code sets it False when draining, so Kubernetes takes
-    the pod out of its Service endpoints before the listener closes. A bool attribute is read and
-    written atomically under the GIL, so the admin thread and the event loop can share it freely.
+    Two independent inputs, each with one writer: the shutdown (:meth:`shut_down`, once, so
+    Kubernetes takes the pod out of its Service endpoints before the listener closes) and the
+    app readiness check (:meth:`set_app_ready`; without a check the app counts as ready from the
+    start, the seed's behaviour). Bool attributes are read and written atomically under the GIL,
+    so the admin thread and the event loop share them freely.
     """
 
-    __slots__ = ("ready",)
+    __slots__ = ("_app_ready", "_shutting_down")
 
-    def __init__(self) -> None:
-        self.ready = True
+    def __init__(self, app_ready: bool = True) -> None:
+        self._app_ready = app_ready
+        self._shutting_down = False
+
+    @property
+    def ready(self) -> bool:
+        return self._app_ready and not self._shutting_down
+
+    @property
+    def app_ready(self) -> bool:
+        return self._app_ready
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutting_down
+
+    def set_app_ready(self, ready: bool) -> None:
+        self._app_ready = ready
+
+    def shut_down(self) -> None:
+        self._shutting_down = True
 
 
 def health_body() -> tuple[int, bytes]:
@@ -34,7 +55,8 @@ def health_body() -> tuple[int, bytes]:
 
 
 def ready_body(state: HealthState) -> tuple[int, bytes]:
-    """Readiness: ``200 {"status":"ready"}``, or ``503 {"status":"not ready"}`` when draining."""
+    """Readiness: ``200 {"status":"ready"}``, or ``503 {"status":"not ready"}`` while the app is
+    not ready or once a shutdown has begun."""
     if state.ready:
         return 200, _READY
     return 503, _NOT_READY
