@@ -53,18 +53,27 @@ class ProxyProcess:
         raise AssertionError(f"no {field}")
 
     def ready(self) -> int:
-        return http_get(f"http://127.0.0.1:{self.admin_port}/ready", timeout=1)[0]
+        return self.admin("/ready")
+
+    def admin(self, path: str) -> int:
+        """The status of a GET on the admin port."""
+        return http_get(f"http://127.0.0.1:{self.admin_port}{path}", timeout=1)[0]
 
 
 @contextmanager
 def run_proxy(
-    upstream_port: int, env: dict[str, str] | None = None, stdout: int | None = None
+    upstream_port: int,
+    env: dict[str, str] | None = None,
+    stdout: int | None = None,
+    started: str = "/ready",
 ) -> Iterator[ProxyProcess]:
+    """The proxy as a process, once ``started`` (an admin path) answers 200: ``/health`` for
+    one whose ``/ready`` waits for its app."""
     # A port found free can be taken by another socket before the child binds it; that is the
     # test's race, not the proxy's, so pick again.
     for _ in range(3):
         try:
-            proc = _start(upstream_port, env, stdout)
+            proc = _start(upstream_port, env, stdout, started)
         except PortTaken:
             continue
         try:
@@ -79,7 +88,9 @@ class PortTaken(Exception):
     pass
 
 
-def _start(upstream_port: int, env: dict[str, str] | None, stdout: int | None) -> ProxyProcess:
+def _start(
+    upstream_port: int, env: dict[str, str] | None, stdout: int | None, started: str
+) -> ProxyProcess:
     port, admin = free_port(), free_port()
     full_env = {
         **os.environ,
@@ -109,7 +120,7 @@ def _start(upstream_port: int, env: dict[str, str] | None, stdout: int | None) -
                 raise PortTaken(err)
             raise AssertionError(f"sidecar-proxy exited {proc.returncode}: {err}")
         try:
-            if p.ready() == 200:
+            if p.admin(started) == 200:
                 return p
         except OSError:
             pass
