@@ -4,44 +4,21 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from support.process import free_port
+from support.process import free_port, run_cli
 
 from sidecar_proxy import __version__
 from sidecar_proxy.config import FIELDS
 from sidecar_proxy.demo import start_demo_app
 
-SCRIPT = Path(sys.executable).parent / "sidecar-proxy"
 CONFIG_ERROR = "sidecar-proxy: configuration error: "
-
-
-def run_cli(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run the installed script with none of the runner's own sidecar settings leaking in."""
-    clean = {
-        key: value
-        for key, value in os.environ.items()
-        if key != "SIDECAR_CONFIG" and key not in {field.env for field in FIELDS}
-    }
-    return subprocess.run(
-        [str(SCRIPT), *args],
-        env=clean | (env or {}),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
 
 
 def assert_config_error(result: subprocess.CompletedProcess[str], *parts: str) -> None:

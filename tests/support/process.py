@@ -14,7 +14,29 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from sidecar_proxy.config import FIELDS
+
 COMMAND = str(Path(sys.executable).with_name("sidecar-proxy"))
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed script with none of the runner's own sidecar settings leaking in."""
+    clean = {
+        key: value
+        for key, value in os.environ.items()
+        if key != "SIDECAR_CONFIG" and key not in {field.env for field in FIELDS}
+    }
+    return subprocess.run(
+        [COMMAND, *args],
+        env=clean | (env or {}),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
 
 
 def free_port() -> int:
