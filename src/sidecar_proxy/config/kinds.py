@@ -26,6 +26,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable
+from decimal import Decimal
 from typing import Generic, TypeVar
 
 from sidecar_proxy.config.units import (
@@ -153,6 +154,12 @@ class FloatKind(Kind[float]):
         if not self.low <= value <= self.high:  # also refuses NaN
             raise ValueError(self.expected)
         return value
+
+    def format(self, value: float) -> str:
+        # Plain decimal, as parse() takes it: "0" and "50" rather than "0.0" and "50.0", and
+        # never an exponent ("1e-05"), which parse() would refuse.
+        text = format(Decimal(repr(value)), "f")
+        return text.rstrip("0").rstrip(".") if "." in text else text
 
     def to_json(self, value: float) -> float:
         return value
