@@ -138,7 +138,7 @@ class FloatKind(Kind[float]):
 
     def __init__(self, low: float, high: float) -> None:
         self.low, self.high = low, high
-        self.expected = f"expected a number {low:g}-{high:g}"
+        self.expected = f"expected a number {self.format(low)}-{self.format(high)}"
 
     def parse(self, text: str) -> float:
         if not re.fullmatch(r"-?([0-9]+\.?[0-9]*|\.[0-9]+)", text):
