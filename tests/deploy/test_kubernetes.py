@@ -7,6 +7,7 @@ builds from the overlays.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import shutil
@@ -30,6 +31,7 @@ from running import (
 from sidecar_settings import BY_ENV, check_config, load_env
 from support.process import free_port, http_get
 
+from sidecar_proxy.admin.server import allowed
 from sidecar_proxy.cli import build_parser
 from sidecar_proxy.config import ConfigError, Settings, parse_duration
 
@@ -228,6 +230,50 @@ def test_the_apps_readiness_is_checked_once_in_either_shape() -> None:
     assert "readinessProbe" not in containers("native")["app"]
     check = load_env(env_of(sidecar("native"))).settings.app_ready_check
     assert check == "http:" + probe["path"]  # the same endpoint of the same app
+
+
+# --- Jobs ------------------------------------------------------------------------------------
+
+
+def jobs() -> dict[str, Doc]:
+    return {d["metadata"]["name"]: d for d in load(KUBE / "examples" / "jobs.yaml")}
+
+
+@pytest.mark.parametrize(
+    ("name", "version"),
+    [
+        ("my-batch-classic", "1.25.0"),
+        ("my-batch-native", "1.29.0"),
+        ("my-batch-classic", LATEST),
+        ("my-batch-native", LATEST),
+    ],
+)
+def test_job_examples_validate_strictly(name: str, version: str) -> None:
+    kubernetes_validate.validate(jobs()[name], version, strict=True)
+
+
+def test_the_classic_jobs_app_quits_the_sidecar_however_it_ends() -> None:
+    spec = jobs()["my-batch-classic"]["spec"]["template"]["spec"]
+    side, app = spec["containers"]
+    assert (side["name"], app["name"]) == ("sidecar", "app")
+    env = env_of(side)
+    settings = load_env(env).settings
+    assert build_parser().parse_args(side["lifecycle"]["postStart"]["exec"]["command"][1:])
+    script = app["command"][-1]
+    trap, _, work = script.partition(";")
+    quit_url = f"http://127.0.0.1:{settings.metrics_port}/quitquitquit"
+    assert trap == f"trap 'curl -fsS -X POST {quit_url}' EXIT"
+    assert not work.strip().startswith("exec "), "exec would drop the shell and its trap"
+    assert allowed("127.0.0.1", [ipaddress.ip_network(n) for n in settings.admin_allow])
+    assert settings.drain_delay == 0
+
+
+def test_the_native_job_needs_no_quit() -> None:
+    spec = jobs()["my-batch-native"]["spec"]["template"]["spec"]
+    (side,) = spec["initContainers"]
+    assert side["restartPolicy"] == "Always" and "lifecycle" not in side
+    assert "quitquitquit" not in str(spec["containers"])
+    load_env(env_of(side))
 
 
 # --- ports, probes and env agree with each other and with the sidecar -------------------------
