@@ -60,16 +60,21 @@ def test_a_head_request_over_the_limit_gets_the_fields_without_a_body(
     assert b'\r\nRateLimit: "sidecar";r=0;t=10\r\n' in data
 
 
-def test_per_client_limits_take_the_address_the_proxy_in_front_saw(
-    upstream: Upstream, start_proxy: Callable[..., ProxyServer]
-) -> None:
-    proxy = start_proxy(
-        upstream.port,
+def per_client(start_proxy: Callable[..., ProxyServer], port: int, trust: bool) -> ProxyServer:
+    """A proxy allowing each client one request, then none for ten seconds."""
+    return start_proxy(
+        port,
         rate_limit_rps=0.1,
         rate_limit_burst=1,
         rate_limit_key="client_ip",
-        trust_forwarded_headers=True,
+        trust_forwarded_headers=trust,
     )
+
+
+def test_per_client_limits_take_the_address_the_proxy_in_front_saw(
+    upstream: Upstream, start_proxy: Callable[..., ProxyServer]
+) -> None:
+    proxy = per_client(start_proxy, upstream.port, trust=True)
 
     def status(xff: str) -> int:
         return get(proxy.port, "/a", f"X-Forwarded-For: {xff}\r\n").status
@@ -86,13 +91,7 @@ def test_per_client_limits_take_the_address_the_proxy_in_front_saw(
 def test_per_client_limits_ignore_forwarded_headers_unless_trusted(
     upstream: Upstream, start_proxy: Callable[..., ProxyServer]
 ) -> None:
-    proxy = start_proxy(
-        upstream.port,
-        rate_limit_rps=0.1,
-        rate_limit_burst=1,
-        rate_limit_key="client_ip",
-        trust_forwarded_headers=False,
-    )
+    proxy = per_client(start_proxy, upstream.port, trust=False)
     assert get(proxy.port, "/a", "X-Forwarded-For: 203.0.113.1\r\n").status == 200
     # A new X-Forwarded-For does not buy a new bucket: the socket's address is the key.
     assert get(proxy.port, "/a", "X-Forwarded-For: 203.0.113.2\r\n").status == 429
