@@ -48,6 +48,18 @@ def test_over_the_rate_limit_is_429_with_the_ietf_fields_a_flag_and_a_count(
     assert value(registry, "sidecar_requests_rejected_total", reason="shed") == 0
 
 
+def test_health_paths_passed_to_the_app_are_not_limited_either(
+    upstream: Upstream, start_proxy: Callable[..., ProxyServer]
+) -> None:
+    proxy = start_proxy(
+        upstream.port, health_on_proxy_port=False, rate_limit_rps=0.1, rate_limit_burst=1
+    )
+    assert [get(proxy.port, path).status for path in ("/health", "/ready") * 3] == [200] * 6
+    assert len(upstream.received) == 6  # the app answered them all
+    assert get(proxy.port, "/a").status == 200
+    assert get(proxy.port, "/a").status == 429
+
+
 def test_a_head_request_over_the_limit_gets_the_fields_without_a_body(
     upstream: Upstream, start_proxy: Callable[..., ProxyServer]
 ) -> None:

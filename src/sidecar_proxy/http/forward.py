@@ -202,7 +202,7 @@ class Forward:
             status, body = health_body() if ex.path == "/health" else ready_body(ctx.health)
             self.answer(status, body, content_type=b"application/json")
             return
-        if ctx.rate_limit is not None:
+        if ctx.rate_limit is not None and ex.path not in _HEALTH_PATHS:  # probes: never limited
             refusal = ctx.rate_limit.check(self.client.peer, self.head.xff)
             if refusal is not None:
                 ex.flags.append(X.RATE_LIMITED)

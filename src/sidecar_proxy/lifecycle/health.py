@@ -34,14 +34,6 @@ class HealthState:
     def ready(self) -> bool:
         return self._app_ready and not self._shutting_down
 
-    @property
-    def app_ready(self) -> bool:
-        return self._app_ready
-
-    @property
-    def shutting_down(self) -> bool:
-        return self._shutting_down
-
     def set_app_ready(self, ready: bool) -> None:
         self._app_ready = ready
 
