@@ -19,10 +19,10 @@ from typing import Any, cast
 import uvloop
 
 from sidecar_proxy.config import Settings
-from sidecar_proxy.health import HealthState
 from sidecar_proxy.http.context import ProxyContext, new_pool
 from sidecar_proxy.http.h1.app import H1AppConnection
 from sidecar_proxy.http.h1.client import H1ClientConnection
+from sidecar_proxy.lifecycle.health import HealthState
 from sidecar_proxy.observe.accesslog import AccessLog
 from sidecar_proxy.observe.metrics import Metrics
 from sidecar_proxy.observe.paths import PathLabeler

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -60,6 +61,16 @@ def upstream(start_upstream: Callable[..., Upstream]) -> Upstream:
 @pytest.fixture
 def proxy(start_proxy: Callable[..., ProxyServer], upstream: Upstream) -> ProxyServer:
     return start_proxy(upstream.port)
+
+
+@pytest.fixture
+def log_pipe() -> Iterator[tuple[int, int]]:
+    """A pipe for an access log: (non-blocking read end, write end)."""
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    yield r, w
+    os.close(r)
+    os.close(w)
 
 
 @pytest.fixture

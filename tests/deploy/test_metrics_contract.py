@@ -10,6 +10,7 @@ from exported import (
     BREAKER_TRANSITIONS,
     METRICS,
     REJECT_REASONS,
+    RELOAD_RESULTS,
     SEED_BUCKETS,
     UPSTREAM_ERROR_TYPES,
     Exported,
@@ -60,6 +61,7 @@ def test_label_values_the_alerts_and_dashboard_match_on() -> None:
     text = generate_latest(Metrics().registry).decode()
     assert label_values(text, "sidecar_upstream_errors_total", "type") == UPSTREAM_ERROR_TYPES
     assert label_values(text, "sidecar_requests_rejected_total", "reason") == REJECT_REASONS
+    assert label_values(text, "sidecar_config_reloads_total", "result") == RELOAD_RESULTS
     transitions = label_values(text, "sidecar_circuit_breaker_transitions_total", "to")
     assert transitions == BREAKER_TRANSITIONS
 

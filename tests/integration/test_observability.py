@@ -7,13 +7,13 @@ import logging
 import os
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import orjson
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from support.client import connect, get, request
+from support.logpipe import read_log
 from support.process import run_proxy
 from support.upstream import Received, Upstream, response
 
@@ -40,26 +40,6 @@ async def app(req: Received, w: asyncio.StreamWriter) -> None:
         w.write(response(201, b"made"))
     else:
         w.write(response(200, b"hello"))
-
-
-@pytest.fixture
-def log_pipe() -> Iterator[tuple[int, int]]:
-    r, w = os.pipe()
-    os.set_blocking(r, False)
-    yield r, w
-    os.close(r)
-    os.close(w)
-
-
-def read_log(fd: int, want: int, timeout: float = 3.0) -> list[dict[str, object]]:
-    data = b""
-    deadline = time.monotonic() + timeout
-    while data.count(b"\n") < want and time.monotonic() < deadline:
-        try:
-            data += os.read(fd, 1 << 20)
-        except BlockingIOError:
-            time.sleep(0.02)
-    return [orjson.loads(line) for line in data.splitlines()]
 
 
 def test_seed_metrics_after_known_traffic(
@@ -213,7 +193,7 @@ def test_health_and_ready_on_proxy_port_and_switch(
     assert get(proxy.port, "/health").body == b'{"status":"alive"}\n'
     assert get(proxy.port, "/ready").status == 200
     assert up.received == []  # answered by the sidecar
-    proxy.health.ready = False
+    proxy.health.shut_down()
     assert get(proxy.port, "/ready").status == 503
     passthrough = start_proxy(up.port, health_on_proxy_port=False)
     assert get(passthrough.port, "/health").body == b"hello"  # the app's own /health

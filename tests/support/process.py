@@ -16,10 +16,31 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.procs import free_port, http_get, status_kib
+from sidecar_proxy.config import FIELDS
 
-__all__ = ["ProxyProcess", "free_port", "http_get", "run_proxy"]
+__all__ = ["ProxyProcess", "free_port", "http_get", "run_cli", "run_proxy"]
 
 COMMAND = str(Path(sys.executable).with_name("sidecar-proxy"))
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed script with none of the runner's own sidecar settings leaking in."""
+    clean = {
+        key: value
+        for key, value in os.environ.items()
+        if key != "SIDECAR_CONFIG" and key not in {field.env for field in FIELDS}
+    }
+    return subprocess.run(
+        [COMMAND, *args],
+        env=clean | (env or {}),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
 
 
 @dataclass
@@ -39,18 +60,27 @@ class ProxyProcess:
         return kib
 
     def ready(self) -> int:
-        return http_get(self.admin_port, "/ready", timeout=1)[0]
+        return self.admin("/ready")
+
+    def admin(self, path: str) -> int:
+        """The status of a GET on the admin port."""
+        return http_get(self.admin_port, path, timeout=1)[0]
 
 
 @contextmanager
 def run_proxy(
-    upstream_port: int, env: dict[str, str] | None = None, stdout: int | None = None
+    upstream_port: int,
+    env: dict[str, str] | None = None,
+    stdout: int | None = None,
+    started: str = "/ready",
 ) -> Iterator[ProxyProcess]:
+    """The proxy as a process, once ``started`` (an admin path) answers 200: ``/health`` for
+    one whose ``/ready`` waits for its app."""
     # A port found free can be taken by another socket before the child binds it; that is the
     # test's race, not the proxy's, so pick again.
     for _ in range(3):
         try:
-            proc = _start(upstream_port, env, stdout)
+            proc = _start(upstream_port, env, stdout, started)
         except PortTaken:
             continue
         try:
@@ -65,7 +95,9 @@ class PortTaken(Exception):
     pass
 
 
-def _start(upstream_port: int, env: dict[str, str] | None, stdout: int | None) -> ProxyProcess:
+def _start(
+    upstream_port: int, env: dict[str, str] | None, stdout: int | None, started: str
+) -> ProxyProcess:
     port, admin = free_port(), free_port()
     full_env = {
         **os.environ,
@@ -95,7 +127,7 @@ def _start(upstream_port: int, env: dict[str, str] | None, stdout: int | None) -
                 raise PortTaken(err)
             raise AssertionError(f"sidecar-proxy exited {proc.returncode}: {err}")
         try:
-            if p.ready() == 200:
+            if p.admin(started) == 200:
                 return p
         except OSError:
             pass

@@ -22,7 +22,6 @@ import logging
 import math
 import time
 
-from sidecar_proxy.health import health_body, ready_body
 from sidecar_proxy.http.context import ProxyContext
 from sidecar_proxy.http.fields import RequestHead, ResponseHead
 from sidecar_proxy.http.framing import CRLF, response_has_body
@@ -43,8 +42,10 @@ from sidecar_proxy.http.phase import (
     Phase,
 )
 from sidecar_proxy.http.replies import error_body
+from sidecar_proxy.lifecycle.health import health_body, ready_body
 from sidecar_proxy.observe import record as R
 from sidecar_proxy.observe.record import Record
+from sidecar_proxy.observe.servertiming import server_timing_line
 from sidecar_proxy.policy.backoff import parse_retry_after
 from sidecar_proxy.policy.breaker import BreakerState
 from sidecar_proxy.policy.retry import REASON_BUDGET, REASON_EXHAUSTED, Failure
@@ -88,6 +89,7 @@ class Exchange:
         "req_trailers",
         "resp",
         "rid_line",
+        "sent_at",
         "timer",
         "to_eof",
         "written",
@@ -127,6 +129,7 @@ class Exchange:
         self.last_failure: tuple[int, str] | None = None  # what a retry was for
         self.deadline = 0.0  # for the app's response head; checked by on_tick
         self.last_activity = 0.0  # the last response body byte, for the stall limit
+        self.sent_at = 0.0  # time.monotonic() when the current attempt's head went to the app
         # the response
         self.resp: ResponseHead | None = None  # the latest head from the app
         self.to_eof = False  # the response body ends when the app closes the connection
@@ -186,6 +189,12 @@ class Exchange:
             status, body = health_body() if rec.path == "/health" else ready_body(ctx.health)
             self.answer(status, body, b"application/json", None)
             return
+        if ctx.rate_limit is not None and rec.path not in _HEALTH_PATHS:  # probes: never limited
+            refusal = ctx.rate_limit.check(self.client.peer, self.head.xff)
+            if refusal is not None:
+                rec.flags.append(R.RATE_LIMITED)
+                self.answer(429, error_body(429, "rate limit exceeded"), _TEXT, refusal)
+                return
         if not ctx.limiter.try_acquire():
             rec.flags.append(R.LOAD_SHED)
             self.reply(503, "too many requests in flight", retry_after=1)
@@ -253,6 +262,7 @@ class Exchange:
             if self.req_done:
                 end = self.req_trailers
         app.send_request(self.head, self._added_request_lines(), body, end)
+        self.sent_at = time.monotonic()
         self.client.resume_request_body()
         if self.client.write_paused:
             app.pause_reading()
@@ -366,6 +376,8 @@ class Exchange:
         added = [] if resp.has_request_id else [self.rid_line]
         if ctx.settings.attempts_header:
             added.append(b"X-Sidecar-Attempts: %d\r\n" % rec.attempts)
+        if ctx.settings.server_timing:
+            added.append(server_timing_line(rec.start, self.sent_at, rec.ttfb))
         self.client.send_head(status, resp, added, has_body)
         if not has_body:
             self._response_complete(app, None)

@@ -567,7 +567,7 @@ class H1ClientConnection(asyncio.Protocol):
         return (
             head.keep_alive
             and ex.req_done
-            and not self.ctx.draining
+            and not self.ctx.goodbye  # shutdown has begun: every response says goodbye
             and not head.upgrade
             and not (self._read_block & _PAUSE_REJECTED and ex is self.parsing)
             and self._state < LINGERING
