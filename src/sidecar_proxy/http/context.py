@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from sidecar_proxy.http.downstream import DownstreamConnection
     from sidecar_proxy.observe.metrics import Metrics
     from sidecar_proxy.observe.recorder import Recorder
+    from sidecar_proxy.tls.upstream import UpstreamTLS
 
 log = logging.getLogger("sidecar_proxy.breaker")
 
@@ -56,6 +57,8 @@ class ProxyContext:
         metrics: Metrics,
         recorder: Recorder,
         health: HealthState,
+        *,
+        upstream_tls: UpstreamTLS | None = None,
     ) -> None:
         self.loop = loop
         self.settings = settings
@@ -71,6 +74,7 @@ class ProxyContext:
             connect_timeout=settings.connect_timeout,
             max_head_bytes=settings.max_header_bytes,
             on_connection=metrics.on_upstream_connection,
+            tls=upstream_tls,
         )
         self.breaker = CircuitBreaker(
             settings.circuit_breaker_threshold,

@@ -39,6 +39,8 @@ from sidecar_proxy.http.request import RequestHead
 from sidecar_proxy.observe import exchange as X
 from sidecar_proxy.observe.exchange import Exchange
 from sidecar_proxy.observe.tracecontext import trace_id
+from sidecar_proxy.tls.accept import ServerTLS
+from sidecar_proxy.tls.identity import Peer
 
 # reasons reading from the client is paused
 _FOR_APP = 1  # the app (or the lack of a connection to it) cannot take more request body
@@ -60,6 +62,9 @@ _BODY = 2  # inside a request body: client_body_timeout since the last byte
 _BUSY = 3  # request read, response in progress: the Forward's own deadline applies
 
 _SUPPORTED_VERSIONS = frozenset({"1.0", "1.1"})
+
+_PROTO_HTTP = b"X-Forwarded-Proto: http\r\n"
+_PROTO_HTTPS = b"X-Forwarded-Proto: https\r\n"
 
 # Request fields the client leg reads or rewrites; any other field is forwarded as it is, so the
 # common header costs one dict lookup. Hop-by-hop fields not listed otherwise are dropped (_HOP).
@@ -94,6 +99,9 @@ _REQUEST_FIELDS = {
     b"x-forwarded-for": _XFF,
     b"x-forwarded-proto": _XF_PROTO,
     b"x-forwarded-host": _XF_HOST,
+    # Only the sidecar vouches for a client certificate: an incoming one is always a forgery
+    # (Envoy's SANITIZE); the verified one is added by the Forward.
+    b"x-forwarded-client-cert": _HOP,
 }
 
 
@@ -125,16 +133,24 @@ class DownstreamConnection(asyncio.Protocol):
         "cur",
         "parsing",
         "peer",
+        "proto_line",
         "queue",
         "remote_addr",
+        "tls",
+        "tls_peer",
         "transport",
         "tunnel",
         "write_paused",
+        "xfcc_line",
         "xff_line",
     )
 
-    def __init__(self, ctx: ProxyContext) -> None:
+    def __init__(self, ctx: ProxyContext, tls: ServerTLS | None = None) -> None:
         self.ctx = ctx
+        self.tls = tls
+        self.tls_peer: Peer | None = None
+        self.proto_line = _PROTO_HTTP
+        self.xfcc_line = b""
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
         self.remote_addr = ""
@@ -168,6 +184,10 @@ class DownstreamConnection(asyncio.Protocol):
         self.peer = self.remote_addr.encode()
         # what nearly every request forwards: no incoming X-Forwarded-For, just this client
         self.xff_line = b"X-Forwarded-For: " + self.peer + b"\r\n"
+        if self.tls is not None:
+            tls_peer = self.tls_peer = self.tls.peer(transport)
+            self.xfcc_line = tls_peer.xfcc_line
+            self.proto_line = _PROTO_HTTPS
         ctx = self.ctx
         ctx.connections.add(self)
         ctx.metrics.connection_opened()
@@ -454,6 +474,8 @@ class DownstreamConnection(asyncio.Protocol):
 
     def _check(self, cur: RequestHead) -> tuple[int, str] | None:
         """The RFC 9112 rules llhttp leaves to us; None when the request may be forwarded."""
+        if self.tls_peer is not None and not self.tls_peer.allowed:
+            return 403, "the client certificate's identity is not allowed"
         if cur.version not in _SUPPORTED_VERSIONS:
             return 505, f"HTTP/{cur.version} is not supported"
         if cur.host_count > 1 or (cur.version == "1.1" and cur.host_count == 0):
@@ -525,6 +547,9 @@ class DownstreamConnection(asyncio.Protocol):
         rid = cur.request_id
         ex.request_id = rid.decode("ascii") if valid_request_id(rid) else new_request_id()
         ex.trace_id, _ = trace_id(cur.traceparent, cur.b3_trace_id, ex.request_id)
+        if self.tls_peer is not None:
+            ex.tls_version = self.tls_peer.version
+            ex.client_identity = self.tls_peer.identity
         return ex
 
     def _reject(self, status: int, detail: str) -> None:

@@ -72,6 +72,10 @@ _FAILURES = {
 }
 
 
+# the flag of a request the client leg rejected, by status; any other status is DPE
+_REJECTION_FLAGS = {408: X.DOWNSTREAM_TIMEOUT, 403: X.CLIENT_IDENTITY_DENIED}
+
+
 def _added(values: list[bytes] | None, value: bytes) -> list[bytes]:
     """Append to a list that is only made once something arrives for it."""
     if values is None:
@@ -187,7 +191,7 @@ class Forward:
         ex = self.ex
         if self.rejected is not None:
             status, detail = self.rejected
-            ex.flags.append(X.DOWNSTREAM_TIMEOUT if status == 408 else X.DOWNSTREAM_PROTOCOL_ERROR)
+            ex.flags.append(_REJECTION_FLAGS.get(status, X.DOWNSTREAM_PROTOCOL_ERROR))
             self.reply(status, detail)
             return
         if (
@@ -281,11 +285,12 @@ class Forward:
         if trust and h.forwarded_proto:
             lines += [b"X-Forwarded-Proto: ", h.forwarded_proto, CRLF]
         else:
-            lines.append(b"X-Forwarded-Proto: http\r\n")
+            lines.append(self.client.proto_line)
         fhost = h.forwarded_host if trust and h.forwarded_host else h.host
         if fhost:
             lines += [b"X-Forwarded-Host: ", fhost, CRLF]
         lines.append(self.rid_line)
+        lines.append(self.client.xfcc_line)  # b"" unless a client certificate was verified
         if h.upgrade:
             lines += [b"Connection: upgrade\r\nUpgrade: ", h.upgrade, CRLF]
         if h.chunked:

@@ -19,6 +19,7 @@ import socket
 from collections.abc import Callable
 
 from sidecar_proxy.http.upstream import UpstreamConnection
+from sidecar_proxy.tls.upstream import UpstreamTLS
 
 ConnectCallback = Callable[[UpstreamConnection | None, BaseException | None], None]
 
@@ -36,6 +37,7 @@ class UpstreamPool:
         "max_idle",
         "on_connection",
         "port",
+        "tls",
     )
 
     def __init__(
@@ -49,6 +51,7 @@ class UpstreamPool:
         connect_timeout: float,
         max_head_bytes: int,
         on_connection: Callable[[bool], None],
+        tls: UpstreamTLS | None = None,
     ) -> None:
         self.loop = loop
         self.host = host
@@ -58,6 +61,7 @@ class UpstreamPool:
         self.connect_timeout = connect_timeout
         self.max_head_bytes = max_head_bytes  # the app's response heads, bounded like requests'
         self.on_connection = on_connection  # metrics hook: True when reused
+        self.tls = tls
         self._idle: list[UpstreamConnection] = []
         self._closed = False
         self._sweeper: asyncio.TimerHandle | None = None
@@ -88,9 +92,15 @@ class UpstreamPool:
 
     async def _connect(self, done: ConnectCallback) -> None:
         try:
+            # the connect timeout bounds the TLS handshake too
             async with asyncio.timeout(self.connect_timeout):
+                tls = self.tls
                 _, conn = await self.loop.create_connection(
-                    lambda: UpstreamConnection(self), self.host, self.port
+                    lambda: UpstreamConnection(self),
+                    self.host,
+                    self.port,
+                    ssl=tls.context() if tls is not None else None,
+                    server_hostname=tls.server_name if tls is not None else None,
                 )
         except (OSError, TimeoutError) as exc:
             done(None, exc)
