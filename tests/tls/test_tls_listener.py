@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from support.client import closed_by_peer, connect, read_responses
 from support.scrape import value, wait_until
-from support.tls import Pki, client_context, exchange, tls_connect, tls_get
+from support.tls import Pki, client_context, exchange, tls_get
 from support.upstream import Upstream
 
 from sidecar_proxy.server import ProxyServer
@@ -23,9 +23,7 @@ ERRORS = "sidecar_tls_handshake_errors_total"
 
 
 @pytest.fixture
-def tls_proxy(
-    start_proxy: Callable[..., ProxyServer], upstream: Upstream, pki: Pki
-) -> ProxyServer:
+def tls_proxy(start_proxy: Callable[..., ProxyServer], upstream: Upstream, pki: Pki) -> ProxyServer:
     return start_proxy(upstream.port, **pki.settings())
 
 

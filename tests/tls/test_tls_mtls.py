@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from support.certs import CA
@@ -98,7 +97,6 @@ def test_an_allowed_identity_is_let_in(
     pki: Pki,
     client_ca: CA,
     allowed: str,
-    tmp_path: Path,
 ) -> None:
     read_fd, write_fd = os.pipe()
     proxy = start_proxy(
@@ -126,7 +124,9 @@ def test_a_refused_identity_gets_403_and_the_app_sees_nothing(
     proxy = start_proxy(
         upstream.port,
         access_log_fd=write_fd,
-        **mtls(pki, client_ca, tls_allowed_identities=frozenset({"spiffe://cluster.local/ns/pay/*"})),
+        **mtls(
+            pki, client_ca, tls_allowed_identities=frozenset({"spiffe://cluster.local/ns/pay/*"})
+        ),
     )
     client = client_ca.issue("checkout", uris=(CHECKOUT,))
     resp, sock = tls_get(proxy.port, client_context(pki.ca, client, directory=pki.directory))

@@ -62,7 +62,10 @@ def volume(tmp_path: Path) -> SecretVolume:
 
 
 def start(
-    start_proxy: Callable[..., ProxyServer], upstream: Upstream, volume: SecretVolume, **extra: object
+    start_proxy: Callable[..., ProxyServer],
+    upstream: Upstream,
+    volume: SecretVolume,
+    **extra: object,
 ) -> ProxyServer:
     return start_proxy(
         upstream.port,
@@ -92,9 +95,14 @@ def test_a_swapped_certificate_serves_new_handshakes_while_open_connections_keep
         volume.publish(pair(second))
         assert wait_until(lambda: served(proxy.port, ca) == second.der, timeout=WITHIN)
         assert value(registry, RELOADS, result="success") == 1
-        assert value(
-            registry, "sidecar_tls_certificate_expiry_timestamp_seconds", file=volume.path("tls.crt")
-        ) == second.cert.not_valid_after_utc.timestamp()
+        assert (
+            value(
+                registry,
+                "sidecar_tls_certificate_expiry_timestamp_seconds",
+                file=volume.path("tls.crt"),
+            )
+            == second.cert.not_valid_after_utc.timestamp()
+        )
 
         # The keep-alive connection opened before the swap is untouched.
         assert exchange(kept).status == 200

@@ -111,9 +111,7 @@ def test_a_client_certificate_is_presented_to_an_app_that_asks(
     try:
         without = start_proxy(app.port, **common)
         assert get(without.port).status == 502
-        proxy = start_proxy(
-            app.port, upstream_cert_file=cert, upstream_key_file=key, **common
-        )
+        proxy = start_proxy(app.port, upstream_cert_file=cert, upstream_key_file=key, **common)
         assert get(proxy.port).status == 200
     finally:
         loop.run(app.stop())
