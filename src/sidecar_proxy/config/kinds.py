@@ -90,13 +90,18 @@ class HostKind(Kind[str]):
         return host
 
 
+# How "not set" is written for an optional value: nothing, or the empty quotes that format()
+# prints so check-config output can be pasted into a shell or a manifest.
+_UNSET = ("", "''", '""')
+
+
 class ServerNameKind(HostKind):
     """A host name or IP address to expect in a peer's certificate; empty means "not set"."""
 
     metavar = "NAME"
 
     def parse(self, text: str) -> str:
-        return super().parse(text) if text else ""
+        return "" if text in _UNSET else super().parse(text)
 
     def format(self, value: str) -> str:
         return value or "''"
@@ -310,12 +315,15 @@ class FileKind(Kind[str]):
     expected = "expected a file path without control characters"
 
     def parse(self, text: str) -> str:
+        if text in _UNSET:
+            return ""
         if any(ord(c) < 0x20 for c in text):
             raise ValueError(self.expected)
         return text
 
     def format(self, value: str) -> str:
         return value or "''"
+
 
 
 class IdentityListKind(_ListKind[str]):
@@ -338,6 +346,9 @@ class IdentityListKind(_ListKind[str]):
         if not re.fullmatch(r"[A-Za-z0-9.-]+", stem):
             raise ValueError(f"bad identity {token!r}; {self.expected}")
         return (token.lower(),)  # DNS names compare case-insensitively (RFC 4343)
+
+    def parse(self, text: str) -> frozenset[str]:
+        return frozenset() if text.strip() in _UNSET else super().parse(text)
 
     def format(self, value: frozenset[str]) -> str:
         return ",".join(sorted(value)) if value else "''"
