@@ -12,7 +12,9 @@ P-256 certificate, made here with the openssl CLI). Two scenarios:
   connections per second.
 
 The access log is on for the sidecar, as in the headline benchmark; nginx logs nothing. Each
-figure is the median over rounds, with the peer order rotating from round to round.
+figure is the median over rounds, with the peer order rotating from round to round. Beside the
+rates, the proxy's CPU time per request (from schedstat): on a shared machine the rates move with
+the neighbours' load, the CPU a request costs much less.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from bench.procs import (
     PeerError,
     Proc,
     Supervisor,
+    cpu_sample,
     free_port,
     pinning_available,
     wait_ready,
@@ -97,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     load_core = CORE_LOAD if pin else None
     proxy_core = CORE_PROXY if pin else None
     figures: dict[tuple[str, str], list[float]] = {}
+    cpu_us: dict[tuple[str, str], list[float]] = {}
+    procs: dict[str, Proc] = {}
     with tempfile.TemporaryDirectory(prefix="bench-tls-") as tmp:
         work = Path(tmp)
         sup = Supervisor(work)
@@ -132,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                     if name == "sidecar-https":
                         env |= {"TLS_CERT_FILE": str(cert), "TLS_KEY_FILE": str(key)}
                     proc = sup.start(name, [str(sidecar_binary()), "run"], core=proxy_core, env=env)
+                procs[name] = proc
                 if name == "sidecar-http":
                     wait_ready(proc, name, port, "/small", SMALL_SIZE)
                 else:
@@ -145,19 +151,27 @@ def main(argv: list[str] | None = None) -> int:
                                 ports[name], "/small", connections, args.warmup, load_core,
                                 scheme=scheme, headers=headers,
                             )  # fmt: skip
+                        before = cpu_sample(procs[name].pid).on_cpu
                         result = wrk.run(
                             ports[name], "/small", connections, args.duration, load_core,
                             scheme=scheme, headers=headers,
                         )  # fmt: skip
+                        used_ns = cpu_sample(procs[name].pid).on_cpu - before
+                        cpu_us.setdefault((scenario, name), []).append(
+                            used_ns / 1000 / max(result.requests, 1)
+                        )
                         if result.errors:
                             raise PeerError(f"{name} {scenario}: {result.errors} errors")
                         figures.setdefault((scenario, name), []).append(result.requests_per_s)
                         print(f"round {round_ + 1} {scenario:<10} {name:<13} "
-                              f"{result.requests_per_s:>9,.0f} req/s", flush=True)  # fmt: skip
+                              f"{result.requests_per_s:>9,.0f} req/s "
+                              f"{cpu_us[(scenario, name)][-1]:>7.0f} us CPU/request",
+                              flush=True)  # fmt: skip
         finally:
             sup.stop_all()
     medians = {key: statistics.median(values) for key, values in figures.items()}
-    report(medians)
+    cpu = {key: statistics.median(values) for key, values in cpu_us.items()}
+    report(medians, cpu)
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = RESULTS / f"bench-tls-{stamp}.json"
@@ -170,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                 "rounds": args.rounds,
                 "pinned": pin,
                 "runs": {f"{s}/{p}": v for (s, p), v in figures.items()},
+                "cpu_us_per_request": {f"{s}/{p}": v for (s, p), v in cpu_us.items()},
             },
             indent=2,
         )
@@ -179,7 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def report(medians: dict[tuple[str, str], float]) -> None:
+def report(medians: dict[tuple[str, str], float], cpu: dict[tuple[str, str], float]) -> None:
+    for (scenario, name), us in sorted(cpu.items()):
+        print(
+            f"{scenario:<10} {name:<13} {medians[(scenario, name)]:>9,.0f} req/s {us:>7.0f} us CPU"
+        )
     keep = {name: medians[("keepalive", name)] for name in PEERS}
     new = {name: medians[("handshakes", name)] for name in PEERS}
     print(f"keep-alive https: sidecar {keep['sidecar-https']:,.0f} req/s, "
