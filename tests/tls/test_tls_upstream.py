@@ -4,7 +4,7 @@ certificate when asked, and reuses pooled TLS connections like plain ones."""
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -32,75 +32,81 @@ def app_context(ca: CA, directory: Path, client_ca: CA | None = None) -> ssl.SSL
     return ctx
 
 
-def tls_app(loop: LoopThread, ctx: ssl.SSLContext) -> Upstream:
-    up = Upstream()
-    loop.run(up.start(0, ctx))
-    return up
+@pytest.fixture
+def start_app(loop: LoopThread) -> Iterator[Callable[[ssl.SSLContext], Upstream]]:
+    """An app serving HTTPS with the given context; stopped after the test."""
+    apps: list[Upstream] = []
+
+    def start(ctx: ssl.SSLContext) -> Upstream:
+        app = Upstream()
+        loop.run(app.start(0, ctx))
+        apps.append(app)
+        return app
+
+    yield start
+    for app in apps:
+        loop.run(app.stop())
 
 
 def test_requests_reach_an_https_app_over_pooled_connections(
-    loop: LoopThread, start_proxy: Callable[..., ProxyServer], app_ca: CA, tmp_path: Path
+    start_app: Callable[[ssl.SSLContext], Upstream],
+    start_proxy: Callable[..., ProxyServer],
+    app_ca: CA,
+    tmp_path: Path,
 ) -> None:
-    app = tls_app(loop, app_context(app_ca, tmp_path))
-    try:
-        proxy = start_proxy(
-            app.port,
-            upstream_tls=True,
-            upstream_ca_file=app_ca.write(tmp_path, "app-ca"),
-            upstream_server_name="app.internal",
-        )
-        raw = b"GET /a HTTP/1.1\r\nHost: test\r\n\r\n" * 3
-        assert [r.status for r in request(proxy.port, raw, count=3)] == [200] * 3
-        assert get(proxy.port, "/b").status == 200
-        assert app.connections == 1  # one handshake, then the pooled connection
-        registry = proxy.metrics.registry
-        assert value(registry, "sidecar_upstream_connections_reused_total") == 3
-    finally:
-        loop.run(app.stop())
+    app = start_app(app_context(app_ca, tmp_path))
+    proxy = start_proxy(
+        app.port,
+        upstream_tls=True,
+        upstream_ca_file=app_ca.write(tmp_path, "app-ca"),
+        upstream_server_name="app.internal",
+    )
+    raw = b"GET /a HTTP/1.1\r\nHost: test\r\n\r\n" * 3
+    assert [r.status for r in request(proxy.port, raw, count=3)] == [200] * 3
+    assert get(proxy.port, "/b").status == 200
+    assert app.connections == 1  # one handshake, then the pooled connection
+    registry = proxy.metrics.registry
+    assert value(registry, "sidecar_upstream_connections_reused_total") == 3
 
 
-def test_an_app_certificate_for_another_name_is_refused(
-    loop: LoopThread, start_proxy: Callable[..., ProxyServer], app_ca: CA, tmp_path: Path
+@pytest.mark.parametrize(
+    "case",
+    [
+        # the server name defaults to upstream_host, 127.0.0.1: not in the certificate
+        ("app", ""),
+        ("other", "app.internal"),
+    ],
+    ids=["another name", "an untrusted CA"],
+)
+def test_an_app_certificate_that_does_not_verify_is_refused(
+    start_app: Callable[[ssl.SSLContext], Upstream],
+    start_proxy: Callable[..., ProxyServer],
+    app_ca: CA,
+    tmp_path: Path,
+    case: tuple[str, str],
 ) -> None:
-    app = tls_app(loop, app_context(app_ca, tmp_path))
-    try:
-        proxy = start_proxy(
-            app.port,
-            upstream_tls=True,
-            upstream_ca_file=app_ca.write(tmp_path, "app-ca"),
-            max_retries=0,
-        )  # the server name defaults to upstream_host, 127.0.0.1: not in the certificate
-        assert get(proxy.port).status == 502
-        assert app.received == []
-    finally:
-        loop.run(app.stop())
-
-
-def test_an_app_certificate_from_an_untrusted_ca_is_refused(
-    loop: LoopThread, start_proxy: Callable[..., ProxyServer], app_ca: CA, tmp_path: Path
-) -> None:
-    app = tls_app(loop, app_context(app_ca, tmp_path))
-    try:
-        proxy = start_proxy(
-            app.port,
-            upstream_tls=True,
-            upstream_ca_file=CA("Other").write(tmp_path, "other-ca"),
-            upstream_server_name="app.internal",
-            max_retries=0,
-        )
-        assert get(proxy.port).status == 502
-    finally:
-        loop.run(app.stop())
+    trusted, server_name = case
+    app = start_app(app_context(app_ca, tmp_path))
+    ca = app_ca if trusted == "app" else CA("Other")
+    proxy = start_proxy(
+        app.port,
+        upstream_tls=True,
+        upstream_ca_file=ca.write(tmp_path, "trusted-ca"),
+        upstream_server_name=server_name,
+        max_retries=0,
+    )
+    assert get(proxy.port).status == 502
+    assert app.received == []
 
 
 def test_a_client_certificate_is_presented_to_an_app_that_asks(
-    loop: LoopThread,
+    start_app: Callable[[ssl.SSLContext], Upstream],
     start_proxy: Callable[..., ProxyServer],
     app_ca: CA,
     tmp_path: Path,
 ) -> None:
     sidecar_ca = CA("Sidecar CA")
-    app = tls_app(loop, app_context(app_ca, tmp_path, client_ca=sidecar_ca))
+    app = start_app(app_context(app_ca, tmp_path, client_ca=sidecar_ca))
     cert, key = sidecar_ca.issue("sidecar").write(tmp_path, "sidecar")
     common = {
         "upstream_tls": True,
@@ -108,10 +114,7 @@ def test_a_client_certificate_is_presented_to_an_app_that_asks(
         "upstream_server_name": "app.internal",
         "max_retries": 0,
     }
-    try:
-        without = start_proxy(app.port, **common)
-        assert get(without.port).status == 502
-        proxy = start_proxy(app.port, upstream_cert_file=cert, upstream_key_file=key, **common)
-        assert get(proxy.port).status == 200
-    finally:
-        loop.run(app.stop())
+    without = start_proxy(app.port, **common)
+    assert get(without.port).status == 502
+    proxy = start_proxy(app.port, upstream_cert_file=cert, upstream_key_file=key, **common)
+    assert get(proxy.port).status == 200
