@@ -325,7 +325,6 @@ class FileKind(Kind[str]):
         return value or "''"
 
 
-
 class IdentityListKind(_ListKind[str]):
     """Client identities: URI SANs (``spiffe://...``, any ``scheme://``) or DNS SANs, each
     matched exactly or, with one trailing ``*``, as a prefix."""
