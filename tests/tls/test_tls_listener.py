@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from support.client import closed_by_peer, connect, read_responses
-from support.scrape import value, wait_until
+from support.scrape import samples, value, wait_until
 from support.tls import Pki, client_context, exchange, tls_get
 from support.upstream import Upstream
 
@@ -170,3 +170,16 @@ def test_the_admin_port_stays_plain_http(tls_proxy: ProxyServer) -> None:
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
         responses, _ = read_responses(sock, 1)
     assert responses[0].status == 200
+
+
+def test_a_connection_closed_mid_handshake_counts_and_one_closed_at_once_does_not(
+    tls_proxy: ProxyServer,
+) -> None:
+    registry = tls_proxy.metrics.registry
+    with connect(tls_proxy.port):
+        pass  # a TCP health check: connect, close
+    with connect(tls_proxy.port) as sock:
+        sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # a ClientHello begins
+    assert wait_until(lambda: value(registry, ERRORS, reason="closed") >= 1)
+    time.sleep(0.2)  # room for a wrongly counted first connection to show
+    assert sum(samples(registry, ERRORS).values()) == 1

@@ -14,6 +14,7 @@ from sidecar_proxy.config import ConfigError, Settings, load_settings
 from sidecar_proxy.tls.material import (
     ALPN,
     MaterialError,
+    ServerContext,
     check_files,
     server_context,
     upstream_context,
@@ -161,6 +162,7 @@ def test_server_context_policy(files: dict[str, str]) -> None:
     assert ALPN == ("http/1.1",)
     assert [c.setting for c in loaded.certs] == ["tls_cert_file", "tls_client_ca_file"]
     assert loaded.certs[0].sans == ("URI:spiffe://td/proxy", "DNS:localhost")
+    assert isinstance(ctx, ServerContext) and ctx.by == ("spiffe://td/proxy",)
 
 
 def test_upstream_context_verifies_by_default(files: dict[str, str]) -> None:

@@ -44,7 +44,7 @@ NO_SHARED_CIPHER = "no_shared_cipher"  # no cipher suite, group or signature in 
 CLIENT_CERTIFICATE = "client_certificate"  # missing, or not verified against the client CA
 PEER_ALERT = "peer_alert"  # the client gave up with an alert, e.g. it does not trust our cert
 TIMEOUT = "timeout"  # not finished within client_header_timeout
-CLOSED = "closed"  # the client closed or reset the connection mid-handshake
+CLOSED = "closed"  # the client closed or reset the connection after its first bytes
 OTHER = "other"  # anything else: garbage instead of a ClientHello, internal errors
 HANDSHAKE_ERRORS = (
     PLAIN_HTTP,
@@ -139,14 +139,19 @@ class ServerTLS:
     def peer(self, transport: asyncio.BaseTransport) -> identity.Peer:
         """Who is on a handshaken connection, and whether they may in."""
         obj: ssl.SSLObject = transport.get_extra_info("ssl_object")
+        version = obj.version() or ""
         der = obj.getpeercert(binary_form=True)
-        cert = identity.client_cert(der) if der else None
+        try:
+            cert = identity.client_cert(der) if der else None
+        except ValueError:
+            # OpenSSL verified it but it cannot be read for names: let nothing in on its account.
+            return identity.Peer(version, "", False, b"")
         line = b""
         if cert is not None:
             by = cast(ServerContext, obj.context).by
             line = b"X-Forwarded-Client-Cert: " + identity.xfcc(by, cert).encode() + b"\r\n"
         return identity.Peer(
-            obj.version() or "",
+            version,
             cert.identity if cert is not None else "",
             identity.allowed(self.allowed, cert),
             line,
@@ -248,12 +253,14 @@ class TLSAcceptor(asyncio.Protocol):
             t.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        # Only before the first byte: after it the transport belongs to the SSL protocol.
+        # Only before the first byte (after it the transport belongs to the SSL protocol). A
+        # connection closed without a byte is no handshake: TCP health checks and port probes
+        # do that all day, and counting them would bury real failures.
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
             self._transport = None
-            self._tls.done(self, CLOSED)
+            self._tls.done(self, None)
 
     def abort(self) -> None:
         if self._timer is not None:

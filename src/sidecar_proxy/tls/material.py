@@ -57,7 +57,10 @@ class CertInfo:
 class ServerContext(ssl.SSLContext):
     """The proxy port's context, with what the handshake's peer description needs from it."""
 
-    by: tuple[str, ...]  # URI SANs of the served certificate: XFCC's By=
+    def __init__(self, protocol: int, by: tuple[str, ...]) -> None:
+        # ssl.SSLContext.__new__ has used ``protocol``; its __init__ is object's.
+        super().__init__()
+        self.by = by  # URI SANs of the served certificate: XFCC's By=
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,13 +74,12 @@ class Loaded:
 def server_context(settings: Settings) -> Loaded:
     """The proxy port's context from tls_cert_file, tls_key_file and tls_client_ca_file."""
     chain = _cert_and_key(settings, "tls_cert_file", "tls_key_file")
-    ctx = ServerContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx = ServerContext(ssl.PROTOCOL_TLS_SERVER, by=sans(chain[0])[0])
     ctx.minimum_version = _VERSIONS[settings.tls_min_version]
     ctx.set_ciphers(TLS12_CIPHERS)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.set_alpn_protocols(list(ALPN))
     _load_chain(ctx, settings, "tls_cert_file", "tls_key_file")
-    ctx.by = sans(chain[0])[0]
     certs = [_info("tls_cert_file", settings.tls_cert_file, chain[0])]
     if settings.tls_client_auth != "none":
         cas = _load_cas(ctx, settings, "tls_client_ca_file")
