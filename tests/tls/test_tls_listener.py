@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from support.client import closed_by_peer, connect, read_responses
 from support.scrape import samples, value, wait_until
-from support.tls import Pki, client_context, exchange, tls_get
+from support.tls import Pki, client_context, exchange, tls_connect, tls_get
 from support.upstream import Upstream
 
 from sidecar_proxy.server import ProxyServer
@@ -183,3 +183,23 @@ def test_a_connection_closed_mid_handshake_counts_and_one_closed_at_once_does_no
     assert wait_until(lambda: value(registry, ERRORS, reason="closed") >= 1)
     time.sleep(0.2)  # room for a wrongly counted first connection to show
     assert sum(samples(registry, ERRORS).values()) == 1
+
+
+def test_requests_refused_over_tls_are_answered_and_deadlines_keep_working(
+    start_proxy: Callable[..., ProxyServer], upstream: Upstream, pki: Pki
+) -> None:
+    # A refused request closes the connection; over TLS that cannot be a TCP half-close, so it
+    # must not take the path that plain connections use to linger.
+    proxy = start_proxy(upstream.port, **pki.settings(client_header_timeout=0.3))
+    ctx = client_context(pki.ca)
+    with tls_connect(proxy.port, ctx) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+        responses, _ = read_responses(sock, 1)
+        assert [r.status for r in responses] == [400]
+    with tls_connect(proxy.port, ctx) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n")  # and then nothing
+        responses, _ = read_responses(sock, 1, timeout=3)
+        assert [r.status for r in responses] == [408]
+        assert closed_by_peer(sock)
+    with tls_connect(proxy.port, ctx) as sock:
+        assert exchange(sock).status == 200

@@ -219,11 +219,13 @@ class DownstreamConnection(asyncio.Protocol):
         t = self.transport
         if t is None:
             return
-        if self._state in (_HEAD, _BODY) or self._read_block & _REJECTED:
+        if (self._state in (_HEAD, _BODY) or self._read_block & _REJECTED) and t.can_write_eof():
             # The client may still be sending (a body we answered early, bytes after a rejected
             # request). Closing with them unread makes the kernel reset the connection, which can
             # destroy the answer just written. RFC 9112 §9.6: half-close, read and discard for a
-            # while, then close; nginx's lingering_close does the same.
+            # while, then close; nginx's lingering_close does the same. A TLS transport cannot
+            # half-close; its close() sends close_notify and reads on until the client's, bounded
+            # by the TLS listener's shutdown timeout, which serves the same end.
             t.write_eof()
             self._linger_until = self.ctx.loop.time() + _LINGER_SECONDS
             self._linger_left = _LINGER_BYTES

@@ -36,6 +36,9 @@ from sidecar_proxy.tls.material import ServerContext, files, server_context
 from sidecar_proxy.tls.reload import Reloader
 
 _HANDSHAKE_RECORD = 0x16
+# After close(), how long a connection waits for the client's close_notify (uvloop's default is
+# 30 s): as long as a plain connection lingers after an early answer (downstream.py).
+SHUTDOWN_SECONDS = 2.0
 
 # sidecar_tls_handshake_errors_total{reason}
 PLAIN_HTTP = "plain_http"  # an HTTP request on the TLS port (answered 400)
@@ -215,6 +218,7 @@ class TLSAcceptor(asyncio.Protocol):
             waiter,
             server_side=True,
             ssl_handshake_timeout=max(self._deadline - loop.time(), 0.001),
+            ssl_shutdown_timeout=SHUTDOWN_SECONDS,
         )
         waiter.add_done_callback(self._handshake_done)
         t.set_protocol(proto)
