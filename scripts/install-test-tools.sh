@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian tools the tests and benchmarks drive: nginx (bench upstream and reference
-# proxy), wrk (load generator) and prometheus/promtool (alert rules and the real-scrape test).
+# proxy), wrk (load generator), prometheus/promtool (alert rules and the real-scrape test) and
+# the openssl CLI (the TLS benchmark's certificate).
 # Idempotent and quiet when everything is present.
 set -euo pipefail
 need=()
 command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-test-tools: need root to install: ${need[*]} (or install them yourself)" >&2

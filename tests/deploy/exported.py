@@ -51,6 +51,10 @@ METRICS: dict[str, Exported] = {
     "sidecar_app_ready": _m("gauge"),
     "sidecar_config_reloads_total": _m("counter", "result"),
     "sidecar_build_info": _m("gauge", "version", "python"),
+    "sidecar_tls_handshake_errors_total": _m("counter", "reason"),
+    "sidecar_tls_certificate_expiry_timestamp_seconds": _m("gauge", "file"),
+    "sidecar_tls_reloads_total": _m("counter", "result"),
+    "sidecar_tls_reload_failing": _m("gauge"),
 }
 
 # The seed's histogram buckets, which sidecar_request_duration_seconds keeps.

@@ -25,6 +25,8 @@ EXPECTED = {
     "SidecarHighLatencyP99": ("10m", "warning"),
     "SidecarRetryBudgetExhausted": ("5m", "warning"),
     "SidecarLoadShedding": ("5m", "warning"),
+    "SidecarTLSCertificateExpiresSoon": ("10m", "warning"),
+    "SidecarTLSReloadFailing": ("10m", "warning"),
 }
 
 
@@ -72,6 +74,16 @@ MUTATIONS = {
     ),
     "any rejection is shedding": ('{reason="shed"}', ""),
     "severity changed": ("severity: critical", "severity: page"),
+    "expiry window widened": ("< 7 * 86400", "< 9 * 86400"),
+    "expiry window narrowed": ("< 7 * 86400", "< 5 * 86400"),
+    "reload alert on any value": (
+        "sidecar_tls_reload_failing > 0",
+        "sidecar_tls_reload_failing >= 0",
+    ),
+    "reload alert waits less": (
+        "sidecar_tls_reload_failing > 0\n        for: 10m",
+        "sidecar_tls_reload_failing > 0\n        for: 3m",
+    ),
 }
 
 

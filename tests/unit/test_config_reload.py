@@ -52,4 +52,17 @@ def test_what_a_restart_needs_is_what_the_running_proxy_cannot_rebuild() -> None
         "app_ready_interval",
         "app_ready_failures",
         "metrics_path_label_limit",
+        # TLS: the files' contents reload by themselves (tls/reload.py); which files, and the
+        # policy built around them, are read once
+        "tls_cert_file",
+        "tls_key_file",
+        "tls_min_version",
+        "tls_client_ca_file",
+        "tls_client_auth",
+        "tls_allowed_identities",
+        "upstream_tls",
+        "upstream_ca_file",
+        "upstream_server_name",
+        "upstream_cert_file",
+        "upstream_key_file",
     }

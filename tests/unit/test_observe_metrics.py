@@ -145,6 +145,10 @@ def test_exactly_the_documented_metrics(metrics: Metrics) -> None:
         "sidecar_app_ready": "gauge",
         "sidecar_config_reloads": "counter",
         "sidecar_build_info": "gauge",
+        "sidecar_tls_handshake_errors": "counter",
+        "sidecar_tls_certificate_expiry_timestamp_seconds": "gauge",
+        "sidecar_tls_reloads": "counter",
+        "sidecar_tls_reload_failing": "gauge",
     }
     # The seed's help strings.
     assert families["sidecar_requests"].documentation == (
@@ -447,6 +451,8 @@ def test_access_log_line(metrics: Metrics, pipe_log: PipeLog) -> None:
     ex.bytes_out = 345
     ex.attempts = 2
     ex.flags = [X.UPSTREAM_RESET, X.RETRIES_EXHAUSTED]
+    ex.tls_version = "TLSv1.3"
+    ex.client_identity = "spiffe://cluster.local/ns/shop/sa/checkout"
     recorder.finished(ex)
     recorder.started()
     recorder.finished(make_exchange(status=503, ttfb=None))
@@ -469,6 +475,8 @@ def test_access_log_line(metrics: Metrics, pipe_log: PipeLog) -> None:
         "user_agent": "curl/8.5.0",
         "attempts": 2,
         "flags": "UC,URX",
+        "tls_version": "TLSv1.3",
+        "client_identity": "spiffe://cluster.local/ns/shop/sa/checkout",
     }
     assert list(first) == [  # the documented order, which orjson keeps
         "time",
@@ -487,8 +495,11 @@ def test_access_log_line(metrics: Metrics, pipe_log: PipeLog) -> None:
         "user_agent",
         "attempts",
         "flags",
+        "tls_version",
+        "client_identity",
     ]
     assert isinstance(first["duration_ms"], float)
+    assert (second["tls_version"], second["client_identity"]) == ("", "")
     assert second["upstream_ttfb_ms"] is None
     assert second["flags"] == ""
     assert second["query"] is False

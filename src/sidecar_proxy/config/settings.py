@@ -27,12 +27,15 @@ from sidecar_proxy.config.kinds import (
     CidrListKind,
     DurationKind,
     EnumKind,
+    FileKind,
     FloatKind,
     HostKind,
+    IdentityListKind,
     IntKind,
     Kind,
     PortKind,
     RetryOnKind,
+    ServerNameKind,
     SizeKind,
     StatusListKind,
 )
@@ -46,6 +49,7 @@ DURATION = DurationKind(allow_zero=True)
 POSITIVE_DURATION = DurationKind(allow_zero=False)
 COUNT = IntKind(0)
 BOOL = BoolKind()
+FILE = FileKind()
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,6 +346,52 @@ class Settings:
         "true",
         "keep incoming X-Forwarded-Proto/Host instead of overwriting them",
         live=True,
+    )
+    tls_cert_file: str = _setting(
+        "TLS_CERT_FILE",
+        FILE,
+        "",
+        "PEM certificate chain (leaf first) the proxy port serves; set with tls_key_file to "
+        "make the proxy port TLS-only",
+    )
+    tls_key_file: str = _setting("TLS_KEY_FILE", FILE, "", "PEM private key of tls_cert_file")
+    tls_min_version: str = _setting(
+        "TLS_MIN_VERSION", EnumKind("1.2", "1.3"), "1.2", "oldest TLS version accepted"
+    )
+    tls_client_ca_file: str = _setting(
+        "TLS_CLIENT_CA_FILE", FILE, "", "PEM CA certificates that client certificates must chain to"
+    )
+    tls_client_auth: str = _setting(
+        "TLS_CLIENT_AUTH",
+        EnumKind("none", "optional", "require"),
+        "none",
+        "ask clients for a certificate: none, optional (verified if sent) or require",
+    )
+    tls_allowed_identities: frozenset[str] = _setting(
+        "TLS_ALLOWED_IDENTITIES",
+        IdentityListKind(),
+        "",
+        "client URI SANs (spiffe://...) or DNS SANs let in, a trailing * matches any rest; "
+        "others get 403; empty = any verified client",
+    )
+    upstream_tls: bool = _setting("UPSTREAM_TLS", BOOL, "false", "speak TLS to the app")
+    upstream_ca_file: str = _setting(
+        "UPSTREAM_CA_FILE",
+        FILE,
+        "",
+        "PEM CA certificates the app's certificate must chain to; empty = the system's",
+    )
+    upstream_server_name: str = _setting(
+        "UPSTREAM_SERVER_NAME",
+        ServerNameKind(),
+        "",
+        "name sent as SNI and checked against the app's certificate; empty = upstream_host",
+    )
+    upstream_cert_file: str = _setting(
+        "UPSTREAM_CERT_FILE", FILE, "", "PEM client certificate chain presented to the app"
+    )
+    upstream_key_file: str = _setting(
+        "UPSTREAM_KEY_FILE", FILE, "", "PEM private key of upstream_cert_file"
     )
 
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from sidecar_proxy.lifecycle.health import HealthState
     from sidecar_proxy.observe.metrics import Metrics
     from sidecar_proxy.observe.recorder import Recorder
+    from sidecar_proxy.tls.upstream import UpstreamTLS
 
 log = logging.getLogger("sidecar_proxy.breaker")
 bug_log = logging.getLogger("sidecar_proxy.exchange")
@@ -37,7 +38,12 @@ bug_log = logging.getLogger("sidecar_proxy.exchange")
 TICK = 0.05
 
 
-def new_pool(loop: asyncio.AbstractEventLoop, settings: Settings, metrics: Metrics) -> H1Pool:
+def new_pool(
+    loop: asyncio.AbstractEventLoop,
+    settings: Settings,
+    metrics: Metrics,
+    upstream_tls: UpstreamTLS | None = None,
+) -> H1Pool:
     """The app pool the settings ask for."""
     return H1Pool(
         loop,
@@ -49,6 +55,7 @@ def new_pool(loop: asyncio.AbstractEventLoop, settings: Settings, metrics: Metri
         max_head_bytes=settings.max_header_bytes,
         max_header_count=settings.max_header_count,
         on_connection=metrics.on_upstream_connection,
+        tls=upstream_tls,
     )
 
 
@@ -93,6 +100,7 @@ class ProxyContext:
         health: HealthState,
         *,
         pool: AppPool | None = None,
+        upstream_tls: UpstreamTLS | None = None,
     ) -> None:
         self.loop = loop
         self.settings = settings
@@ -100,7 +108,7 @@ class ProxyContext:
         self.recorder = recorder
         self.health = health
         # Tests give a pool of fake legs; a proxy makes the one its settings ask for.
-        self.pool: AppPool = pool or new_pool(loop, settings, metrics)
+        self.pool: AppPool = pool or new_pool(loop, settings, metrics, upstream_tls)
         self.breaker = CircuitBreaker(
             settings.circuit_breaker_threshold,
             settings.circuit_breaker_timeout,

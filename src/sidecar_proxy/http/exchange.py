@@ -63,6 +63,9 @@ _FAILURES = {
     Failure.TIMEOUT: (504, R.ERR_TIMEOUT, R.UPSTREAM_TIMEOUT, "the app did not answer in time"),
 }
 
+# the flag of a request the client leg rejected, by status; any other status is DPE
+_REJECTION_FLAGS = {408: R.DOWNSTREAM_TIMEOUT, 403: R.CLIENT_IDENTITY_DENIED}
+
 
 class Exchange:
     """One request and its response; implements ``ClientEvents`` and ``AppEvents``."""
@@ -162,9 +165,7 @@ class Exchange:
         """The client leg found the request malformed, too large or too slow."""
         if self.phase is DONE:
             return
-        self.rec.flags.append(
-            R.DOWNSTREAM_TIMEOUT if status == 408 else R.DOWNSTREAM_PROTOCOL_ERROR
-        )
+        self.rec.flags.append(_REJECTION_FLAGS.get(status, R.DOWNSTREAM_PROTOCOL_ERROR))
         if self.phase is QUEUED:
             self.rejected = (status, detail)  # answered in its turn (see start)
         elif self.committed and not self.client.retract():
@@ -282,12 +283,14 @@ class Exchange:
         if trust and h.forwarded_proto:
             xfp = b"X-Forwarded-Proto: " + h.forwarded_proto + CRLF
         else:
-            xfp = b"X-Forwarded-Proto: http\r\n"
+            xfp = client.proto_line
         fhost = h.forwarded_host if trust and h.forwarded_host else h.host
         if fhost:
             lines = [xff, xfp, b"X-Forwarded-Host: " + fhost + CRLF, self.rid_line]
         else:
             lines = [xff, xfp, self.rid_line]
+        if client.xfcc_line:  # a verified client certificate
+            lines.append(client.xfcc_line)
         if not h.host_count:  # HTTP/1.0 without Host; an empty Host is forwarded as it is
             lines.insert(0, b"Host: %b:%d\r\n" % (s.upstream_host.encode(), s.upstream_port))
         return lines

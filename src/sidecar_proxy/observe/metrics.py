@@ -47,6 +47,8 @@ from prometheus_client.utils import floatToGoString
 
 from sidecar_proxy import __version__
 from sidecar_proxy.observe import record
+from sidecar_proxy.tls.accept import HANDSHAKE_ERRORS
+from sidecar_proxy.tls.material import CertInfo
 
 # The seed's request-duration buckets, also used for the upstream response time so the two can
 # be compared bucket by bucket.
@@ -64,6 +66,7 @@ UPSTREAM_ERROR_TYPES = (
     record.ERR_RESET,
     record.ERR_PROTOCOL,
 )
+TLS_RELOAD_RESULTS = ("success", "failure")
 REJECT_SHED = "shed"
 REJECT_CIRCUIT_OPEN = "circuit_open"
 REJECT_RATE_LIMIT = "rate_limit"
@@ -253,6 +256,30 @@ class Metrics:
             ("result",),
             registry=r,
         )
+        self.tls_handshake_errors = Counter(
+            "sidecar_tls_handshake_errors",
+            "TLS handshakes on the proxy port that failed, by reason",
+            ("reason",),
+            registry=r,
+        )
+        self.tls_certificate_expiry = Gauge(
+            "sidecar_tls_certificate_expiry_timestamp_seconds",
+            "When each loaded certificate file expires, in Unix seconds (a CA bundle: its soonest)",
+            ("file",),
+            registry=r,
+        )
+        self.tls_reloads = Counter(
+            "sidecar_tls_reloads",
+            "Changes of the TLS files acted on: loaded (success) or rejected, the old material "
+            "kept (failure)",
+            ("result",),
+            registry=r,
+        )
+        self.tls_reload_failing = Gauge(
+            "sidecar_tls_reload_failing",
+            "Sets of TLS files whose current version was rejected; older material serves",
+            registry=r,
+        )
         build_info = Gauge(
             "sidecar_build_info",
             "Build information; the value is always 1",
@@ -265,6 +292,10 @@ class Metrics:
             self.upstream_errors.labels(error_type)
         for reason in (REJECT_SHED, REJECT_CIRCUIT_OPEN, REJECT_RATE_LIMIT):
             self.requests_rejected.labels(reason)
+        self._handshake_errors = {
+            reason: self.tls_handshake_errors.labels(reason) for reason in HANDSHAKE_ERRORS
+        }
+        self._tls_reloads = tuple(self.tls_reloads.labels(result) for result in TLS_RELOAD_RESULTS)
         self._transitions = tuple(
             self.circuit_breaker_transitions.labels(s) for s in BREAKER_STATES
         )
@@ -308,3 +339,21 @@ class Metrics:
     def access_log_drop(self, lines: int) -> None:
         """``on_drop`` callback for :class:`~sidecar_proxy.observe.accesslog.AccessLog`."""
         self.access_log_dropped.inc(lines)
+
+    def tls_handshake_error(self, reason: str) -> None:
+        """A TLS handshake failed; ``reason`` is one of ``tls.accept.HANDSHAKE_ERRORS``."""
+        self._handshake_errors[reason].inc()
+
+    def tls_loaded(self, certs: Iterable[CertInfo]) -> None:
+        """Certificates were loaded (at start-up or by a reload): their files' expiry."""
+        soonest: dict[str, float] = {}
+        for cert in certs:
+            ts = cert.not_after.timestamp()
+            soonest[cert.path] = min(ts, soonest.get(cert.path, ts))
+        for path, ts in soonest.items():
+            self.tls_certificate_expiry.labels(path).set(ts)
+
+    def tls_reload(self, ok: bool, failing: int) -> None:
+        """A reload was tried; ``failing`` sets of files are now rejected."""
+        self._tls_reloads[0 if ok else 1].inc()
+        self.tls_reload_failing.set(failing)

@@ -20,11 +20,12 @@ Access-log fields: ``time`` (RFC 3339 UTC, milliseconds, when the request head w
 ``query`` (whether there was one; query strings carry tokens and personal data, so they are not
 logged), ``status``, ``duration_ms``, ``upstream_ttfb_ms`` (null when the app never answered),
 ``bytes_in``, ``bytes_out``, ``request_id``, ``trace_id``, ``remote_addr``, ``user_agent``,
-``attempts``, ``flags``. ``flags`` holds the Envoy-style response flags joined with ``,``, and is
-``""`` when there are none: Envoy writes ``-`` in its text format, but in JSON an empty string is
-the natural "nothing", and it is falsy for every log query language. The data path decodes
-request bytes as latin-1, so every string is encodable as-is (orjson refuses only lone
-surrogates, which latin-1 never produces).
+``attempts``, ``flags``, ``tls_version`` and ``client_identity`` (both ``""`` without TLS, the
+second also without a client certificate). ``flags`` holds the Envoy-style response flags joined
+with ``,``, and is ``""`` when there are none: Envoy writes ``-`` in its text format, but in JSON
+an empty string is the natural "nothing", and it is falsy for every log query language. The data
+path decodes request bytes as latin-1, so every string is encodable as-is (orjson refuses only
+lone surrogates, which latin-1 never produces).
 
 ``sidecar_upstream_errors_total`` counts ``ex.upstream_errors`` as given: one entry per failed
 attempt, plus the ``circuit_open`` entry the data path adds when the breaker refuses a request
@@ -155,6 +156,8 @@ class Recorder:
             "user_agent": ex.user_agent,
             "attempts": attempts,
             "flags": ",".join(flags),
+            "tls_version": ex.tls_version,
+            "client_identity": ex.client_identity,
         }
         access_log.write(orjson.dumps(entry, option=_LOG_OPTIONS))
 
