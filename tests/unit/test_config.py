@@ -301,6 +301,37 @@ def test_float_out_of_range() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("env", "value", "expected"),
+    [
+        ("CIRCUIT_BREAKER_SLOW_CALL_RATE", "0", "expected a number > 0 and <= 1"),
+        ("CIRCUIT_BREAKER_SLOW_CALL_RATE", "1.01", "expected a number > 0 and <= 1"),
+        ("CIRCUIT_BREAKER_SLOW_CALL_RATE", "nan", "expected a number > 0 and <= 1"),
+        ("CIRCUIT_BREAKER_WINDOW", "0", "expected an integer 1-10000"),
+        ("CIRCUIT_BREAKER_WINDOW", "10001", "expected an integer 1-10000"),
+        ("CIRCUIT_BREAKER_SLOW_CALL_DURATION", "-1s", "must not be negative"),
+    ],
+)
+def test_bad_slow_call_settings(env: str, value: str, expected: str) -> None:
+    assert error(env={env: value}) == f"{env}={value!r}: {expected}"
+
+
+def test_slow_call_settings() -> None:
+    assert Settings().circuit_breaker_slow_call_duration == 0.0  # off by default
+    s = load(
+        env={
+            "CIRCUIT_BREAKER_SLOW_CALL_DURATION": "2s",
+            "CIRCUIT_BREAKER_SLOW_CALL_RATE": "1",
+            "CIRCUIT_BREAKER_WINDOW": "50",
+        }
+    ).settings
+    assert (
+        s.circuit_breaker_slow_call_duration,
+        s.circuit_breaker_slow_call_rate,
+        s.circuit_breaker_window,
+    ) == (2.0, 1.0, 50)
+
+
 def test_size_out_of_range_and_malformed() -> None:
     message = error(env={"MAX_HEADER_BYTES": "2MiB"})
     assert message.startswith("MAX_HEADER_BYTES='2MiB': expected a size 1KiB-1MiB")

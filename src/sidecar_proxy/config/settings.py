@@ -136,7 +136,7 @@ class Settings:
         "CIRCUIT_BREAKER_THRESHOLD",
         COUNT,
         "5",
-        "consecutive failures that open the breaker; 0 disables it",
+        "consecutive failures that open the breaker; 0 = failures never do",
     )
     circuit_breaker_timeout: float = _setting(
         "CIRCUIT_BREAKER_TIMEOUT",
@@ -155,6 +155,24 @@ class Settings:
         StatusListKind(),
         "5xx",
         "app responses that count as failures: codes 500-599 or 5xx",
+    )
+    circuit_breaker_slow_call_duration: float = _setting(
+        "CIRCUIT_BREAKER_SLOW_CALL_DURATION",
+        DURATION,
+        "0",
+        "attempts slower than this to the app's response head are slow calls; 0 = off",
+    )
+    circuit_breaker_slow_call_rate: float = _setting(
+        "CIRCUIT_BREAKER_SLOW_CALL_RATE",
+        FloatKind(0, 1, low_open=True),
+        "0.5",
+        "share of slow calls in the window that opens the breaker",
+    )
+    circuit_breaker_window: int = _setting(
+        "CIRCUIT_BREAKER_WINDOW",
+        IntKind(1, 10_000),
+        "20",
+        "recent calls the slow-call rate is judged over (no verdict before that many)",
     )
     max_in_flight: int = _setting(
         "MAX_IN_FLIGHT", COUNT, "1000", "requests in flight before shedding load; 0 = unlimited"

@@ -85,6 +85,7 @@ class Forward:
         "_attempt_no",
         "admitted",
         "app_keep_alive",
+        "attempt_at",
         "chunked_out",
         "chunks",
         "client",
@@ -145,6 +146,7 @@ class Forward:
         self.connecting: asyncio.Task[None] | None = None
         self._attempt_no = 0
         self.admitted = False  # holds a breaker permit that still needs a verdict
+        self.attempt_at = 0.0  # loop time the breaker admitted the current attempt
         self.last_failure: tuple[int, str] | None = None  # what a retry was for
         self.limited = False  # holds a concurrency slot
         self.try_timer: asyncio.TimerHandle | None = None
@@ -227,6 +229,7 @@ class Forward:
             )
             return
         self.admitted = True
+        self.attempt_at = ctx.loop.time()
         ex.attempts += 1
         self._attempt_no += 1
         if self._attempt_no > 1:
@@ -577,9 +580,9 @@ class Forward:
             return
         self.admitted = False
         if failed:
-            self.ctx.breaker.record_failure()
+            self.ctx.breaker.record_failure(self.attempt_at)
         else:
-            self.ctx.breaker.record_success()
+            self.ctx.breaker.record_success(self.attempt_at)
 
     def _retry(self, failure: Failure | None, status: int | None) -> bool:
         """Ask the policy whether to try again; if so, drop this attempt and schedule the next."""

@@ -55,6 +55,8 @@ BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # sidecar_circuit_breaker_transitions_total{to} values, indexed by the breaker state's
 # sidecar_circuit_breaker_state value (the seed's encoding: 0 closed, 1 open, 2 half-open).
 BREAKER_STATES = ("closed", "open", "half_open")
+# sidecar_circuit_breaker_opened_total{reason} values: the breaker's OpenReason values.
+BREAKER_OPEN_REASONS = ("failures", "slow_calls")
 
 UPSTREAM_ERROR_TYPES = (
     exchange.ERR_CONNECTION,
@@ -217,6 +219,12 @@ class Metrics:
             ("to",),
             registry=r,
         )
+        self.circuit_breaker_opened = Counter(
+            "sidecar_circuit_breaker_opened_total",
+            "Circuit breaker openings, by what opened it (failures or slow_calls)",
+            ("reason",),
+            registry=r,
+        )
         self.retries = Counter(
             "sidecar_retries_total", "Retry attempts sent to the app", registry=r
         )
@@ -254,17 +262,22 @@ class Metrics:
         self._transitions = tuple(
             self.circuit_breaker_transitions.labels(s) for s in BREAKER_STATES
         )
+        for reason in BREAKER_OPEN_REASONS:
+            self.circuit_breaker_opened.labels(reason)
 
-    def on_breaker_transition(self, old: int, new: int) -> None:
-        """The breaker moved from state ``old`` to ``new``, given as gauge values (0, 1, 2).
+    def on_breaker_transition(self, old: int, new: int, reason: str | None) -> None:
+        """The breaker moved from state ``old`` to ``new``, given as gauge values (0, 1, 2);
+        ``reason`` is why it opened, on transitions to open, else ``None``.
 
-        The breaker's ``IntEnum`` states are those values. It calls this synchronously on every
-        transition, so the gauge is never stale (the seed set it only on requests it let through,
-        so it read "closed" while the breaker was open). ``old`` completes the callback's
-        signature; the metrics only need ``new``.
+        The breaker's ``IntEnum`` states are those values and its ``StrEnum`` reasons these
+        strings. It calls this synchronously on every transition, so the gauge is never stale
+        (the seed set it only on requests it let through, so it read "closed" while the breaker
+        was open). ``old`` completes the callback's signature; the metrics only need ``new``.
         """
         self.circuit_breaker_state.set(new)
         self._transitions[new].inc()
+        if reason is not None:
+            self.circuit_breaker_opened.labels(reason).inc()
 
     def on_upstream_connection(self, reused: bool) -> None:
         """A request to the app got a connection: a pooled one (``reused``) or a new one."""
