@@ -38,6 +38,7 @@ METRICS: dict[str, Exported] = {
     "sidecar_circuit_breaker_state": _m("gauge"),
     # Added by sidecar-proxy.
     "sidecar_circuit_breaker_transitions_total": _m("counter", "to"),
+    "sidecar_circuit_breaker_opened_total": _m("counter", "reason"),
     "sidecar_upstream_response_seconds": _m("histogram", "method"),
     "sidecar_retries_total": _m("counter"),
     "sidecar_retries_budget_exhausted_total": _m("counter"),
@@ -61,6 +62,7 @@ UPSTREAM_ERROR_TYPES = frozenset(
 REJECT_REASONS = frozenset({"shed", "circuit_open"})
 BREAKER_STATES = {0: "Closed", 1: "Open", 2: "Half-Open"}  # sidecar_circuit_breaker_state
 BREAKER_TRANSITIONS = frozenset({"closed", "open", "half_open"})  # ..._transitions_total{to}
+BREAKER_OPEN_REASONS = frozenset({"failures", "slow_calls"})  # ..._opened_total{reason}
 
 # Prometheus adds these to every scraped series (the pod scrape job in
 # deploy/prometheus/prometheus.yml adds namespace and pod too), so queries may select on them.
