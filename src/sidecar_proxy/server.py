@@ -34,6 +34,7 @@ from sidecar_proxy.observe.logs import configure_logging
 from sidecar_proxy.observe.metrics import Metrics
 from sidecar_proxy.observe.paths import PathLabeler
 from sidecar_proxy.observe.recorder import Recorder
+from sidecar_proxy.observe.slo import SloWindows
 
 log = logging.getLogger("sidecar_proxy.server")
 
@@ -44,7 +45,7 @@ class ProxyServer:
     def __init__(self, settings: Settings, access_log_fd: int = 1) -> None:
         self.settings = settings
         self._access_log_fd = access_log_fd
-        self.metrics = Metrics()
+        self.metrics = Metrics(_slo_windows(settings))
         self.health = HealthState()
         self.access_log: AccessLog | None = None
         self.ctx: ProxyContext | None = None
@@ -136,6 +137,13 @@ class ProxyServer:
             self.admin.stop()
         if self.access_log is not None:
             self.access_log.close(timeout=2.0)
+
+
+def _slo_windows(s: Settings) -> SloWindows | None:
+    """The SLO windows when an SLO is set; with none set nothing is kept or counted."""
+    if not (s.slo_availability or s.slo_latency):
+        return None
+    return SloWindows(s.slo_availability, s.slo_latency, s.slo_latency_objective)
 
 
 def run(settings: Settings, before_start: Callable[[], None] | None = None) -> int:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from prometheus_client import generate_latest
 
-from sidecar_proxy.observe.metrics import RequestSeries
+from sidecar_proxy.observe.metrics import RequestSeries, SloSeries
 
 MetricType = Literal["counter", "gauge", "histogram"]
 
@@ -50,6 +50,8 @@ METRICS: dict[str, Exported] = {
     "sidecar_downstream_connections": _m("gauge"),
     "sidecar_access_log_dropped_total": _m("counter"),
     "sidecar_build_info": _m("gauge", "version", "python"),
+    "sidecar_slo_burn_rate": _m("gauge", "slo", "window"),
+    "sidecar_slo_error_budget_remaining": _m("gauge", "slo"),
 }
 
 # The seed's histogram buckets, which sidecar_request_duration_seconds keeps.
@@ -121,12 +123,12 @@ def from_registry(registry: Any) -> dict[str, Exported]:
     declared = from_exposition(generate_latest(registry).decode())
     # prometheus_client keeps the declared label names only on the collector (a private
     # attribute, stable since its first releases); the public exposition shows them only once
-    # a series exists. The sidecar's own per-request collector declares them in LABEL_NAMES.
+    # a series exists. The sidecar's own collectors declare them in LABEL_NAMES.
     collectors = registry._names_to_collectors
 
     def label_names(name: str) -> tuple[str, ...]:
         collector = collectors[name]
-        if isinstance(collector, RequestSeries):
+        if isinstance(collector, RequestSeries | SloSeries):
             return collector.LABEL_NAMES.get(name, ())
         names: tuple[str, ...] = collector._labelnames
         return names

@@ -332,6 +332,30 @@ def test_slow_call_settings() -> None:
     ) == (2.0, 1.0, 50)
 
 
+@pytest.mark.parametrize(
+    ("env", "value", "expected"),
+    [
+        ("SLO_AVAILABILITY", "100", "expected a number >= 0 and < 100"),
+        ("SLO_AVAILABILITY", "-1", "expected a number >= 0 and < 100"),
+        ("SLO_AVAILABILITY", "99.9%", "expected a number >= 0 and < 100"),
+        ("SLO_LATENCY_OBJECTIVE", "0", "expected a number > 0 and < 100"),
+        ("SLO_LATENCY_OBJECTIVE", "100", "expected a number > 0 and < 100"),
+        ("SLO_LATENCY", "-300ms", "must not be negative"),
+    ],
+)
+def test_bad_slo_settings(env: str, value: str, expected: str) -> None:
+    assert error(env={env: value}) == f"{env}={value!r}: {expected}"
+
+
+def test_slo_settings() -> None:
+    s = Settings()
+    assert (s.slo_availability, s.slo_latency, s.slo_latency_objective) == (0.0, 0.0, 99.0)
+    s = load(
+        env={"SLO_AVAILABILITY": "99.95", "SLO_LATENCY": "300ms", "SLO_LATENCY_OBJECTIVE": "95"}
+    ).settings
+    assert (s.slo_availability, s.slo_latency, s.slo_latency_objective) == (99.95, 0.3, 95.0)
+
+
 def test_size_out_of_range_and_malformed() -> None:
     message = error(env={"MAX_HEADER_BYTES": "2MiB"})
     assert message.startswith("MAX_HEADER_BYTES='2MiB': expected a size 1KiB-1MiB")

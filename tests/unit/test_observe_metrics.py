@@ -143,6 +143,8 @@ def test_exactly_the_documented_metrics(metrics: Metrics) -> None:
         "sidecar_downstream_connections": "gauge",
         "sidecar_access_log_dropped": "counter",
         "sidecar_build_info": "gauge",
+        "sidecar_slo_burn_rate": "gauge",
+        "sidecar_slo_error_budget_remaining": "gauge",
     }
     # The seed's help strings.
     assert families["sidecar_requests"].documentation == (

@@ -247,6 +247,24 @@ class Settings:
         "200",
         "distinct path label values before the rest are counted as 'other'",
     )
+    slo_availability: float = _setting(
+        "SLO_AVAILABILITY",
+        FloatKind(0, 100, high_open=True),
+        "0",
+        "availability objective, percent of requests not answered 5xx (e.g. 99.9); 0 = off",
+    )
+    slo_latency: float = _setting(
+        "SLO_LATENCY",
+        DURATION,
+        "0",
+        "latency objective: requests answered within this are fast (e.g. 300ms); 0 = off",
+    )
+    slo_latency_objective: float = _setting(
+        "SLO_LATENCY_OBJECTIVE",
+        FloatKind(0, 100, low_open=True, high_open=True),
+        "99",
+        "percent of requests that must be answered within slo_latency",
+    )
     attempts_header: bool = _setting(
         "ATTEMPTS_HEADER", BOOL, "false", "add X-Sidecar-Attempts to responses"
     )

@@ -29,7 +29,7 @@ import math
 import platform
 import time
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Final
 
@@ -47,6 +47,7 @@ from prometheus_client.utils import floatToGoString
 
 from sidecar_proxy import __version__
 from sidecar_proxy.observe import exchange
+from sidecar_proxy.observe.slo import SloWindows
 
 # The seed's request-duration buckets, also used for the upstream response time so the two can
 # be compared bucket by bucket.
@@ -194,14 +195,64 @@ class RequestSeries(Collector):
         return families
 
 
-class Metrics:
-    """The sidecar's metrics; ``registry`` is what the admin server exposes."""
+_BURN_RATE = (
+    "sidecar_slo_burn_rate",
+    "Error-budget burn rate over the window: the bad share of requests divided by the budget",
+)
+_BUDGET_LEFT = (
+    "sidecar_slo_error_budget_remaining",
+    "Share of the 30-day error budget left, over what this process has seen (negative: overspent)",
+)
 
-    def __init__(self) -> None:
+
+class SloSeries(Collector):
+    """The SLO gauges, computed from :class:`~sidecar_proxy.observe.slo.SloWindows` when scraped.
+
+    The families are always declared; they have samples only for the SLOs that are on.
+    ``clock`` must be the clock the recorder stamps requests with (``time.monotonic``).
+    """
+
+    LABEL_NAMES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
+        {_BURN_RATE[0]: ("slo", "window"), _BUDGET_LEFT[0]: ("slo",)}
+    )
+
+    def __init__(self, windows: SloWindows | None, clock: Callable[[], float]) -> None:
+        self._windows = windows
+        self._clock = clock
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families(self._windows)
+
+    def _families(self, windows: SloWindows | None = None) -> list[Metric]:
+        labels = self.LABEL_NAMES
+        burn = GaugeMetricFamily(*_BURN_RATE, labels=labels[_BURN_RATE[0]])
+        left = GaugeMetricFamily(*_BUDGET_LEFT, labels=labels[_BUDGET_LEFT[0]])
+        if windows is not None:
+            burn_rates, budgets = windows.report(self._clock())
+            for slo, window, rate in burn_rates:
+                burn.add_metric((slo, window), rate)
+            for slo, remaining in budgets:
+                left.add_metric((slo,), remaining)
+        return [burn, left]
+
+
+class Metrics:
+    """The sidecar's metrics; ``registry`` is what the admin server exposes.
+
+    ``slo`` are the SLO windows the recorder feeds and the scrape reports; ``None`` when no SLO
+    is set, and then the SLO gauges have no samples.
+    """
+
+    def __init__(self, slo: SloWindows | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = RequestSeries()
         r.register(self.requests)
+        self.slo = slo
+        r.register(SloSeries(slo, time.monotonic))
         self.upstream_errors = Counter(
             "sidecar_upstream_errors_total",
             "Total number of upstream errors",

@@ -26,6 +26,11 @@ the natural "nothing", and it is falsy for every log query language. The data pa
 request bytes as latin-1, so every string is encodable as-is (orjson refuses only lone
 surrogates, which latin-1 never produces).
 
+With an SLO set, each request also goes to :meth:`~sidecar_proxy.observe.slo.SloWindows.record`
+(the health probes the sidecar answers itself aside): its end, its status, and its latency, the
+time to the app's response head or, when there was none, the whole duration. With none set the
+check is one attribute test.
+
 ``sidecar_upstream_errors_total`` counts ``ex.upstream_errors`` as given: one entry per failed
 attempt, plus the ``circuit_open`` entry the data path adds when the breaker refuses a request
 (the seed counted those as upstream errors too). ``sidecar_requests_rejected_total`` comes from the
@@ -44,7 +49,7 @@ import orjson
 from prometheus_client import Counter
 
 from sidecar_proxy.observe.accesslog import AccessLog
-from sidecar_proxy.observe.exchange import BREAKER_OPEN, LOAD_SHED, Exchange
+from sidecar_proxy.observe.exchange import BREAKER_OPEN, LOAD_SHED, LOCAL_REPLY, Exchange
 from sidecar_proxy.observe.logs import UtcTimestamps
 from sidecar_proxy.observe.metrics import REJECT_CIRCUIT_OPEN, REJECT_SHED, Metrics
 from sidecar_proxy.observe.paths import PathLabeler, method_label
@@ -65,6 +70,7 @@ class Recorder:
         "_retries_refused",
         "_series",
         "_shed",
+        "_slo",
         "_timestamps",
     )
 
@@ -79,6 +85,7 @@ class Recorder:
         self._shed = metrics.requests_rejected.labels(REJECT_SHED)
         self._breaker_rejected = metrics.requests_rejected.labels(REJECT_CIRCUIT_OPEN)
         self._errors: dict[str, Counter] = {}
+        self._slo = metrics.slo
 
     def started(self) -> None:
         """A request head was parsed; pair with exactly one :meth:`finished`."""
@@ -121,6 +128,9 @@ class Recorder:
                 self._breaker_rejected.inc()
         series.request_bytes += ex.bytes_in
         series.response_bytes += ex.bytes_out
+        slo = self._slo
+        if slo is not None and not (flags and LOCAL_REPLY in flags):
+            slo.record(now, status, duration if ttfb is None else ttfb)
 
         access_log = self._access_log
         if access_log is None:
