@@ -310,9 +310,15 @@ def test_float_out_of_range() -> None:
         ("CIRCUIT_BREAKER_WINDOW", "0", "expected an integer 1-10000"),
         ("CIRCUIT_BREAKER_WINDOW", "10001", "expected an integer 1-10000"),
         ("CIRCUIT_BREAKER_SLOW_CALL_DURATION", "-1s", "must not be negative"),
+        ("SLO_AVAILABILITY", "100", "expected a number >= 0 and < 100"),
+        ("SLO_AVAILABILITY", "-1", "expected a number >= 0 and < 100"),
+        ("SLO_AVAILABILITY", "99.9%", "expected a number >= 0 and < 100"),
+        ("SLO_LATENCY_OBJECTIVE", "0", "expected a number > 0 and < 100"),
+        ("SLO_LATENCY_OBJECTIVE", "100", "expected a number > 0 and < 100"),
+        ("SLO_LATENCY", "-300ms", "must not be negative"),
     ],
 )
-def test_bad_slow_call_settings(env: str, value: str, expected: str) -> None:
+def test_bad_slow_call_and_slo_settings(env: str, value: str, expected: str) -> None:
     assert error(env={env: value}) == f"{env}={value!r}: {expected}"
 
 
@@ -330,21 +336,6 @@ def test_slow_call_settings() -> None:
         s.circuit_breaker_slow_call_rate,
         s.circuit_breaker_window,
     ) == (2.0, 1.0, 50)
-
-
-@pytest.mark.parametrize(
-    ("env", "value", "expected"),
-    [
-        ("SLO_AVAILABILITY", "100", "expected a number >= 0 and < 100"),
-        ("SLO_AVAILABILITY", "-1", "expected a number >= 0 and < 100"),
-        ("SLO_AVAILABILITY", "99.9%", "expected a number >= 0 and < 100"),
-        ("SLO_LATENCY_OBJECTIVE", "0", "expected a number > 0 and < 100"),
-        ("SLO_LATENCY_OBJECTIVE", "100", "expected a number > 0 and < 100"),
-        ("SLO_LATENCY", "-300ms", "must not be negative"),
-    ],
-)
-def test_bad_slo_settings(env: str, value: str, expected: str) -> None:
-    assert error(env={env: value}) == f"{env}={value!r}: {expected}"
 
 
 def test_slo_settings() -> None:
