@@ -404,6 +404,13 @@ def test_per_try_timeout_above_request_timeout() -> None:
     )
 
 
+def test_slow_call_duration_not_under_request_timeout() -> None:
+    assert error(env={"CIRCUIT_BREAKER_SLOW_CALL_DURATION": "30s"}) == (
+        "CIRCUIT_BREAKER_SLOW_CALL_DURATION='30s' is not under request_timeout=30s (default): "
+        "circuit_breaker_slow_call_duration must be less than request_timeout"
+    )
+
+
 def test_listen_port_equals_metrics_port(tmp_path: Path) -> None:
     config = write(tmp_path, "c.yaml", "metrics_port: 8080\n")
     assert error(config=config) == (

@@ -160,7 +160,7 @@ class Settings:
         "CIRCUIT_BREAKER_SLOW_CALL_DURATION",
         DURATION,
         "0",
-        "attempts slower than this to the app's response head are slow calls; 0 = off",
+        "attempts slower than this to the response head are slow calls; 0 = off; < request_timeout",
     )
     circuit_breaker_slow_call_rate: float = _setting(
         "CIRCUIT_BREAKER_SLOW_CALL_RATE",
