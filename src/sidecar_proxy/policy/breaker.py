@@ -202,9 +202,12 @@ class CircuitBreaker:
                 f"not {slow_call_duration!r}"
             )
         # None when the slow-call rule is off: nothing is kept and nothing is timed.
-        self._window = SlowCallWindow(window, slow_call_rate) if slow_call_duration > 0.0 else None
+        self._window: SlowCallWindow | None = None
+        self._slow_probe_limit = 0  # HALF_OPEN: slow probes that reopen it
+        if slow_call_duration > 0.0:
+            self._window = SlowCallWindow(window, slow_call_rate)
+            self._slow_probe_limit = slow_call_limit(slow_call_rate, half_open_probes)
         self._slow_after = slow_call_duration
-        self._slow_probe_limit = slow_call_limit(slow_call_rate, half_open_probes)
         self._threshold = threshold
         self._open_for = float(open_for)
         self._half_open_probes = half_open_probes
