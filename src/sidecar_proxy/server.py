@@ -40,6 +40,7 @@ from sidecar_proxy.observe.logs import configure_logging, set_log_level
 from sidecar_proxy.observe.metrics import Metrics
 from sidecar_proxy.observe.paths import PathLabeler
 from sidecar_proxy.observe.recorder import Recorder
+from sidecar_proxy.observe.slo import SloWindows
 from sidecar_proxy.tls.accept import ServerTLS
 from sidecar_proxy.tls.material import MaterialError
 from sidecar_proxy.tls.reload import POLL_SECONDS, Reloader
@@ -66,7 +67,7 @@ class ProxyServer:
         self.settings = settings
         self._access_log_fd = access_log_fd
         self._reload_from = reload_from
-        self.metrics = Metrics()
+        self.metrics = Metrics(_slo_windows(settings))
         self.health = HealthState(app_ready=settings.app_ready_check == "none")
         self.access_log: AccessLog | None = None
         self.recorder: Recorder | None = None
@@ -302,6 +303,13 @@ class ProxyServer:
             self.admin.stop()
         if self.access_log is not None:
             self.access_log.close(timeout=2.0)
+
+
+def _slo_windows(s: Settings) -> SloWindows | None:
+    """The SLO windows when an SLO is set; with none set nothing is kept or counted."""
+    if not (s.slo_availability or s.slo_latency):
+        return None
+    return SloWindows(s.slo_availability, s.slo_latency, s.slo_latency_objective)
 
 
 def run(

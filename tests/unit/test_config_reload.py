@@ -65,4 +65,11 @@ def test_what_a_restart_needs_is_what_the_running_proxy_cannot_rebuild() -> None
         "upstream_server_name",
         "upstream_cert_file",
         "upstream_key_file",
+        # the slow-call rule and the SLO windows are set up at start-up
+        "circuit_breaker_slow_call_duration",
+        "circuit_breaker_slow_call_rate",
+        "circuit_breaker_window",
+        "slo_availability",
+        "slo_latency",
+        "slo_latency_objective",
     }

@@ -151,11 +151,23 @@ class PortKind(IntKind):
 
 
 class FloatKind(Kind[float]):
+    """A number within ``[low, high]``; ``low_open``/``high_open`` leave that end out, for
+    ranges such as a rate that must be above 0 or a percentage that must stay below 100."""
+
     metavar = "NUMBER"
 
-    def __init__(self, low: float, high: float) -> None:
+    def __init__(
+        self, low: float, high: float, *, low_open: bool = False, high_open: bool = False
+    ) -> None:
         self.low, self.high = low, high
-        self.expected = f"expected a number {self.format(low)}-{self.format(high)}"
+        self.low_open, self.high_open = low_open, high_open
+        if low_open or high_open:
+            self.expected = (
+                f"expected a number {'>' if low_open else '>='} {self.format(low)} "
+                f"and {'<' if high_open else '<='} {self.format(high)}"
+            )
+        else:
+            self.expected = f"expected a number {self.format(low)}-{self.format(high)}"
 
     def parse(self, text: str) -> float:
         if not re.fullmatch(r"-?([0-9]+\.?[0-9]*|\.[0-9]+)", text):
@@ -168,7 +180,10 @@ class FloatKind(Kind[float]):
         return self._check(float(value))
 
     def _check(self, value: float) -> float:
-        if not self.low <= value <= self.high:  # also refuses NaN
+        # Each comparison is false for NaN, so NaN is refused whichever ends are open.
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        if not (above and below):
             raise ValueError(self.expected)
         return value
 

@@ -220,6 +220,14 @@ def _check_relations(settings: Settings, origins: Mapping[str, _Origin]) -> None
             f"{describe('rate_limit_burst')} without {describe('rate_limit_rps')}: "
             "rate_limit_burst needs a rate_limit_rps above 0"
         )
+    if settings.circuit_breaker_slow_call_duration >= settings.request_timeout:
+        # request_timeout ends every wait for a response head: a call could only be that slow
+        # by a slow upload, which is the client's time, not the app's.
+        raise ConfigError(
+            f"{describe('circuit_breaker_slow_call_duration')} is not under "
+            f"{describe('request_timeout')}: circuit_breaker_slow_call_duration must be "
+            "less than request_timeout"
+        )
     _check_tls(settings, origins, describe)
 
 

@@ -162,7 +162,7 @@ class Settings:
         "CIRCUIT_BREAKER_THRESHOLD",
         COUNT,
         "5",
-        "consecutive failures that open the breaker; 0 disables it",
+        "consecutive failures that open the breaker; 0 = failures never do",
         live=True,
     )
     circuit_breaker_timeout: float = _setting(
@@ -185,6 +185,24 @@ class Settings:
         "5xx",
         "app responses that count as failures: codes 500-599 or 5xx",
         live=True,
+    )
+    circuit_breaker_slow_call_duration: float = _setting(
+        "CIRCUIT_BREAKER_SLOW_CALL_DURATION",
+        DURATION,
+        "0",
+        "attempts slower than this to the response head are slow calls; 0 = off; < request_timeout",
+    )
+    circuit_breaker_slow_call_rate: float = _setting(
+        "CIRCUIT_BREAKER_SLOW_CALL_RATE",
+        FloatKind(0, 1, low_open=True),
+        "0.5",
+        "share of slow calls in the window that opens the breaker",
+    )
+    circuit_breaker_window: int = _setting(
+        "CIRCUIT_BREAKER_WINDOW",
+        IntKind(1, 10_000),
+        "20",
+        "recent calls the slow-call rate is judged over (no verdict before that many)",
     )
     max_in_flight: int = _setting(
         "MAX_IN_FLIGHT",
@@ -329,6 +347,24 @@ class Settings:
         IntKind(1, 100_000),
         "200",
         "distinct path label values before the rest are counted as 'other'",
+    )
+    slo_availability: float = _setting(
+        "SLO_AVAILABILITY",
+        FloatKind(0, 100, high_open=True),
+        "0",
+        "availability objective, percent of requests not answered 5xx (e.g. 99.9); 0 = off",
+    )
+    slo_latency: float = _setting(
+        "SLO_LATENCY",
+        DURATION,
+        "0",
+        "latency objective: requests answered within this are fast (e.g. 300ms); 0 = off",
+    )
+    slo_latency_objective: float = _setting(
+        "SLO_LATENCY_OBJECTIVE",
+        FloatKind(0, 100, low_open=True, high_open=True),
+        "99",
+        "percent of requests that must be answered within slo_latency",
     )
     attempts_header: bool = _setting(
         "ATTEMPTS_HEADER", BOOL, "false", "add X-Sidecar-Attempts to responses", live=True

@@ -17,7 +17,7 @@ from sidecar_proxy.http.legs import AppPool
 from sidecar_proxy.http.phase import IllegalTransition
 from sidecar_proxy.http.pool import H1Pool
 from sidecar_proxy.policy.backoff import Backoff
-from sidecar_proxy.policy.breaker import BreakerState, CircuitBreaker
+from sidecar_proxy.policy.breaker import BreakerState, CircuitBreaker, OpenReason
 from sidecar_proxy.policy.budget import RetryBudget
 from sidecar_proxy.policy.ratelimit import RateLimit
 from sidecar_proxy.policy.retry import RetryPolicy
@@ -115,6 +115,9 @@ class ProxyContext:
             settings.circuit_breaker_half_open_requests,
             loop.time,
             on_transition=self._breaker_transition,
+            slow_call_duration=settings.circuit_breaker_slow_call_duration,
+            slow_call_rate=settings.circuit_breaker_slow_call_rate,
+            window=settings.circuit_breaker_window,
         )
         self.limiter = ConcurrencyLimit(settings.max_in_flight)
         self.budget = self._budget(settings)
@@ -206,10 +209,15 @@ class ProxyContext:
             self.ticker.cancel()
             self.ticker = None
 
-    def _breaker_transition(self, old: BreakerState, new: BreakerState) -> None:
-        self.metrics.on_breaker_transition(old, new)
+    def _breaker_transition(
+        self, old: BreakerState, new: BreakerState, reason: OpenReason | None
+    ) -> None:
+        self.metrics.on_breaker_transition(old, new, reason)
         level = logging.WARNING if new is BreakerState.OPEN else logging.INFO
-        log.log(level, "circuit breaker " + new.name.lower(), extra={"from": old.name.lower()})
+        extra = {"from": old.name.lower()}
+        if reason is not None:
+            extra["reason"] = reason.value
+        log.log(level, "circuit breaker " + new.name.lower(), extra=extra)
 
 
 def _budget_settings(s: Settings) -> tuple[float, int, float]:

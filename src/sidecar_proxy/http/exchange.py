@@ -73,6 +73,7 @@ class Exchange:
     __slots__ = (
         "admitted",
         "app",
+        "attempt_at",
         "attempt_no",
         "chunks",
         "client",
@@ -128,6 +129,7 @@ class Exchange:
         self.attempt_no = 0
         self.timer: asyncio.TimerHandle | None = None  # per-try timeout, or the backoff
         self.admitted = False  # holds a breaker permit that still needs a verdict
+        self.attempt_at = 0.0  # loop time the breaker admitted the current attempt
         self.limited = False  # holds a concurrency slot
         self.last_failure: tuple[int, str] | None = None  # what a retry was for
         self.deadline = 0.0  # for the app's response head; checked by on_tick
@@ -224,6 +226,7 @@ class Exchange:
             )
             return
         self.admitted = True
+        self.attempt_at = ctx.loop.time()
         rec.attempts += 1
         self.attempt_no += 1
         self.resp = None
@@ -489,9 +492,9 @@ class Exchange:
             return
         self.admitted = False
         if failed:
-            self.ctx.breaker.record_failure()
+            self.ctx.breaker.record_failure(self.attempt_at)
         else:
-            self.ctx.breaker.record_success()
+            self.ctx.breaker.record_success(self.attempt_at)
 
     def _retry(self, failure: Failure | None, status: int | None) -> bool:
         """Ask the policy whether to try again; if so, drop this attempt and schedule the next."""

@@ -29,7 +29,7 @@ import math
 import platform
 import time
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Final
 
@@ -47,6 +47,7 @@ from prometheus_client.utils import floatToGoString
 
 from sidecar_proxy import __version__
 from sidecar_proxy.observe import record
+from sidecar_proxy.observe.slo import SloWindows
 from sidecar_proxy.tls.accept import HANDSHAKE_ERRORS
 from sidecar_proxy.tls.material import CertInfo
 
@@ -57,6 +58,8 @@ BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # sidecar_circuit_breaker_transitions_total{to} values, indexed by the breaker state's
 # sidecar_circuit_breaker_state value (the seed's encoding: 0 closed, 1 open, 2 half-open).
 BREAKER_STATES = ("closed", "open", "half_open")
+# sidecar_circuit_breaker_opened_total{reason} values: the breaker's OpenReason values.
+BREAKER_OPEN_REASONS = ("failures", "slow_calls")
 
 UPSTREAM_ERROR_TYPES = (
     record.ERR_CONNECTION,
@@ -198,14 +201,64 @@ class RequestSeries(Collector):
         return families
 
 
-class Metrics:
-    """The sidecar's metrics; ``registry`` is what the admin server exposes."""
+_BURN_RATE = (
+    "sidecar_slo_burn_rate",
+    "Error-budget burn rate over the window: the bad share of requests divided by the budget",
+)
+_BUDGET_LEFT = (
+    "sidecar_slo_error_budget_remaining",
+    "Share of the 30-day error budget left, over what this process has seen (negative: overspent)",
+)
 
-    def __init__(self) -> None:
+
+class SloSeries(Collector):
+    """The SLO gauges, computed from :class:`~sidecar_proxy.observe.slo.SloWindows` when scraped.
+
+    The families are always declared; they have samples only for the SLOs that are on.
+    ``clock`` must be the clock the recorder stamps requests with (``time.monotonic``).
+    """
+
+    LABEL_NAMES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
+        {_BURN_RATE[0]: ("slo", "window"), _BUDGET_LEFT[0]: ("slo",)}
+    )
+
+    def __init__(self, windows: SloWindows | None, clock: Callable[[], float]) -> None:
+        self._windows = windows
+        self._clock = clock
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families(self._windows)
+
+    def _families(self, windows: SloWindows | None = None) -> list[Metric]:
+        labels = self.LABEL_NAMES
+        burn = GaugeMetricFamily(*_BURN_RATE, labels=labels[_BURN_RATE[0]])
+        left = GaugeMetricFamily(*_BUDGET_LEFT, labels=labels[_BUDGET_LEFT[0]])
+        if windows is not None:
+            burn_rates, budgets = windows.report(self._clock())
+            for slo, window, rate in burn_rates:
+                burn.add_metric((slo, window), rate)
+            for slo, remaining in budgets:
+                left.add_metric((slo,), remaining)
+        return [burn, left]
+
+
+class Metrics:
+    """The sidecar's metrics; ``registry`` is what the admin server exposes.
+
+    ``slo`` are the SLO windows the recorder feeds and the scrape reports; ``None`` when no SLO
+    is set, and then the SLO gauges have no samples.
+    """
+
+    def __init__(self, slo: SloWindows | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = RequestSeries()
         r.register(self.requests)
+        self.slo = slo
+        r.register(SloSeries(slo, time.monotonic))
         self.upstream_errors = Counter(
             "sidecar_upstream_errors_total",
             "Total number of upstream errors",
@@ -221,6 +274,12 @@ class Metrics:
             "sidecar_circuit_breaker_transitions_total",
             "Circuit breaker state changes, by the state entered",
             ("to",),
+            registry=r,
+        )
+        self.circuit_breaker_opened = Counter(
+            "sidecar_circuit_breaker_opened_total",
+            "Circuit breaker openings, by what opened it (failures or slow_calls)",
+            ("reason",),
             registry=r,
         )
         self.retries = Counter(
@@ -301,17 +360,22 @@ class Metrics:
         )
         self.app_ready.set(1)
         self._reloads = {ok: self.config_reloads.labels(RELOAD_RESULTS[ok]) for ok in (True, False)}
+        for reason in BREAKER_OPEN_REASONS:
+            self.circuit_breaker_opened.labels(reason)
 
-    def on_breaker_transition(self, old: int, new: int) -> None:
-        """The breaker moved from state ``old`` to ``new``, given as gauge values (0, 1, 2).
+    def on_breaker_transition(self, old: int, new: int, reason: str | None) -> None:
+        """The breaker moved from state ``old`` to ``new``, given as gauge values (0, 1, 2);
+        ``reason`` is why it opened, on transitions to open, else ``None``.
 
-        The breaker's ``IntEnum`` states are those values. It calls this synchronously on every
-        transition, so the gauge is never stale (the seed set it only on requests it let through,
-        so it read "closed" while the breaker was open). ``old`` completes the callback's
-        signature; the metrics only need ``new``.
+        The breaker's ``IntEnum`` states are those values and its ``StrEnum`` reasons these
+        strings. It calls this synchronously on every transition, so the gauge is never stale
+        (the seed set it only on requests it let through, so it read "closed" while the breaker
+        was open). ``old`` completes the callback's signature; the metrics only need ``new``.
         """
         self.circuit_breaker_state.set(new)
         self._transitions[new].inc()
+        if reason is not None:
+            self.circuit_breaker_opened.labels(reason).inc()
 
     def on_upstream_connection(self, reused: bool) -> None:
         """A request to the app got a connection: a pooled one (``reused``) or a new one."""
