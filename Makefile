@@ -16,8 +16,8 @@ run: $(STAMP)
 	$(BIN)/sidecar-proxy demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy
 
 test: $(STAMP)

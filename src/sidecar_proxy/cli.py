@@ -16,6 +16,10 @@ sidecar's own environment), to find the admin port.
 ``run`` hands the server a way to load the configuration again, from the same flags, the
 environment as it was at start-up, and the same file: that is what a SIGHUP reload reads.
 
+``run``, ``demo`` and ``check-config`` load the hooks ``HOOKS`` names (executing their code, so
+a broken file stops them with exit 2); ``run`` and ``demo`` hand the loaded hooks on, so their
+code runs once at start-up. ``wait-ready`` and ``quit`` never run the hooks' code.
+
 The server is imported only when it is about to run, so ``--help`` and ``check-config`` stay
 quick and work on a machine where the data path's native dependencies do not load.
 """
@@ -34,6 +38,7 @@ from sidecar_proxy import __version__
 from sidecar_proxy.config import FIELDS, ConfigError, LoadedSettings, Settings, load_settings
 from sidecar_proxy.config.kinds import BoolKind, DurationKind
 from sidecar_proxy.config.loader import CONFIG_ENV, CONFIG_FLAG
+from sidecar_proxy.hooks.load import HOOK_NAMES, HookLoadError, Hooks, load_hooks
 from sidecar_proxy.lifecycle.client import admin_url, quit_sidecar, reachable, wait_ready
 
 if TYPE_CHECKING:
@@ -79,16 +84,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: configuration error: {exc}", file=sys.stderr)
         return 2
 
-    if args.command == "check-config":
-        (print_json if args.json else print_table)(loaded, certs, sys.stdout)
-        return 0
     if args.command == "wait-ready":
         return wait_ready_command(loaded.settings, args.timeout)
     if args.command == "quit":
         return quit_command(loaded.settings)
+    hooks = None
+    if loaded.settings.hooks:
+        try:
+            hooks = load_hooks(loaded.settings.hooks)
+        except HookLoadError as exc:
+            print(f"{PROG}: configuration error: {exc}", file=sys.stderr)
+            return 2
+    if args.command == "check-config":
+        (print_json if args.json else print_table)(loaded, certs, hooks, sys.stdout)
+        return 0
     if args.command == "demo":
-        return run_demo(loaded.settings, load)
-    return serve(loaded.settings, load)
+        return run_demo(loaded.settings, load, hooks)
+    return serve(loaded.settings, load, hooks)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,8 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def print_table(loaded: LoadedSettings, certs: Sequence[CertInfo], out: TextIO) -> None:
-    """The settings table, then one line per loaded certificate."""
+def print_table(
+    loaded: LoadedSettings, certs: Sequence[CertInfo], hooks: Hooks | None, out: TextIO
+) -> None:
+    """The settings table, then one line per loaded certificate, then the hooks loaded."""
     rows = [("SETTING", "VALUE", "SOURCE")] + [
         (name, value, loaded.sources[name]) for name, value in _formatted(loaded.settings).items()
     ]
@@ -187,11 +201,17 @@ def print_table(loaded: LoadedSettings, certs: Sequence[CertInfo], out: TextIO) 
     for cert in certs:
         sans = f"  {', '.join(cert.sans)}" if cert.sans else ""
         out.write(f"{cert.setting}  {cert.subject}  {_expiry(cert)}{sans}\n")
+    if hooks is not None:
+        out.write(f"\nHOOKS\n{hooks.origin}  {hooks.describe()}\n")
 
 
-def print_json(loaded: LoadedSettings, certs: Sequence[CertInfo], out: TextIO) -> None:
+def print_json(
+    loaded: LoadedSettings, certs: Sequence[CertInfo], hooks: Hooks | None, out: TextIO
+) -> None:
     """``{setting: {"value": native, "text": as in the table, "source": ...}}``; a setting that
-    names certificate files has ``"certificates"`` too, each with its subject, SANs and expiry."""
+    names certificate files has ``"certificates"`` too, each with its subject, SANs and expiry,
+    and ``hooks`` has ``"loaded"``: the file executed and each hook, ``"sync"``, ``"async"`` or
+    null."""
     text = _formatted(loaded.settings)
     document: dict[str, dict[str, object]] = {
         field.name: {
@@ -211,6 +231,11 @@ def print_json(loaded: LoadedSettings, certs: Sequence[CertInfo], out: TextIO) -
                 "not_after": cert.not_after.isoformat().replace("+00:00", "Z"),
             }
         )
+    if hooks is not None:
+        document["hooks"]["loaded"] = {
+            "file": hooks.origin,
+            **{name: hooks.kind(name) for name in HOOK_NAMES},
+        }
     out.write(json.dumps(document, indent=2) + "\n")
 
 
@@ -242,13 +267,17 @@ def quit_command(settings: Settings) -> int:
     return 0 if accepted else 1
 
 
-def serve(settings: Settings, reload_from: SettingsSource | None = None) -> int:
+def serve(
+    settings: Settings, reload_from: SettingsSource | None = None, hooks: Hooks | None = None
+) -> int:
     from sidecar_proxy import server  # noqa: PLC0415 - deferred: see the module docstring
 
-    return server.run(settings, reload_from=reload_from)
+    return server.run(settings, reload_from=reload_from, hooks=hooks)
 
 
-def run_demo(settings: Settings, reload_from: SettingsSource | None = None) -> int:
+def run_demo(
+    settings: Settings, reload_from: SettingsSource | None = None, hooks: Hooks | None = None
+) -> int:
     from sidecar_proxy.demo import start_demo_app  # noqa: PLC0415 - only `demo` needs it
 
     host, port = settings.upstream_host, settings.upstream_port
@@ -273,7 +302,7 @@ def run_demo(settings: Settings, reload_from: SettingsSource | None = None) -> i
         file=sys.stderr,
     )
     try:
-        return serve(settings, reload_from)
+        return serve(settings, reload_from, hooks)
     finally:
         app.shutdown()
         app.server_close()

@@ -11,7 +11,7 @@ lags the SIGTERM by a few seconds):
 3. In-flight requests may finish within ``shutdown_grace_period``; whatever is left is then cut.
 4. The process exits 0. A second signal exits at once (exit code 1).
 
-SIGHUP reloads the configuration (see :meth:`ProxyServer.reload`).
+SIGHUP reloads the configuration and the hooks file (see :meth:`ProxyServer.reload`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from sidecar_proxy import __version__
 from sidecar_proxy.admin.server import AdminServer
 from sidecar_proxy.config import ConfigError, LoadedSettings, Settings
 from sidecar_proxy.config.reload import plan_reload
+from sidecar_proxy.hooks.load import HookLoadError, Hooks, load_hooks
 from sidecar_proxy.http.context import ProxyContext
 from sidecar_proxy.http.h1.client import H1ClientConnection
 from sidecar_proxy.lifecycle.appcheck import AppReadyCheck
@@ -55,7 +56,9 @@ class ProxyServer:
     """One proxy: listener, admin server, shared context. Usable in-process (tests, demo).
 
     ``reload_from`` loads the configuration again the way start-up did (same flags, env and
-    file); without it a reload has nothing to read and is refused.
+    file); without it a reload has nothing to read and is refused. ``hooks`` are the hooks the
+    CLI loaded while checking the configuration (so their code runs once at start-up); without
+    them, :meth:`start` loads what ``settings.hooks`` names.
     """
 
     def __init__(
@@ -63,10 +66,12 @@ class ProxyServer:
         settings: Settings,
         access_log_fd: int = 1,
         reload_from: SettingsSource | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.settings = settings
         self._access_log_fd = access_log_fd
         self._reload_from = reload_from
+        self.hooks = hooks
         self.metrics = Metrics(_slo_windows(settings))
         self.health = HealthState(app_ready=settings.app_ready_check == "none")
         self.access_log: AccessLog | None = None
@@ -86,17 +91,26 @@ class ProxyServer:
         self.admin_port = 0
 
     async def start(self) -> None:
-        """Start serving; raises :class:`MaterialError` for unusable TLS files, and OSError
-        when the ports cannot be bound."""
+        """Start serving; raises :class:`MaterialError` for unusable TLS files,
+        :class:`HookLoadError` for unusable hooks, and OSError when the ports cannot be
+        bound."""
         s = self.settings
         loop = self._loop = asyncio.get_running_loop()
+        if s.hooks and self.hooks is None:
+            self.hooks = load_hooks(s.hooks)
         self._start_tls()
         self.recorder = recorder = Recorder(
             self.metrics, PathLabeler(s.metrics_path_label_limit), None
         )
         self._use_access_log(s.access_log)
         ctx = ProxyContext(
-            loop, s, self.metrics, recorder, self.health, upstream_tls=self.upstream_tls
+            loop,
+            s,
+            self.metrics,
+            recorder,
+            self.health,
+            upstream_tls=self.upstream_tls,
+            hooks=self.hooks,
         )
         ctx.start_ticking()
         self.ctx = ctx
@@ -147,6 +161,7 @@ class ProxyServer:
                 "admin": f"{s.metrics_host}:{self.admin_port}",
                 "tls": tls is not None,
                 "upstream_tls": self.upstream_tls is not None,
+                "hooks": self.hooks.describe() if self.hooks is not None else "",
                 "version": __version__,
             },
         )
@@ -209,11 +224,13 @@ class ProxyServer:
         self._loop.call_soon_threadsafe(self.request_stop, "quitquitquit")
 
     def reload(self) -> None:
-        """SIGHUP: load the configuration again and apply what may change while running.
+        """SIGHUP: load the configuration and the hooks again and apply what may change.
 
-        The new settings come from the same flags, env and file as at start-up. A bad value
-        keeps every running setting and logs the one-line error start-up would have printed;
-        settings that are not live (``Field.live``) keep their running value and are reported.
+        The new settings come from the same flags, env and file as at start-up, and the hooks
+        file they name is executed again. A bad value, or hooks that fail to load, keep every
+        running setting and the running hooks, and log the one-line error start-up would have
+        printed; settings that are not live (``Field.live``) keep their running value and are
+        reported.
         The rest is applied in one step on the loop thread (see ``ProxyContext.reconfigure``),
         so no request sees half of a reload. Reading the file blocks the loop for as long as a
         small local file takes to read and parse: well under a millisecond.
@@ -227,9 +244,15 @@ class ProxyServer:
             self.metrics.config_reloaded(False)
             log.error(f"configuration error: {exc}", extra={"reload": "running settings kept"})
             return
+        plan = plan_reload(self.settings, loaded.settings)
+        try:
+            hooks = load_hooks(plan.settings.hooks) if plan.settings.hooks else None
+        except HookLoadError as exc:
+            self.metrics.config_reloaded(False)
+            log.error(f"hooks error: {exc}", extra={"reload": "running settings and hooks kept"})
+            return
         for warning in loaded.warnings:
             log.warning(warning)
-        plan = plan_reload(self.settings, loaded.settings)
         if plan.kept:
             log.warning(
                 "reload: some settings change only with a restart; their running values are kept",
@@ -237,19 +260,21 @@ class ProxyServer:
                     "kept": {name: f"{old} (new: {new})" for name, (old, new) in plan.kept.items()}
                 },
             )
-        self._apply(plan.settings)
+        self._apply(plan.settings, hooks)
         self.metrics.config_reloaded(True)
         log.info(
             "configuration reloaded",
             extra={
-                "changed": {name: f"{old} -> {new}" for name, (old, new) in plan.applied.items()}
+                "changed": {name: f"{old} -> {new}" for name, (old, new) in plan.applied.items()},
+                "hooks": hooks.describe() if hooks is not None else "",
             },
         )
 
-    def _apply(self, settings: Settings) -> None:
+    def _apply(self, settings: Settings, hooks: Hooks | None) -> None:
         old, self.settings = self.settings, settings
+        self.hooks = hooks
         if self.ctx is not None:
-            self.ctx.reconfigure(settings)
+            self.ctx.reconfigure(settings, hooks)
         if settings.log_level != old.log_level:
             set_log_level(settings.log_level)
         if settings.access_log != old.access_log:
@@ -316,11 +341,12 @@ def run(
     settings: Settings,
     before_start: Callable[[], None] | None = None,
     reload_from: SettingsSource | None = None,
+    hooks: Hooks | None = None,
 ) -> int:
     """Run a proxy until SIGTERM, SIGINT or a quit, drain, and return the exit code."""
     configure_logging(settings.log_level)
     _tune_malloc()
-    return uvloop.run(_main(settings, before_start, reload_from))
+    return uvloop.run(_main(settings, before_start, reload_from, hooks))
 
 
 # glibc mallopt parameters (malloc.h)
@@ -350,9 +376,10 @@ async def _main(
     settings: Settings,
     before_start: Callable[[], None] | None,
     reload_from: SettingsSource | None,
+    hooks: Hooks | None,
 ) -> int:
     loop = asyncio.get_running_loop()
-    server = ProxyServer(settings, reload_from=reload_from)
+    server = ProxyServer(settings, reload_from=reload_from, hooks=hooks)
     if before_start is not None:
         before_start()
     try:
@@ -360,6 +387,10 @@ async def _main(
     except MaterialError as exc:
         # The CLI checked the files already; they changed in between.
         log.error("unusable TLS files", extra={"error": str(exc)})
+        await server.close()
+        return 2
+    except HookLoadError as exc:
+        log.error(f"hooks error: {exc}")
         await server.close()
         return 2
     except OSError as exc:

@@ -577,3 +577,27 @@ def test_unknown_flag_setting() -> None:
         error(flags={"max_retry": "1"})
         == "unknown setting 'max_retry' (did you mean 'max_retries'?)"
     )
+
+
+# --- hooks --------------------------------------------------------------------------------
+
+
+def test_hooks_name_a_file_or_a_module() -> None:
+    assert (Settings().hooks, Settings().hook_timeout) == ("", 1.0)  # no hooks by default
+    assert load(env={"HOOKS": "/etc/sidecar/hooks.py"}).settings.hooks == "/etc/sidecar/hooks.py"
+    assert load(env={"HOOKS": "hooks.py"}).settings.hooks == "hooks.py"  # relative to the cwd
+    assert load(env={"HOOKS": "my_pkg.edge.hooks"}).settings.hooks == "my_pkg.edge.hooks"
+    assert load(flags={"hooks": "''"}).settings.hooks == ""
+    assert load(env={"HOOK_TIMEOUT": "250ms"}).settings.hook_timeout == 0.25
+
+
+@pytest.mark.parametrize("value", ["my pkg", "pkg..hooks", "1pkg.hooks", "pkg.hooks.", "a\tb"])
+def test_hooks_that_are_neither_file_nor_module(value: str) -> None:
+    assert error(env={"HOOKS": value}) == (
+        f"HOOKS={value!r}: expected a Python file (e.g. /etc/sidecar/hooks.py) or a dotted "
+        "module name (e.g. mypkg.hooks)"
+    )
+
+
+def test_a_hook_timeout_must_be_positive() -> None:
+    assert error(env={"HOOK_TIMEOUT": "0s"}) == "HOOK_TIMEOUT='0s': must be greater than 0"

@@ -126,3 +126,4 @@ def test_the_hooks_api_is_a_bottom_package() -> None:
     path reaches the hooks through http/hookstep.py, never the other way round."""
     for module, deps in layer("sidecar_proxy.hooks").items():
         assert deps <= {"sidecar_proxy", *layer("sidecar_proxy.hooks")}, module
+    assert "sidecar_proxy.hooks.api" in EDGES["sidecar_proxy.http.hookstep"]

@@ -29,6 +29,7 @@ from sidecar_proxy.config.kinds import (
     EnumKind,
     FileKind,
     FloatKind,
+    HooksKind,
     HostKind,
     IdentityListKind,
     IntKind,
@@ -374,6 +375,22 @@ class Settings:
         BOOL,
         "false",
         "add Server-Timing: sidecar;dur=..., app;dur=... to the app's responses",
+        live=True,
+    )
+    hooks: str = _setting(
+        "HOOKS",
+        HooksKind(),
+        "",
+        "Python hooks on every request: a file (/etc/sidecar/hooks.py) or a module (mypkg.hooks) "
+        "defining on_request(request) and/or on_response(request, response); reloaded on SIGHUP",
+        live=True,
+    )
+    hook_timeout: float = _setting(
+        "HOOK_TIMEOUT",
+        POSITIVE_DURATION,
+        "1s",
+        "longest an async hook is awaited: then on_request answers 504, on_response leaves the "
+        "response unchanged",
         live=True,
     )
     trust_forwarded_headers: bool = _setting(

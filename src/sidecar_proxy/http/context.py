@@ -13,6 +13,8 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Protocol
 
+from sidecar_proxy.hooks.load import Hooks
+from sidecar_proxy.http.hookstep import HookStep
 from sidecar_proxy.http.legs import AppPool
 from sidecar_proxy.http.phase import IllegalTransition
 from sidecar_proxy.http.pool import H1Pool
@@ -80,6 +82,7 @@ class ProxyContext:
         "failure_statuses",
         "goodbye",
         "health",
+        "hooks",
         "limiter",
         "loop",
         "metrics",
@@ -101,6 +104,7 @@ class ProxyContext:
         *,
         pool: AppPool | None = None,
         upstream_tls: UpstreamTLS | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.loop = loop
         self.settings = settings
@@ -123,6 +127,7 @@ class ProxyContext:
         self.budget = self._budget(settings)
         self.retry = self._retry(settings)
         self.rate_limit = self._rate_limit(settings)
+        self.hooks = self._hooks(hooks, settings)
         self.failure_statuses = settings.circuit_breaker_failure_statuses
         self.connections: set[ClientConnection] = set()
         # Shutdown, in two steps (see server.ProxyServer.shutdown): from the signal on every
@@ -153,14 +158,21 @@ class ProxyContext:
             trust_forwarded=s.trust_forwarded_headers,
         )
 
-    def reconfigure(self, settings: Settings) -> None:
-        """A reload: run with ``settings`` from the next event on.
+    def _hooks(self, hooks: Hooks | None, s: Settings) -> HookStep | None:
+        if hooks is None:
+            return None  # off: the data path's whole cost is one `is None`
+        return HookStep(hooks, self.loop, s.hook_timeout, self.metrics.hook_error)
+
+    def reconfigure(self, settings: Settings, hooks: Hooks | None) -> None:
+        """A reload: run with ``settings`` and ``hooks`` (loaded again from their file) from the
+        next event on.
 
         Policies that hold state about the app or the requests in flight are reconfigured in
         place: the breaker keeps its state, the concurrency limit its places taken (a new limit
         object would be released into by requests that acquired the old one). The retry budget
         and the rate limit's buckets start afresh only when one of their own settings changed;
-        the retry policy and its backoff hold nothing and are simply made again. Settings that
+        the retry policy and its backoff hold nothing and are simply made again, and so is the
+        hooks' step (exchanges under way finish with the hooks they started with). Settings that
         are not live (``Field.live``) must already carry their old values here; the pool is
         built from those alone.
         """
@@ -177,6 +189,7 @@ class ProxyContext:
         self.retry = self._retry(s)
         if _rate_limit_settings(old) != _rate_limit_settings(s):
             self.rate_limit = self._rate_limit(s)
+        self.hooks = self._hooks(hooks, s)
         self.failure_statuses = s.circuit_breaker_failure_statuses
 
     def say_goodbye(self) -> None:

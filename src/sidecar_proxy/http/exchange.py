@@ -8,7 +8,8 @@ no Task, no Future and no timer (deadlines are checked by the context's ticker, 
 Its phase is one :class:`~sidecar_proxy.http.phase.Phase`, changed only by :meth:`_to`, which
 refuses any move the phase table does not list. The legs call in through the events of
 :mod:`sidecar_proxy.http.legs` and the exchange asks the policies what to do: the concurrency
-limit and the breaker before an attempt, the retry policy after a failed one. It never touches a
+limit and the breaker before an attempt, the retry policy after a failed one; the hooks, when
+``HOOKS`` is set, run as one more step (:mod:`sidecar_proxy.http.hookstep`). It never touches a
 socket and never frames a byte: it tells the legs what to send, and each leg frames it for its
 protocol. It never accumulates a body either: request chunks are kept only while they may still
 have to be replayed (bounded by ``retry_buffer_limit``), response chunks pass straight to the
@@ -21,11 +22,13 @@ import asyncio
 import logging
 import math
 import time
+from typing import Any
 
 from sidecar_proxy.http.context import ProxyContext
 from sidecar_proxy.http.fields import RequestHead, ResponseHead
 from sidecar_proxy.http.framing import CRLF, response_has_body
 from sidecar_proxy.http.headers import list_tokens
+from sidecar_proxy.http.hookstep import HookCall, HookStep, LocalAnswer
 from sidecar_proxy.http.legs import AppLeg, ClientLeg, Trailers
 from sidecar_proxy.http.phase import (
     ALLOWED,
@@ -35,6 +38,8 @@ from sidecar_proxy.http.phase import (
     DONE,
     INTERIM,
     QUEUED,
+    REQUEST_HOOK,
+    RESPONSE_HOOK,
     STREAMING,
     TUNNEL,
     WAITING_FOR_APP,
@@ -77,14 +82,15 @@ class Exchange:
         "attempt_no",
         "chunks",
         "client",
-        "connecting",
         "ctx",
         "deadline",
         "head",
+        "hooked",
         "kept_bytes",
         "last_activity",
         "last_failure",
         "limited",
+        "pending",
         "phase",
         "rec",
         "rejected",
@@ -125,7 +131,9 @@ class Exchange:
         self.kept_bytes = 0
         # the current attempt
         self.app: AppLeg | None = None
-        self.connecting: asyncio.Task[None] | None = None
+        # what the exchange waits on: a new app connection, or an async hook
+        self.pending: asyncio.Task[Any] | None = None
+        self.hooked: HookCall | None = None  # the hooks' part in the response, if any
         self.attempt_no = 0
         self.timer: asyncio.TimerHandle | None = None  # per-try timeout, or the backoff
         self.admitted = False  # holds a breaker permit that still needs a verdict
@@ -203,9 +211,53 @@ class Exchange:
             self.reply(503, "too many requests in flight", retry_after=1)
             return
         self.limited = True
+        hooks = ctx.hooks
+        if hooks is not None and self._request_hook(hooks):
+            return
+        self._forward()
+
+    def _forward(self) -> None:
+        """The guards let the request through: on to the first attempt."""
+        ctx = self.ctx
         ctx.budget.deposit()
         self.deadline = ctx.loop.time() + ctx.settings.request_timeout
         self._attempt()
+
+    def _request_hook(self, hooks: HookStep) -> bool:
+        """Run ``on_request``; True when the request goes no further for now (answered by the
+        hook, or waiting for an async one)."""
+        call = HookCall(hooks, self.head, self.rec)
+        if hooks.on_response is not None:
+            self.hooked = call  # on_response sees the same request object
+        outcome = call.on_request()
+        if outcome is None:
+            return False
+        if isinstance(outcome, LocalAnswer):
+            self._local(outcome)
+        else:
+            self._to(REQUEST_HOOK)
+            self.pending = outcome
+            outcome.add_done_callback(self._request_hooked)
+        return True
+
+    def _request_hooked(self, task: asyncio.Task[Any]) -> None:
+        """An async ``on_request`` is done (it cannot fail: the step turns every failure into
+        an answer); a task cancelled because the exchange ended is no longer ``pending``."""
+        if task is not self.pending:
+            return
+        self.pending = None
+        try:
+            answer: LocalAnswer | None = task.result()
+            if answer is None:
+                self._forward()
+            else:
+                self._local(answer)
+        except IllegalTransition:
+            log.exception("exchange aborted")  # a bug of ours: cut this client only
+            self.client.abort()
+
+    def _local(self, answer: LocalAnswer) -> None:
+        self.answer(answer.status, answer.body, answer.content_type, answer.extra)
 
     def _attempt(self) -> None:
         ctx = self.ctx
@@ -246,14 +298,14 @@ class Exchange:
                 if app is not None:
                     app.release(True)  # nobody waits for it any more: a fresh leg, pool it
                 return
-            self.connecting = None
+            self.pending = None
             if app is None:
                 self._attempt_failed(Failure.CONNECT)
             else:
                 self._to(AWAITING_HEAD)
                 self._bind(app)
 
-        self.connecting = ctx.pool.connect(connected)
+        self.pending = ctx.pool.connect(connected)
 
     def _bind(self, app: AppLeg) -> None:
         self.app = app
@@ -378,18 +430,69 @@ class Exchange:
         has_body = response_has_body(self.head.method, status)
         # no Content-Length and not chunked: the body ends when the app closes the connection
         self.to_eof = has_body and resp.content_length is None and not resp.transfer_encoding
-        self._to(STREAMING)
-        added = [] if resp.has_request_id else [self.rid_line]
-        if ctx.settings.attempts_header:
-            added.append(b"X-Sidecar-Attempts: %d\r\n" % rec.attempts)
-        if ctx.settings.server_timing:
-            added.append(server_timing_line(rec.start, self.sent_at, rec.ttfb))
-        self.client.send_head(status, resp, added, has_body)
+        hooked = self.hooked
+        if hooked is not None and self._response_hook(hooked, app, resp):
+            return
+        self._commit(resp, has_body)
         if not has_body:
             self._response_complete(app, None)
 
+    def _commit(self, resp: ResponseHead, has_body: bool) -> None:
+        """The final head goes to the client leg, with the proxy's own fields: from here on
+        the response streams and can no longer be retried."""
+        s = self.ctx.settings
+        rec = self.rec
+        self._to(STREAMING)
+        added = [] if resp.has_request_id else [self.rid_line]
+        if s.attempts_header:
+            added.append(b"X-Sidecar-Attempts: %d\r\n" % rec.attempts)
+        if s.server_timing and rec.ttfb is not None:  # always set by a final head
+            added.append(server_timing_line(rec.start, self.sent_at, rec.ttfb))
+        self.client.send_head(resp.status, resp, added, has_body)
+
+    def _response_hook(self, hooked: HookCall, app: AppLeg, resp: ResponseHead) -> bool:
+        """Run ``on_response`` on the final head; True while an async one runs. Reading from
+        the app pauses meanwhile, and what the current read still brings is held."""
+        task = hooked.on_response(resp)
+        if task is None:
+            return False
+        self._to(RESPONSE_HOOK)
+        self.pending = task
+        app.pause_reading()
+        task.add_done_callback(self._response_hooked)
+        return True
+
+    def _response_hooked(self, task: asyncio.Task[Any]) -> None:
+        """An async ``on_response`` is done (or gave up): the head goes out, then whatever
+        of the body was held."""
+        hooked = self.hooked
+        resp = self.resp
+        if task is not self.pending or hooked is None or resp is None:
+            return
+        self.pending = None
+        try:
+            has_body = response_has_body(self.head.method, resp.status)
+            self._commit(resp, has_body)
+            for data in hooked.held or ():
+                self.response_body(data)
+            app = self.app
+            if hooked.ended or app is None:
+                self._end_response(hooked.trailers)  # the app leg went back at the end
+            elif not has_body:
+                self._response_complete(app, None)
+            else:
+                if not self.client.write_paused:
+                    app.resume_reading()
+                self.client.flush()
+        except IllegalTransition:
+            log.exception("exchange aborted")  # a bug of ours: cut this client only
+            self.client.abort()
+
     def response_body(self, data: bytes) -> None:
         if self.phase is not STREAMING:
+            hooked = self.hooked
+            if self.phase is RESPONSE_HOOK and hooked is not None:
+                hooked.hold(data)  # the head waits for an async on_response
             return  # a 1xx has no body; anything else was refused at its head
         self.rec.bytes_out += len(data)
         self.client.send_body(data)
@@ -400,15 +503,31 @@ class Exchange:
             self._to(AWAITING_HEAD)  # the 1xx is over; the final response follows
         elif self.phase is STREAMING:
             self._response_complete(app, trailers)
+        elif self.phase is RESPONSE_HOOK:
+            self._hold_end(app, trailers)
 
     def _response_complete(self, app: AppLeg, trailers: Trailers | None) -> None:
+        self._release(app)
+        self._end_response(trailers)
+
+    def _release(self, app: AppLeg) -> None:
+        """The response is read whole: the attempt is over."""
         self.app = None
         # Reusable only if the request went out whole and the body did not end with the
         # connection; whether the app keeps it alive is the leg's to judge.
         app.release(self.req_done and not self.to_eof)
+
+    def _end_response(self, trailers: Trailers | None) -> None:
         self.client.send_end(trailers)
         self.client.flush()
         self.finish()
+
+    def _hold_end(self, app: AppLeg, trailers: Trailers | None) -> None:
+        """The response ended while an async on_response runs: the app leg is done with, the
+        end waits for the head."""
+        self._release(app)
+        if self.hooked is not None:
+            self.hooked.end(trailers)
 
     def read_done(self) -> None:
         self.client.flush()
@@ -416,18 +535,20 @@ class Exchange:
     # == failures from the app ==================================================================
 
     def app_eof(self, app: AppLeg) -> None:
-        if self.to_eof and self.phase is STREAMING and app is self.app:
-            self._response_complete(app, None)  # EOF is how this body ends
-        else:
-            self.app_lost(app, None)
+        # EOF is how a close-delimited body ends; otherwise the connection is lost
+        self.app_lost(app, None)
 
     def app_lost(self, app: AppLeg, exc: BaseException | None) -> None:
         if app is not self.app or self.phase is DONE:
             return
         phase = self.phase
-        if phase is STREAMING and self.to_eof:
-            self._response_complete(app, None)  # the leg will not reuse a close-delimited one
-            return
+        if self.to_eof:  # the end of a close-delimited body; the leg will not reuse it
+            if phase is STREAMING:
+                self._response_complete(app, None)
+                return
+            if phase is RESPONSE_HOOK:
+                self._hold_end(app, None)
+                return
         self.app = None
         app.abandon()
         if phase is TUNNEL:
@@ -436,6 +557,12 @@ class Exchange:
             self.finish()
         elif phase is STREAMING:
             self._abort_client(R.UPSTREAM_RESET, R.ERR_RESET)
+        elif phase is RESPONSE_HOOK:
+            # The head is in, but its body will not come; the client has seen nothing yet.
+            status, error, flag, detail = _FAILURES[Failure.RESET]
+            self.rec.upstream_errors.append(error)
+            self.rec.flags.append(flag)
+            self.reply(status, detail)
         else:
             self._attempt_failed(Failure.RESET)
 
@@ -574,9 +701,9 @@ class Exchange:
             self.timer = None
 
     def _cancel_attempt(self) -> None:
-        if self.connecting is not None:
-            self.connecting.cancel()
-            self.connecting = None
+        if self.pending is not None:
+            self.pending.cancel()
+            self.pending = None
         if self.app is not None:
             self.app.abandon()
             self.app = None
@@ -600,7 +727,7 @@ class Exchange:
 
     def client_write_paused(self, paused: bool) -> None:
         app = self.app
-        if app is not None:
+        if app is not None and self.phase is not RESPONSE_HOOK:  # the hook's wait pauses it
             if paused:
                 app.pause_reading()
             else:

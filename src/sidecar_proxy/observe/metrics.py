@@ -73,6 +73,8 @@ TLS_RELOAD_RESULTS = ("success", "failure")
 REJECT_SHED = "shed"
 REJECT_CIRCUIT_OPEN = "circuit_open"
 REJECT_RATE_LIMIT = "rate_limit"
+# sidecar_hook_errors_total{hook} values
+HOOKS = ("on_request", "on_response")
 # sidecar_config_reloads_total{result}, by whether the reload succeeded
 RELOAD_RESULTS = {True: "success", False: "failure"}
 
@@ -339,6 +341,12 @@ class Metrics:
             "Sets of TLS files whose current version was rejected; older material serves",
             registry=r,
         )
+        self.hook_errors = Counter(
+            "sidecar_hook_errors",
+            "Hook calls that raised or timed out, by hook (on_request, on_response)",
+            ("hook",),
+            registry=r,
+        )
         build_info = Gauge(
             "sidecar_build_info",
             "Build information; the value is always 1",
@@ -362,6 +370,7 @@ class Metrics:
         self._reloads = {ok: self.config_reloads.labels(RELOAD_RESULTS[ok]) for ok in (True, False)}
         for reason in BREAKER_OPEN_REASONS:
             self.circuit_breaker_opened.labels(reason)
+        self._hook_errors = {hook: self.hook_errors.labels(hook) for hook in HOOKS}
 
     def on_breaker_transition(self, old: int, new: int, reason: str | None) -> None:
         """The breaker moved from state ``old`` to ``new``, given as gauge values (0, 1, 2);
@@ -421,3 +430,7 @@ class Metrics:
         """A reload was tried; ``failing`` sets of files are now rejected."""
         self._tls_reloads[0 if ok else 1].inc()
         self.tls_reload_failing.set(failing)
+
+    def hook_error(self, hook: str) -> None:
+        """A call of ``hook`` (one of :data:`HOOKS`) raised or timed out."""
+        self._hook_errors[hook].inc()
