@@ -23,9 +23,9 @@ from collections.abc import Callable
 
 import uvloop
 
-from sidecar_proxy import __version__
 from sidecar_proxy.admin.health import HealthState
 from sidecar_proxy.admin.server import AdminServer
+from sidecar_proxy.buildinfo import build_info
 from sidecar_proxy.config import Settings
 from sidecar_proxy.http.context import ProxyContext
 from sidecar_proxy.http.downstream import DownstreamConnection
@@ -84,7 +84,8 @@ class ProxyServer:
                 "listen": f"{s.listen_host}:{self.port}",
                 "upstream": f"{s.upstream_host}:{s.upstream_port}",
                 "admin": f"{s.metrics_host}:{self.admin_port}",
-                "version": __version__,
+                "version": build_info().version,
+                "build": build_info().kind,  # "compiled" or "pure Python"
             },
         )
 

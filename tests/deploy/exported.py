@@ -48,7 +48,7 @@ METRICS: dict[str, Exported] = {
     "sidecar_response_bytes_total": _m("counter"),
     "sidecar_downstream_connections": _m("gauge"),
     "sidecar_access_log_dropped_total": _m("counter"),
-    "sidecar_build_info": _m("gauge", "version", "python"),
+    "sidecar_build_info": _m("gauge", "version", "python", "compiled"),
 }
 
 # The seed's histogram buckets, which sidecar_request_duration_seconds keeps.
