@@ -336,6 +336,7 @@ def test_build_context_holds_the_package_and_nothing_else() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.build
 @pytest.mark.timeout(180)
 def test_the_wheel_installs_and_runs_in_a_fresh_venv(tmp_path: Path) -> None:
     """What the builder stage does: build a compiled wheel, install it into a new venv with its

@@ -110,6 +110,7 @@ def test_build_requirements_are_pinned_to_what_lint_and_the_runtime_use() -> Non
 
 
 @pytest.mark.slow
+@pytest.mark.build
 @pytest.mark.timeout(120)
 def test_a_compiler_that_fails_leaves_a_pure_python_wheel_and_says_so(tmp_path: Path) -> None:
     # A copy of the project: the checkout's build/ may hold extension modules from an earlier
