@@ -18,11 +18,12 @@ PURE_TESTS := tests/unit tests/integration tests/resilience tests/hardening test
 
 .PHONY: run test lint unit build bench soak clean
 
+# Dependencies and tools, with the package installed editable but not compiled: $(BUILT)
+# compiles, once they are there.
 $(STAMP): pyproject.toml
 	bash scripts/install-build-tools.sh $(PYTHON)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# Dependencies and tools only: $(BUILT) compiles, once they are there.
 	SIDECAR_PROXY_COMPILE=0 $(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 

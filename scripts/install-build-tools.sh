@@ -20,10 +20,4 @@ if [ ! -f "$include/Python.h" ]; then
   esac
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
-if [ "$(id -u)" -ne 0 ]; then
-  echo "install-build-tools: need root to install: ${need[*]} (or install them yourself)" >&2
-  exit 1
-fi
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq >/dev/null
-apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+bash "$(dirname "$0")/apt-install.sh" install-build-tools "${need[@]}"
