@@ -37,7 +37,7 @@ $(BUILT): $(STAMP) $(BUILD_INPUTS)
 $(PURE_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(PURE)
 	$(PURE)/bin/pip install -q --upgrade pip
-	SIDECAR_PROXY_COMPILE=0 $(PURE)/bin/pip install -q '.[dev]'
+	SIDECAR_PROXY_COMPILE=0 $(PURE)/bin/pip install -q '.[test]'
 	touch $(PURE_STAMP)
 
 # build/lib is setuptools' staging copy of the pure package; a module deleted from src/ would
