@@ -94,11 +94,12 @@ def extension_options() -> dict[str, Any]:
         return {}
     if not BUILD_COMMANDS & set(sys.argv[1:]):
         return {}
+    sources = compiled_sources()
     try:
         from mypyc.build import mypycify  # noqa: PLC0415 - a build requirement only
 
         # opt_level 3 is mypyc's default; named because it matters.
-        extensions = mypycify(compiled_sources(), opt_level="3", group_name=GROUP)
+        extensions = mypycify(sources, opt_level="3", group_name=GROUP)
     except (ImportError, SystemExit) as exc:  # mypyc reports its own errors with sys.exit
         if mode == "1":
             raise
