@@ -10,12 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from sidecar_proxy.observe.record import Record
 from support.fakeclock import FakeClock
 
 from sidecar_proxy.observe import record as X
 from sidecar_proxy.observe.metrics import Metrics, SloSeries
 from sidecar_proxy.observe.paths import PathLabeler
+from sidecar_proxy.observe.record import Record
 from sidecar_proxy.observe.recorder import Recorder
 from sidecar_proxy.observe.slo import (
     BUDGET_PERIOD,

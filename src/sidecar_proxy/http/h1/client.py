@@ -27,7 +27,7 @@ import enum
 import logging
 import time
 from collections import deque
-from typing import Final, cast
+from typing import Any, Final, cast
 
 import httptools
 
@@ -814,7 +814,9 @@ def _absolute_form(cur: RequestHead) -> tuple[int, str] | None:
     """RFC 9112 §3.2.2: an absolute-form target is sent on in origin-form, and its authority
     replaces Host."""
     try:
-        url = httptools.parse_url(cur.target)
+        # Any, not httptools' URL: its stub types every part as bytes (the port as int), but an
+        # absent part is None, which the compiled module's type checks would reject.
+        url: Any = httptools.parse_url(cur.target)
     except httptools.HttpParserInvalidURLError:
         return 400, "malformed request target"
     if url.schema not in (b"http", b"https") or not url.host:
