@@ -54,22 +54,11 @@ def scenario(old: Phase, new: Phase) -> Callable[[Scenario], Scenario]:
     return register
 
 
-def connecting(dp: DataPath) -> tuple[Client, Exchange]:
-    c = dp.client()
-    c.send(request())
-    return c, c.exchange
-
-
 def backing_off(dp: DataPath) -> tuple[Client, Exchange]:
     """A refused connect, to be retried after a backoff the test waits out."""
-    c, ex = connecting(dp)
+    c, ex = dp.begin()
     dp.pool.refuse()
     return c, ex
-
-
-def backoff_left(dp: DataPath, ex: Exchange) -> float:
-    (timer,) = dp.loop.timers_for(ex._attempt)
-    return timer.when - dp.loop.now
 
 
 def pipelined(dp: DataPath) -> tuple[Client, Exchange, Exchange]:
@@ -81,9 +70,7 @@ def pipelined(dp: DataPath) -> tuple[Client, Exchange, Exchange]:
 
 def scripted(dp: DataPath, leg: ScriptedLeg) -> tuple[Client, Exchange]:
     dp.pool.idle.append(leg)
-    c = dp.client()
-    c.send(request())
-    return c, c.exchange
+    return dp.begin()
 
 
 # == from QUEUED ===================================================================================
@@ -120,21 +107,21 @@ def _queued_done() -> tuple[Exchange, Event]:
 @scenario(CONNECTING, AWAITING_HEAD)
 def _connecting_awaiting_head() -> tuple[Exchange, Event]:
     dp = DataPath()
-    _, ex = connecting(dp)
+    _, ex = dp.begin()
     return ex, dp.pool.accept
 
 
 @scenario(CONNECTING, BACKOFF)
 def _connecting_backoff() -> tuple[Exchange, Event]:
     dp = DataPath(retry_backoff=1.0, retry_max_backoff=1.0)
-    _, ex = connecting(dp)
+    _, ex = dp.begin()
     return ex, dp.pool.refuse
 
 
 @scenario(CONNECTING, DONE)
 def _connecting_done() -> tuple[Exchange, Event]:
     dp = DataPath(max_retries=0)
-    _, ex = connecting(dp)
+    _, ex = dp.begin()
     return ex, dp.pool.refuse
 
 
@@ -152,7 +139,7 @@ def _awaiting_head_interim() -> tuple[Exchange, Event]:
 def _awaiting_head_streaming() -> tuple[Exchange, Event]:
     dp = DataPath()
     app = dp.pool.add_idle()
-    _, ex = connecting(dp)
+    _, ex = dp.begin()
     return ex, lambda: app.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
 
 
@@ -160,16 +147,15 @@ def _awaiting_head_streaming() -> tuple[Exchange, Event]:
 def _awaiting_head_tunnel() -> tuple[Exchange, Event]:
     dp = DataPath()
     app = dp.pool.add_idle()
-    c = dp.client()
-    c.send(UPGRADE)
-    return c.exchange, lambda: app.send(SWITCH)
+    _, ex = dp.begin(UPGRADE)
+    return ex, lambda: app.send(SWITCH)
 
 
 @scenario(AWAITING_HEAD, BACKOFF)
 def _awaiting_head_backoff() -> tuple[Exchange, Event]:
     dp = DataPath()
     app = dp.pool.add_idle()
-    _, ex = connecting(dp)
+    _, ex = dp.begin()
     return ex, lambda: app.send(response(503, headers="Retry-After: 1\r\n"))
 
 
@@ -177,7 +163,7 @@ def _awaiting_head_backoff() -> tuple[Exchange, Event]:
 def _awaiting_head_done() -> tuple[Exchange, Event]:
     dp = DataPath(request_timeout=2.0)
     dp.pool.add_idle()
-    _, ex = connecting(dp)
+    _, ex = dp.begin()
     return ex, lambda: dp.advance(2.05)  # the deadline: 504
 
 
@@ -216,7 +202,7 @@ def _interim_done() -> tuple[Exchange, Event]:
 def _backoff_connecting() -> tuple[Exchange, Event]:
     dp = DataPath(retry_backoff=1.0, retry_max_backoff=1.0)
     _, ex = backing_off(dp)
-    return ex, lambda: dp.advance(backoff_left(dp, ex))
+    return ex, lambda: dp.loop.advance_to(dp.backoff(ex).when)
 
 
 @scenario(BACKOFF, AWAITING_HEAD)
@@ -225,7 +211,7 @@ def _backoff_awaiting_head() -> tuple[Exchange, Event]:
     dp = DataPath(retry_backoff=1.0, retry_max_backoff=1.0)
     _, ex = backing_off(dp)
     dp.pool.add_idle()
-    return ex, lambda: dp.advance(backoff_left(dp, ex))
+    return ex, lambda: dp.loop.advance_to(dp.backoff(ex).when)
 
 
 @scenario(BACKOFF, DONE)
@@ -242,7 +228,7 @@ def _backoff_done() -> tuple[Exchange, Event]:
 def _streaming_done() -> tuple[Exchange, Event]:
     dp = DataPath()
     app = dp.pool.add_idle()
-    _, ex = connecting(dp)
+    _, ex = dp.begin()
     app.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
     return ex, lambda: app.send(b"defghij")
 
@@ -251,10 +237,9 @@ def _streaming_done() -> tuple[Exchange, Event]:
 def _tunnel_done() -> tuple[Exchange, Event]:
     dp = DataPath()
     app = dp.pool.add_idle()
-    c = dp.client()
-    c.send(UPGRADE)
+    c, ex = dp.begin(UPGRADE)
     app.send(SWITCH)
-    return c.exchange, c.transport.peer_eof
+    return ex, c.transport.peer_eof
 
 
 # == the table =====================================================================================
@@ -357,7 +342,7 @@ def test_a_bug_met_in_the_app_legs_parser_cuts_that_app_connection_and_answers_5
     # app leg's parser callback.
     dp = DataPath(max_retries=0)
     app = dp.pool.add_idle()
-    c, ex = connecting(dp)
+    c, ex = dp.begin()
     ex._to(BACKOFF)
 
     app.send(response())
@@ -397,7 +382,7 @@ def test_a_bug_met_by_the_ticker_cuts_that_connection_and_the_ticker_goes_on(
 ) -> None:
     dp = DataPath(request_timeout=1.0)
     broken = BrokenConnection(dp)
-    c, _ = connecting(dp)
+    c, _ = dp.begin()
 
     dp.advance(1.05)
 

@@ -18,12 +18,13 @@ from sidecar_proxy.health import HealthState
 from sidecar_proxy.http.context import ProxyContext
 from sidecar_proxy.http.exchange import Exchange
 from sidecar_proxy.http.h1.client import H1ClientConnection
+from sidecar_proxy.http.phase import CONNECTING, Phase
 from sidecar_proxy.observe.metrics import Metrics
 from sidecar_proxy.observe.paths import PathLabeler
 from sidecar_proxy.observe.record import Record
 from sidecar_proxy.observe.recorder import Recorder
 from support.client import Response, ResponseParse
-from support.fakes import App, FakeLoop, FakePool, FakeTransport
+from support.fakes import App, FakeLoop, FakePool, FakeTimer, FakeTransport
 
 SETTINGS: dict[str, Any] = {"upstream_host": "127.0.0.1", "upstream_port": 3000}
 
@@ -116,8 +117,19 @@ class DataPath:
         transport.connect(conn)
         return Client(conn, transport)
 
+    def begin(self, raw: bytes | None = None) -> tuple[Client, Exchange]:
+        """A new client sends ``raw`` (a plain GET by default); its exchange is started."""
+        c = self.client()
+        c.send(request() if raw is None else raw)
+        return c, c.exchange
+
     def advance(self, seconds: float) -> None:
         self.loop.advance(seconds)
+
+    def backoff(self, ex: Exchange) -> FakeTimer:
+        """The timer that will start ``ex``'s next attempt."""
+        (timer,) = self.loop.timers_for(ex._attempt)
+        return timer
 
     @property
     def records(self) -> list[Record]:
@@ -130,10 +142,20 @@ class DataPath:
         return self.records[0]
 
     def app_of(self, client: Client) -> App:
-        """The app connection the client's current exchange is bound to."""
+        """The app connection the client's current exchange is bound to; if it is still
+        connecting, its connect succeeds now."""
+        if client.exchange.phase is CONNECTING:
+            assert len(self.pool.wanted()) == 1, "which connect is the client's?"
+            return self.pool.accept()
         leg = client.exchange.app
         assert leg is not None, "the exchange has no app leg"
         return self.pool.app_of(leg)
+
+
+def phase(ex: Exchange) -> Phase:
+    """The exchange's phase, read through a call: after ``assert ex.phase is X`` mypy would
+    otherwise take the attribute to stay X through the events that follow."""
+    return ex.phase
 
 
 def request(

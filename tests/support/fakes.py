@@ -101,7 +101,11 @@ class FakeLoop:
     def advance(self, seconds: float) -> None:
         """Move the clock ``seconds`` on, firing every timer that falls due on the way."""
         assert seconds >= 0, seconds
-        end = self.now + seconds
+        self.advance_to(self.now + seconds)
+
+    def advance_to(self, end: float) -> None:
+        """Move the clock on to ``end``, firing every timer due by then."""
+        assert end >= self.now, (end, self.now)
         self.run_ready()
         while self._timers and self._timers[0][0] <= end:
             when, _, timer = heapq.heappop(self._timers)

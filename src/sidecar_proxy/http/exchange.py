@@ -585,6 +585,10 @@ class Exchange:
             if paused:
                 app.pause_reading()
             else:
+                # The stall limit times the app's silence. While the client was not reading, the
+                # silence was the client's (see on_tick): the app's time starts again now, not
+                # at its last byte, which may be request_timeout old by the time reading resumes.
+                self.last_activity = self.ctx.loop.time()
                 app.resume_reading()
 
     def app_write_paused(self, paused: bool) -> None:
