@@ -12,16 +12,23 @@ import time
 from email.utils import formatdate
 
 import pytest
-from support.dataplane import Client, DataPath, chunked, phase, request, response
+from support.dataplane import (
+    NOT_YET,
+    TICKED,
+    Client,
+    DataPath,
+    chunked,
+    phase,
+    request,
+    response,
+)
 from support.scrape import value
 
-from sidecar_proxy.http.context import TICK
 from sidecar_proxy.http.phase import AWAITING_HEAD, BACKOFF, CONNECTING, DONE, STREAMING
 from sidecar_proxy.policy.breaker import BreakerState
 
 RETRY_ON_ALL = frozenset({"connect-failure", "reset", "timeout", "429", "500", "502", "503", "504"})
 AMPLE_BUDGET = {"retry_budget_min_per_second": 1000}
-NOT_YET = 0.001  # how far before a boundary the tests look
 
 
 def status_of(c: Client) -> int:
@@ -208,7 +215,7 @@ def fail_by_503(dp: DataPath, c: Client) -> None:
 
 
 def fail_by_hanging(dp: DataPath, c: Client) -> None:
-    dp.advance(2.0 + TICK)
+    dp.advance(2.0 + TICKED)
 
 
 def fail_mid_body(dp: DataPath, c: Client) -> None:
@@ -313,7 +320,7 @@ def test_request_deadline_is_504_at_the_first_tick_after_it(app_sends: bytes) ->
 
     dp.loop.advance_to(deadline - NOT_YET)
     assert ex.phase is AWAITING_HEAD and c.received() == b""
-    dp.loop.advance_to(deadline + TICK)
+    dp.loop.advance_to(deadline + TICKED)
 
     out = c.response()
     assert (
@@ -335,7 +342,7 @@ def test_request_deadline_counts_from_the_end_of_the_upload() -> None:
 
     dp.loop.advance_to(end + 2.0 - NOT_YET)
     assert c.received() == b""
-    dp.loop.advance_to(end + 2.0 + TICK)
+    dp.loop.advance_to(end + 2.0 + TICKED)
     assert status_of(c) == 504
     assert app.received().endswith(b"abcdef")
 
@@ -371,7 +378,7 @@ def test_per_try_timeouts_stop_at_the_request_deadline() -> None:
     for _ in range(2):  # attempts at 0, 0.2 and 0.4 s
         dp.advance(0.2)
         dp.pool.accept()
-    dp.loop.advance_to(deadline + TICK)
+    dp.loop.advance_to(deadline + TICKED)
 
     assert status_of(c) == 504
     assert dp.pool.connects == 3 and dp.pool.wanted() == []  # no fourth past the deadline
@@ -410,7 +417,7 @@ def test_body_stalled_for_request_timeout_is_cut() -> None:
 
     dp.loop.advance_to(last_byte + 0.5 - NOT_YET)
     assert ex.phase is STREAMING and not c.closed
-    dp.loop.advance_to(last_byte + 0.5 + TICK)
+    dp.loop.advance_to(last_byte + 0.5 + TICKED)
 
     out = c.response()
     assert (out.status, out.body, out.complete) == (200, b"x" * 10, False)
@@ -431,7 +438,7 @@ def test_the_stall_clock_does_not_run_while_the_client_is_not_reading() -> None:
 
     c.conn.resume_writing()
     assert app.transport.reading
-    dp.advance(TICK)  # before the app's next read can arrive
+    dp.advance(TICKED)  # a tick or two before the app's next read arrives
     assert ex.phase is STREAMING and not c.closed
     app.send(b"y" * 90)
     assert c.response().body == b"x" * 10 + b"y" * 90
@@ -449,7 +456,7 @@ def test_a_slow_client_resuming_gives_the_app_request_timeout_to_go_on() -> None
 
     dp.loop.advance_to(resumed + 0.5 - NOT_YET)
     assert not c.closed
-    dp.loop.advance_to(resumed + 0.5 + TICK)
+    dp.loop.advance_to(resumed + 0.5 + TICKED)
     assert c.closed and dp.record.flags == ["UT"]  # from here on the silence is the app's
 
 

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable
 
 import pytest
-from support.dataplane import Client, DataPath, request, response
+from support.dataplane import TICKED, Client, DataPath, request, response
 from support.fakes import ScriptedLeg
 
 from sidecar_proxy.http.exchange import Exchange
@@ -164,7 +164,7 @@ def _awaiting_head_done() -> tuple[Exchange, Event]:
     dp = DataPath(request_timeout=2.0)
     dp.pool.add_idle()
     _, ex = dp.begin()
-    return ex, lambda: dp.advance(2.05)  # the deadline: 504
+    return ex, lambda: dp.advance(2.0 + TICKED)  # the deadline: 504
 
 
 # == from INTERIM ==================================================================================
@@ -384,7 +384,7 @@ def test_a_bug_met_by_the_ticker_cuts_that_connection_and_the_ticker_goes_on(
     broken = BrokenConnection(dp)
     c, _ = dp.begin()
 
-    dp.advance(1.05)
+    dp.advance(1.0 + TICKED)
 
     assert broken.aborts == 1
     assert len(aborted(caplog)) == 1

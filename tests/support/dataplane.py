@@ -15,7 +15,7 @@ from typing import Any
 
 from sidecar_proxy.config import Settings
 from sidecar_proxy.health import HealthState
-from sidecar_proxy.http.context import ProxyContext
+from sidecar_proxy.http.context import TICK, ProxyContext
 from sidecar_proxy.http.exchange import Exchange
 from sidecar_proxy.http.h1.client import H1ClientConnection
 from sidecar_proxy.http.phase import CONNECTING, Phase
@@ -27,6 +27,11 @@ from support.client import Response, ResponseParse
 from support.fakes import App, FakeLoop, FakePool, FakeTimer, FakeTransport
 
 SETTINGS: dict[str, Any] = {"upstream_host": "127.0.0.1", "upstream_port": 3000}
+
+# Deadlines are checked by the context's ticker every TICK seconds, so a deadline is met at the
+# first tick after it: within TICK, plus the rounding the ticker's float clock accumulates.
+NOT_YET = 0.001  # how far before a boundary a test looks
+TICKED = TICK + NOT_YET  # how far after a boundary the tick that enforces it has come
 
 
 class KeptRecords(Recorder):
