@@ -9,6 +9,7 @@ retry that must not happen is proved absent by running the clock past it rather 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from email.utils import formatdate
 
 import pytest
@@ -157,6 +158,25 @@ def test_retry_after_the_deadline_cannot_honour_returns_the_apps_answer_at_once(
     assert dp.record.attempts == 1
 
 
+def test_a_backoff_that_would_outlast_the_deadline_is_not_waited_out() -> None:
+    # A backoff drawn from [0, 300 s] is at least the 0.3 s left with probability 0.999: the
+    # retry is then refused and the app's answer returned at once. Whatever the draw, no retry
+    # is scheduled to start at or past the deadline.
+    refused = 0
+    for _ in range(20):
+        dp = DataPath(request_timeout=0.3, retry_backoff=300.0, retry_max_backoff=300.0)
+        app = dp.pool.add_idle()
+        c, ex = dp.begin()
+        deadline = dp.loop.now + 0.3
+        app.send(response(503, b"app says 503"))
+        if ex.phase is DONE:
+            refused += 1
+            assert c.response().body == b"app says 503"
+        else:
+            assert dp.backoff(ex).when < deadline
+    assert refused > 0
+
+
 def test_budget_refusal_is_flagged_and_counted() -> None:
     dp = DataPath(retry_budget_ratio=0.0, retry_budget_min_per_second=0)
     app = dp.pool.add_idle()
@@ -198,6 +218,11 @@ def test_breaker_opened_by_others_during_a_backoff_reports_the_failure_retried_f
 
 
 # == replay safety: a POST without an Idempotency-Key reaches the app once ========================
+#
+# The seed replayed every request from a buffered body, so a POST whose answer was lost (a reset,
+# a timeout) ran twice in the app: a double charge, a duplicate order. Here every retry condition
+# is on and retries are plentiful, so only the proxy knowing the request is not safe to send
+# again can hold a retry back.
 
 FRAMINGS = {
     "content-length": request("POST", "/charge", b'{"charge": 100}'),
@@ -215,38 +240,43 @@ def fail_by_503(dp: DataPath, c: Client) -> None:
 
 
 def fail_by_hanging(dp: DataPath, c: Client) -> None:
-    dp.advance(2.0 + TICKED)
+    dp.advance(2.0 + TICKED)  # request_timeout, or the per-try timeout before it
 
 
 def fail_mid_body(dp: DataPath, c: Client) -> None:
+    # The 200 head and the first bytes are on their way to the client when the app resets; the
+    # status can no longer change, so the client's connection is cut short of the 1000 bytes.
     app = dp.app_of(c)
     app.send(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789")
     app.transport.peer_reset()
 
 
-FAILURES = {
-    "503": (fail_by_503, 503),
-    "reset-before-head": (fail_by_resetting, 502),
-    "hang": (fail_by_hanging, 504),
-    "reset-mid-body": (fail_mid_body, 200),
+Fail = Callable[[DataPath, Client], None]
+FAILURES: dict[str, tuple[Fail, int, dict[str, float]]] = {
+    "503": (fail_by_503, 503, {}),
+    "reset-before-head": (fail_by_resetting, 502, {}),
+    "hang": (fail_by_hanging, 504, {}),
+    "hang-per-try-timeout": (fail_by_hanging, 504, {"per_try_timeout": 0.5}),
+    "reset-mid-body": (fail_mid_body, 200, {}),
 }
 
 
 @pytest.mark.parametrize("framing", list(FRAMINGS))
 @pytest.mark.parametrize("failure", list(FAILURES))
 def test_post_without_idempotency_key_is_never_sent_twice(failure: str, framing: str) -> None:
+    fail, status, settings = FAILURES[failure]
     dp = DataPath(
         request_timeout=2.0,
         retry_on=RETRY_ON_ALL,
         circuit_breaker_threshold=0,
         **AMPLE_BUDGET,
+        **settings,
     )
     c, ex = dp.begin(FRAMINGS[framing])
     app = dp.pool.accept()
     assert app.received().endswith(
         b'{"charge": 100}' if framing == "content-length" else b"0\r\n\r\n"
     )
-    fail, status = FAILURES[failure]
 
     fail(dp, c)
     dp.advance(10.0)  # far past any backoff: a retry, if one were wrongly made, is made by now

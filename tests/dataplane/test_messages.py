@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 from support.dataplane import DataPath, request, response
+from support.scrape import value
 
 from sidecar_proxy.http.phase import AWAITING_HEAD, CONNECTING
 
@@ -337,17 +338,26 @@ def test_health_is_answered_on_the_proxy_port_without_the_app() -> None:
     assert dp.pool.connects == 0 and dp.record.flags == ["LR"]
 
 
-def test_requests_over_the_in_flight_limit_are_shed() -> None:
-    dp = DataPath(max_in_flight=1)
-    first, _ = dp.begin()
-    second = dp.client(peer="198.51.100.1")
-    second.send(request(rid="rid-2"))
-    out = second.response()
-    assert (out.status, out.header("Retry-After")) == (503, "1")
-    assert dp.records[-1].flags == ["UO"] and dp.pool.connects == 1
+def test_requests_over_the_in_flight_limit_are_shed_at_once_and_places_come_back() -> None:
+    dp = DataPath(max_in_flight=2)
+    admitted = [dp.begin(request(rid=f"in-{i}"))[0] for i in range(2)]
+    shed = []
+    for i in range(3):
+        c = dp.client(peer=f"198.51.100.{i}")
+        c.send(request(rid=f"shed-{i}"))
+        shed.append(c.response())  # at once: no admitted request has ended yet
+    assert [(o.status, o.header("Retry-After")) for o in shed] == [(503, "1")] * 3
+    assert dp.pool.connects == 2  # the shed requests never reach the app
+    assert [r.flags for r in dp.records] == [["UO"]] * 3
+    assert value(dp.metrics.registry, "sidecar_requests_rejected_total", reason="shed") == 3
 
-    dp.pool.accept().send(response())  # the first still gets its answer
-    assert first.response().status == 200
+    for c in admitted:
+        dp.pool.accept().send(response())
+        assert c.response().status == 200
+    # the places are given back
+    c, _ = dp.begin(request(rid="after"))
+    dp.app_of(c).send(response())
+    assert c.response().status == 200
 
 
 def test_rejected_pipelined_request_is_answered_in_its_turn_and_nothing_after_it() -> None:
