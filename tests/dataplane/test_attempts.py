@@ -501,13 +501,23 @@ BREAKER = {
 STATE = "sidecar_circuit_breaker_state"
 
 
-def open_breaker(dp: DataPath) -> None:
+def open_breaker(dp: DataPath) -> float:
+    """Three failing requests, each reaching the app; returns when the breaker opened."""
     for i in range(3):
         c = dp.client()
         c.send(request(target=f"/fail/{i}"))
         dp.app_of(c).send(response(503, b"app says 503"))
         assert c.response().body == b"app says 503"
     assert value(dp.metrics.registry, STATE) == 1
+    return dp.loop.now
+
+
+def send_probe(dp: DataPath, opened: float) -> Client:
+    """The open period runs out; the next request is the probe."""
+    dp.loop.advance_to(opened + 0.5)
+    probe = dp.client()
+    probe.send(request(target="/probe"))
+    return probe
 
 
 def assert_refused_without_the_app(dp: DataPath) -> None:
@@ -525,13 +535,10 @@ def assert_refused_without_the_app(dp: DataPath) -> None:
 
 def test_open_breaker_refuses_until_its_open_period_ends_then_a_probe_closes_it() -> None:
     dp = DataPath(**BREAKER)
-    open_breaker(dp)
-    dp.loop.advance_to(dp.loop.now + 0.5 - NOT_YET)
+    opened = open_breaker(dp)
+    dp.loop.advance_to(opened + 0.5 - NOT_YET)
     assert_refused_without_the_app(dp)
-    dp.advance(NOT_YET)
-
-    probe = dp.client()
-    probe.send(request(target="/probe"))
+    probe = send_probe(dp, opened)
     app = dp.app_of(probe)
     assert b"GET /probe " in app.received()
     assert value(dp.metrics.registry, STATE) == 2  # half-open
@@ -547,10 +554,7 @@ def test_open_breaker_refuses_until_its_open_period_ends_then_a_probe_closes_it(
 
 def test_failed_probe_reopens_the_breaker_for_a_fresh_period() -> None:
     dp = DataPath(**BREAKER)
-    open_breaker(dp)
-    dp.advance(0.5)
-    probe = dp.client()
-    probe.send(request(target="/probe"))
+    probe = send_probe(dp, open_breaker(dp))
     dp.app_of(probe).send(response(503, b"app says 503"))
 
     assert probe.response().body == b"app says 503"
@@ -564,10 +568,7 @@ def test_failed_probe_reopens_the_breaker_for_a_fresh_period() -> None:
 
 def test_probe_abandoned_by_its_client_frees_the_probe_slot() -> None:
     dp = DataPath(**BREAKER)
-    open_breaker(dp)
-    dp.advance(0.5)
-    probe = dp.client()
-    probe.send(request(target="/probe"))
+    probe = send_probe(dp, open_breaker(dp))
     dp.app_of(probe)
     probe.transport.peer_reset()
     assert dp.records[-1].status == 499

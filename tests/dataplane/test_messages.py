@@ -17,6 +17,7 @@ UPGRADE = request(headers="Connection: upgrade\r\nUpgrade: websocket\r\n")
 SWITCH = b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
 EARLY_HINTS = b"HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\n\r\n"
 OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Request-ID: rid-1\r\n\r\n"
+CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
 # == 1xx ===========================================================================================
@@ -67,7 +68,7 @@ def test_malformed_final_response_after_a_relayed_1xx_is_still_a_clean_502() -> 
     app.send(b"HTTP/1.1 100 Continue\r\n\r\n")
     assert c.received() == b"HTTP/1.1 100 Continue\r\n\r\n"
 
-    app.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+    app.send(CHUNKED_HEAD + b"zz\r\n")
 
     out = c.response()  # a 1xx and then a 502 is a complete, valid exchange
     assert (out.status, out.complete) == (502, True) and not c.closed
@@ -129,7 +130,7 @@ def test_chunked_response_streams_read_by_read_and_its_trailers_are_relayed() ->
     dp = DataPath()
     app = dp.pool.add_idle()
     c, _ = dp.begin()
-    app.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nwxyz\r\n")
+    app.send(CHUNKED_HEAD + b"4\r\nwxyz\r\n")
     # what one read from the app brought goes out at once, in one write
     assert c.received() == (
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Request-ID: rid-1\r\n\r\n4\r\nwxyz\r\n"
@@ -159,7 +160,7 @@ def test_chunked_response_to_an_http10_client_ends_with_the_connection() -> None
     dp = DataPath()
     app = dp.pool.add_idle()
     c, _ = dp.begin(request(version="1.0"))
-    app.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    app.send(CHUNKED_HEAD + b"5\r\nhello\r\n0\r\n\r\n")
     dp.loop.run_ready()
     assert c.received() == (
         b"HTTP/1.1 200 OK\r\nX-Request-ID: rid-1\r\nConnection: close\r\n\r\nhello"
@@ -252,7 +253,7 @@ def test_malformed_response_whose_head_is_unsent_is_retracted_for_a_clean_502() 
     dp = DataPath()
     app = dp.pool.add_idle()
     c, _ = dp.begin()
-    app.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nwxyz\r\nzz\r\n")
+    app.send(CHUNKED_HEAD + b"4\r\nwxyz\r\nzz\r\n")
 
     assert c.received() == (
         b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\n"
@@ -273,7 +274,7 @@ def test_malformed_response_whose_head_was_sent_cuts_the_client() -> None:
     dp = DataPath()
     app = dp.pool.add_idle()
     c, _ = dp.begin()
-    app.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nwxyz\r\n")
+    app.send(CHUNKED_HEAD + b"4\r\nwxyz\r\n")
     c.received()
     app.send(b"zz\r\n")
     assert c.received() == b"" and c.closed  # no last chunk: the client sees a truncated body
