@@ -389,3 +389,33 @@ def test_a_bug_met_by_the_ticker_cuts_that_connection_and_the_ticker_goes_on(
     assert broken.aborts == 1
     assert len(aborted(caplog)) == 1
     assert c.response().status == 504  # every other connection's deadlines still kept
+
+
+class LossReportingLeg(ScriptedLeg):
+    """A leg that tells its exchange of its loss from inside abandon(), as a leg of a protocol
+    with no later callback to do it from may."""
+
+    def abandon(self) -> None:
+        events = self.bound
+        super().abandon()
+        if events is not None:
+            events.app_lost(self, None)
+
+
+def test_a_leg_reporting_its_loss_from_abandon_does_not_end_a_timed_out_exchange_twice() -> None:
+    dp = DataPath(request_timeout=1.0)
+    dp.pool.idle.append(LossReportingLeg())
+    c, _ = dp.begin()
+    dp.advance(1.0 + TICKED)
+    assert c.response().status == 504
+    assert (dp.record.flags, dp.record.upstream_errors) == (["UT"], ["timeout"])
+
+
+def test_a_leg_reporting_its_loss_from_abandon_does_not_fail_a_retried_attempt_twice() -> None:
+    dp = DataPath(retry_backoff=1.0, retry_max_backoff=1.0)
+    leg = LossReportingLeg()
+    dp.pool.idle.append(leg)
+    _, ex = dp.begin()
+    leg.head(503)
+    assert ex.phase is BACKOFF
+    assert ex.rec.upstream_errors == ["5xx_error"]  # the 503, and no reset on top of it

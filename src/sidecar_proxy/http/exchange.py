@@ -509,9 +509,10 @@ class Exchange:
             self.last_failure = (code, detail)
         else:
             self.last_failure = (status or 502, f"the app answered {status}")
-        if self.app is not None:
-            self.app.abandon()
-            self.app = None
+        app = self.app
+        if app is not None:
+            self.app = None  # before abandon(): see _cancel_attempt
+            app.abandon()
         self._to(BACKOFF)
         if decision.delay > 0:
             self.timer = ctx.loop.call_later(decision.delay, self._attempt)
@@ -558,9 +559,12 @@ class Exchange:
         if self.connecting is not None:
             self.connecting.cancel()
             self.connecting = None
-        if self.app is not None:
-            self.app.abandon()
+        app = self.app
+        if app is not None:
+            # Cleared first: a leg may report its loss from abandon() itself, and app_lost must
+            # then find this attempt over rather than end the exchange a second time.
             self.app = None
+            app.abandon()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
