@@ -134,7 +134,6 @@ class FakeTransport(asyncio.Transport):
         self.reading = True
         self.eof_written = False
         self.closed = False
-        self.aborted = False
         self.lost = False  # connection_lost was delivered
 
     def connect(self, protocol: asyncio.Protocol) -> None:
@@ -182,7 +181,6 @@ class FakeTransport(asyncio.Transport):
             self.loop.call_soon(self._lose, None)
 
     def abort(self) -> None:
-        self.aborted = True
         self.close()
 
     def _lose(self, exc: Exception | None) -> None:
