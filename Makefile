@@ -14,7 +14,7 @@ PURE_STAMP := $(PURE)/.installed
 PURE_BUILT := $(PURE)/.built
 # What runs against the pure-Python build as well: everything that exercises the data path,
 # its policies and its metrics. tests/deploy checks packaging and manifests, the same for both.
-PURE_TESTS := tests/unit tests/integration tests/resilience tests/hardening tests/tls tests/soak
+PURE_TESTS := tests/dataplane tests/unit tests/integration tests/resilience tests/hardening tests/tls tests/soak
 
 .PHONY: run test lint unit build bench soak clean
 
