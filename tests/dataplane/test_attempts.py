@@ -154,7 +154,7 @@ def test_retry_after_the_deadline_cannot_honour_returns_the_apps_answer_at_once(
         b"app says no",
         retry_after,
     )
-    assert ex.phase is DONE and dp.loop.timers_for(ex._attempt) == []
+    assert ex.phase is DONE and dp.loop.timers_for(ex._after_backoff) == []
     assert dp.record.attempts == 1
 
 
