@@ -27,8 +27,8 @@ from collections.abc import Callable
 
 import uvloop
 
-from sidecar_proxy import __version__
 from sidecar_proxy.admin.server import AdminServer
+from sidecar_proxy.buildinfo import build_info
 from sidecar_proxy.config import ConfigError, LoadedSettings, Settings
 from sidecar_proxy.config.reload import plan_reload
 from sidecar_proxy.hooks.load import HookLoadError, Hooks, load_hooks
@@ -162,7 +162,8 @@ class ProxyServer:
                 "tls": tls is not None,
                 "upstream_tls": self.upstream_tls is not None,
                 "hooks": self.hooks.describe() if self.hooks is not None else "",
-                "version": __version__,
+                "version": build_info().version,
+                "build": build_info().kind,  # "compiled" or "pure Python"
             },
         )
 

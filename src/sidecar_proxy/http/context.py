@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from sidecar_proxy.config import Settings
     from sidecar_proxy.lifecycle.health import HealthState
     from sidecar_proxy.observe.metrics import Metrics
-    from sidecar_proxy.observe.recorder import Recorder
+    from sidecar_proxy.observe.record import Record
     from sidecar_proxy.tls.upstream import UpstreamTLS
 
 log = logging.getLogger("sidecar_proxy.breaker")
@@ -59,6 +59,14 @@ def new_pool(
         on_connection=metrics.on_upstream_connection,
         tls=upstream_tls,
     )
+
+
+class RecordSink(Protocol):
+    """Where records go: the Recorder in a proxy (metrics and the access log)."""
+
+    def started(self) -> None: ...
+
+    def finished(self, rec: Record) -> None: ...
 
 
 class ClientConnection(Protocol):
@@ -99,7 +107,7 @@ class ProxyContext:
         loop: asyncio.AbstractEventLoop,
         settings: Settings,
         metrics: Metrics,
-        recorder: Recorder,
+        recorder: RecordSink,
         health: HealthState,
         *,
         pool: AppPool | None = None,

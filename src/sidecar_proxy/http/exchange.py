@@ -252,9 +252,8 @@ class Exchange:
                 self._forward()
             else:
                 self._local(answer)
-        except IllegalTransition:
-            log.exception("exchange aborted")  # a bug of ours: cut this client only
-            self.client.abort()
+        except IllegalTransition as bug:
+            self._aborted(bug)
 
     def _local(self, answer: LocalAnswer) -> None:
         self.answer(answer.status, answer.body, answer.content_type, answer.extra)
@@ -299,11 +298,14 @@ class Exchange:
                     app.release(True)  # nobody waits for it any more: a fresh leg, pool it
                 return
             self.pending = None
-            if app is None:
-                self._attempt_failed(Failure.CONNECT)
-            else:
-                self._to(AWAITING_HEAD)
-                self._bind(app)
+            try:
+                if app is None:
+                    self._attempt_failed(Failure.CONNECT)
+                else:
+                    self._to(AWAITING_HEAD)
+                    self._bind(app)
+            except IllegalTransition as bug:
+                self._aborted(bug)
 
         self.pending = ctx.pool.connect(connected)
 
@@ -484,9 +486,8 @@ class Exchange:
                 if not self.client.write_paused:
                     app.resume_reading()
                 self.client.flush()
-        except IllegalTransition:
-            log.exception("exchange aborted")  # a bug of ours: cut this client only
-            self.client.abort()
+        except IllegalTransition as bug:
+            self._aborted(bug)
 
     def response_body(self, data: bytes) -> None:
         if self.phase is not STREAMING:
@@ -655,12 +656,13 @@ class Exchange:
             self.last_failure = (code, detail)
         else:
             self.last_failure = (status or 502, f"the app answered {status}")
-        if self.app is not None:
-            self.app.abandon()
-            self.app = None
+        app = self.app
+        if app is not None:
+            self.app = None  # before abandon(): see _cancel_attempt
+            app.abandon()
         self._to(BACKOFF)
         if decision.delay > 0:
-            self.timer = ctx.loop.call_later(decision.delay, self._attempt)
+            self.timer = ctx.loop.call_later(decision.delay, self._after_backoff)
         else:
             self._attempt()
         return True
@@ -693,7 +695,23 @@ class Exchange:
         if attempt_no != self.attempt_no or not WAITING_FOR_APP >> self.phase & 1:
             return
         self._cancel_attempt()
-        self._attempt_failed(Failure.TIMEOUT)
+        try:
+            self._attempt_failed(Failure.TIMEOUT)
+        except IllegalTransition as bug:
+            self._aborted(bug)
+
+    def _after_backoff(self) -> None:
+        try:
+            self._attempt()
+        except IllegalTransition as bug:
+            self._aborted(bug)
+
+    def _aborted(self, bug: IllegalTransition) -> None:
+        """A bug met in a timer, connect or hook callback, where no leg is on the stack to catch it:
+        log it and cut the client's connection, whose loss ends the exchange."""
+        log.error("exchange aborted", exc_info=bug, extra={"request_id": self.rec.request_id})
+        self._cancel_attempt()
+        self.client.abort()
 
     def _cancel_timer(self) -> None:
         if self.timer is not None:
@@ -704,9 +722,12 @@ class Exchange:
         if self.pending is not None:
             self.pending.cancel()
             self.pending = None
-        if self.app is not None:
-            self.app.abandon()
+        app = self.app
+        if app is not None:
+            # Cleared first: a leg may report its loss from abandon() itself, and app_lost must
+            # then find this attempt over rather than end the exchange a second time.
             self.app = None
+            app.abandon()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -731,6 +752,10 @@ class Exchange:
             if paused:
                 app.pause_reading()
             else:
+                # The stall limit times the app's silence. While the client was not reading, the
+                # silence was the client's (see on_tick): the app's time starts again now, not
+                # at its last byte, which may be request_timeout old by the time reading resumes.
+                self.last_activity = self.ctx.loop.time()
                 app.resume_reading()
 
     def app_write_paused(self, paused: bool) -> None:
