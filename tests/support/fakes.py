@@ -7,7 +7,8 @@ boundary, in microseconds, and the same way every run.
 
 The data path types its loop as ``asyncio.AbstractEventLoop`` and its timers and tasks as
 asyncio's. :class:`FakeLoop` implements only what the data path calls (``time``, ``call_soon``,
-``call_later``) and is handed over with ``cast``: those types are not native classes, so a
+``call_later``, and ``create_task`` for an async hook, whose coroutine may await a :class:`Gate`
+the test opens) and is handed over with ``cast``: those types are not native classes, so a
 mypyc-compiled data path does not check them at run time either. Nothing here patches a module.
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -78,6 +79,9 @@ class FakeLoop:
         timer = FakeTimer(self.now + delay, callback, args)
         heapq.heappush(self._timers, (timer.when, next(self._order), timer))
         return cast(asyncio.TimerHandle, timer)
+
+    def create_task(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        return cast("asyncio.Task[Any]", CoroutineTask(self, coro))
 
     def timers(self) -> list[FakeTimer]:
         """The timers still pending, soonest first."""
@@ -202,6 +206,95 @@ class FakeTransport(asyncio.Transport):
         self.closed = True
         self._lose(ConnectionResetError("reset by peer"))
         self.loop.run_ready()
+
+
+class Gate:
+    """What a hook awaits in a data-path test: it waits until the test opens it."""
+
+    def __init__(self) -> None:
+        self.waiter: CoroutineTask | None = None
+        self.opened = False
+        self.value: object = None
+
+    def __await__(self) -> Generator[Gate, None, object]:
+        while not self.opened:
+            yield self
+        return self.value
+
+    def open(self, value: object = None) -> None:
+        """Let the awaiting coroutine go on, the awaited expression being ``value``."""
+        self.opened = True
+        self.value = value
+        if self.waiter is not None:
+            self.waiter.wake()
+
+
+class CoroutineTask:
+    """What :meth:`FakeLoop.create_task` returns: runs a coroutine a step at a time on the fake
+    loop, as an asyncio task does on a real one (steps, cancellation and done callbacks all go
+    through ``call_soon``). The coroutine may only wait on a :class:`Gate`."""
+
+    def __init__(self, loop: FakeLoop, coro: Coroutine[Any, Any, Any]) -> None:
+        self.loop = loop
+        self.coro = coro
+        self.callbacks: list[Callable[[Any], object]] = []
+        self.finished = False
+        self.was_cancelled = False
+        self.value: object = None
+        self.error: BaseException | None = None
+        loop.call_soon(self._step, None)
+
+    def _step(self, exc: BaseException | None) -> None:
+        if self.finished:
+            return
+        try:
+            gate = self.coro.send(None) if exc is None else self.coro.throw(exc)
+        except StopIteration as stop:
+            self._finish(value=stop.value)
+        except asyncio.CancelledError:
+            self._finish(cancelled=True)
+        except BaseException as error:
+            self._finish(error=error)
+        else:
+            assert isinstance(gate, Gate), f"a fake task can only wait on a Gate, not {gate!r}"
+            gate.waiter = self
+
+    def _finish(
+        self, value: object = None, error: BaseException | None = None, cancelled: bool = False
+    ) -> None:
+        self.finished = True
+        self.value, self.error, self.was_cancelled = value, error, cancelled
+        for callback in self.callbacks:
+            self.loop.call_soon(callback, self)
+
+    def wake(self) -> None:
+        self.loop.call_soon(self._step, None)
+
+    def cancel(self) -> bool:
+        if self.finished:
+            return False
+        self.loop.call_soon(self._step, asyncio.CancelledError())
+        return True
+
+    def cancelled(self) -> bool:
+        return self.was_cancelled
+
+    def done(self) -> bool:
+        return self.finished
+
+    def result(self) -> object:
+        assert self.finished, "the task is still running"
+        if self.was_cancelled:
+            raise asyncio.CancelledError
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+    def add_done_callback(self, callback: Callable[[Any], object]) -> None:
+        if self.finished:
+            self.loop.call_soon(callback, self)
+        else:
+            self.callbacks.append(callback)
 
 
 @dataclass

@@ -25,8 +25,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Final, TypeVar
 
 from sidecar_proxy.hooks.api import AppResponse, Request, Response, request_edits, response_edits
 from sidecar_proxy.hooks.load import Hooks
@@ -50,6 +50,7 @@ from sidecar_proxy.observe import record as R
 from sidecar_proxy.observe.record import Record
 
 log = logging.getLogger("sidecar_proxy.hooks")
+T = TypeVar("T")
 
 _TEXT = b"text/plain; charset=utf-8"
 
@@ -159,7 +160,7 @@ class HookCall:
     hooks), the record's hook flags, and what the exchange holds back while an async
     ``on_response`` runs."""
 
-    __slots__ = ("ended", "flags", "head", "held", "request", "step", "trailers")
+    __slots__ = ("deadline", "ended", "flags", "head", "held", "request", "step", "trailers")
 
     def __init__(self, step: HookStep, head: RequestHead, rec: Record) -> None:
         self.step = step
@@ -167,6 +168,8 @@ class HookCall:
         self.flags = rec.flags  # the record's: HA and HF go here
         self.request = Request(head, rec.remote_addr, rec.request_id)
         # the response body and end that arrive while an async on_response runs
+        # HOOK_TIMEOUT for the async hook being awaited; cleared when it fires
+        self.deadline: asyncio.TimerHandle | None = None
         self.held: list[bytes] | None = None
         self.ended = False
         self.trailers: list[tuple[bytes, bytes]] | None = None
@@ -185,23 +188,47 @@ class HookCall:
             self._apply_request()
             return None
         if inspect.isawaitable(result):
-            return self.step.loop.create_task(self._await_request(result))
+            return self._awaited(self._await_request(result))
         return self._request_result(result)
 
+    def _awaited(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run an async hook's wrapper as a task, with ``HOOK_TIMEOUT`` armed against it.
+
+        A timer and ``cancel()`` rather than ``asyncio.timeout``: the hook's awaitable runs inside
+        this one task, so whatever it raises (even ``SystemExit``) is caught by the wrapper
+        instead of escaping a task of its own to the loop, and it needs nothing of the loop but
+        ``create_task`` and ``call_later``.
+        """
+        loop = self.step.loop
+        task = loop.create_task(coro)
+        self.deadline = loop.call_later(self.step.timeout, self._expire, task)
+        return task
+
+    def _expire(self, task: asyncio.Task[Any]) -> None:
+        self.deadline = None  # what tells the wrapper its cancellation is the timeout
+        task.cancel()
+
+    def _disarm(self) -> bool:
+        """The awaited hook is over: stop its timer; True when the timer had already fired."""
+        deadline = self.deadline
+        if deadline is None:
+            return True
+        deadline.cancel()
+        self.deadline = None
+        return False
+
     async def _await_request(self, awaitable: Awaitable[Any]) -> LocalAnswer | None:
-        # asyncio.timeout rather than wait_for: the hook runs inside this task, so even a
-        # SystemExit it raises is caught here instead of escaping a task of its own to the loop.
-        timeout = asyncio.timeout(self.step.timeout)
         try:
-            async with timeout:
-                result = await awaitable
-        except TimeoutError as exc:
-            if not timeout.expired():
-                return self._request_failed(exc)  # the hook's own timeout, raised to us
+            result = await awaitable
+        except asyncio.CancelledError:
+            if not self._disarm():
+                raise  # the exchange is over (the client left): nobody waits for an answer
             self._failed("on_request", None)
             return _error(504, "the on_request hook did not finish in time")
         except (Exception, SystemExit) as exc:
+            self._disarm()
             return self._request_failed(exc)
+        self._disarm()
         return self._request_result(result)
 
     def _request_result(self, result: object) -> LocalAnswer | None:
@@ -266,23 +293,25 @@ class HookCall:
             self._failed("on_response", exc)
             return None
         if result is not None and inspect.isawaitable(result):
-            return self.step.loop.create_task(self._await_response(result, resp, view))
+            return self._awaited(self._await_response(result, resp, view))
         self._response_result(result, resp, view)
         return None
 
     async def _await_response(
         self, awaitable: Awaitable[Any], resp: ResponseHead, view: AppResponse
     ) -> None:
-        timeout = asyncio.timeout(self.step.timeout)
         try:
-            async with timeout:
-                result = await awaitable
-        except TimeoutError as exc:
-            self._failed("on_response", None if timeout.expired() else exc)
+            result = await awaitable
+        except asyncio.CancelledError:
+            if not self._disarm():
+                raise
+            self._failed("on_response", None)  # the response goes out unchanged
             return
         except (Exception, SystemExit) as exc:
+            self._disarm()
             self._failed("on_response", exc)
             return
+        self._disarm()
         self._response_result(result, resp, view)
 
     def _response_result(self, result: object, resp: ResponseHead, view: AppResponse) -> None:
