@@ -5,7 +5,7 @@ tests/integration/test_hooks.py."""
 
 from __future__ import annotations
 
-from support.dataplane import DataPath, request, response
+from support.dataplane import DataPath, phase, request, response
 from support.fakes import Gate
 from support.scrape import value
 
@@ -83,11 +83,11 @@ def test_an_async_on_request_gets_exactly_hook_timeout() -> None:
     c, ex = dp.begin()
     assert len(hook_timers(dp)) == 1
     dp.advance(TIMEOUT - 0.001)
-    assert ex.phase is REQUEST_HOOK and c.received() == b""
+    assert phase(ex) is REQUEST_HOOK and c.received() == b""
     dp.advance(0.001)
     got = c.response()
     assert got.status == 504 and b"the on_request hook did not finish in time" in got.body
-    assert ex.phase is DONE and dp.pool.connects == 0
+    assert phase(ex) is DONE and dp.pool.connects == 0
     assert hooked.cancelled == ["on_request"]  # the hook was told, as asyncio tells it
     assert dp.record.flags == [R.HOOK_FAILED] and hook_errors(dp, "on_request") == 1
 
@@ -99,11 +99,11 @@ def test_an_async_on_response_past_the_timeout_lets_the_response_go_unchanged() 
     c, ex = dp.begin()
     app.send(response(body=b"unchanged"))
     dp.advance(TIMEOUT - 0.001)
-    assert ex.phase is RESPONSE_HOOK and c.received() == b""
+    assert phase(ex) is RESPONSE_HOOK and c.received() == b""
     dp.advance(0.001)
     got = c.response()
     assert (got.status, got.body, got.header("X-Hooked")) == (200, b"unchanged", None)
-    assert ex.phase is DONE and hook_errors(dp, "on_response") == 1
+    assert phase(ex) is DONE and hook_errors(dp, "on_response") == 1
     assert dp.record.flags == [R.HOOK_FAILED]
 
 
@@ -111,14 +111,14 @@ def test_a_hook_that_answers_in_time_disarms_its_timer() -> None:
     hooked = Hooked()
     dp = hooked.async_request()
     dp.pool.add_idle()
-    c, ex = dp.begin()
+    _, ex = dp.begin()
     dp.advance(TIMEOUT / 2)
     hooked.gates[0].open()
     dp.loop.run_ready()
-    assert ex.phase is AWAITING_HEAD
+    assert phase(ex) is AWAITING_HEAD
     assert not hook_timers(dp)
     dp.advance(TIMEOUT)  # where the timer would have fired
-    assert ex.phase is AWAITING_HEAD and hook_errors(dp, "on_request") == 0
+    assert phase(ex) is AWAITING_HEAD and hook_errors(dp, "on_request") == 0
 
 
 # --- what the exchange holds while an async hook runs ------------------------------------------
@@ -129,7 +129,7 @@ def test_a_request_body_waits_for_on_request_with_the_client_paused() -> None:
     dp = hooked.async_request()
     app = dp.pool.add_idle()
     c, ex = dp.begin(request("PUT", "/f", b"0123456789")[:-6])
-    assert ex.phase is REQUEST_HOOK and not c.transport.reading  # one read held, no more
+    assert phase(ex) is REQUEST_HOOK and not c.transport.reading  # one read held, no more
     hooked.gates[0].open()
     dp.loop.run_ready()
     assert c.transport.reading and app.received().endswith(b"\r\n\r\n0123")
@@ -143,7 +143,7 @@ def test_a_response_that_ends_during_on_response_is_held_whole() -> None:
     app = dp.pool.add_idle()
     c, ex = dp.begin()
     app.send(HEAD_10 + b"abc")
-    assert ex.phase is RESPONSE_HOOK and not app.transport.reading  # the app is paused
+    assert phase(ex) is RESPONSE_HOOK and not app.transport.reading  # the app is paused
     app.send(b"defghij")  # what was already on its way still arrives, and is held
     assert c.received() == b""
     assert dp.pool.released == [app.leg]  # read whole: the app leg went back at once
@@ -151,7 +151,7 @@ def test_a_response_that_ends_during_on_response_is_held_whole() -> None:
     dp.loop.run_ready()
     got = c.response()
     assert (got.body, got.header("X-Hooked"), got.complete) == (b"abcdefghij", "yes", True)
-    assert ex.phase is DONE and dp.record.flags == []
+    assert phase(ex) is DONE and dp.record.flags == []
 
 
 def test_the_rest_of_the_body_follows_the_head_after_on_response() -> None:
@@ -166,7 +166,7 @@ def test_the_rest_of_the_body_follows_the_head_after_on_response() -> None:
     assert not app.transport.reading
     hooked.gates[0].open()
     dp.loop.run_ready()
-    assert ex.phase is STREAMING and app.transport.reading
+    assert phase(ex) is STREAMING and app.transport.reading
     app.send(b"defghij")
     got = c.response()
     assert got.body == b"abcdefghij" and got.header("X-Hooked") == "yes"
@@ -179,10 +179,10 @@ def test_a_close_delimited_body_that_ends_during_on_response() -> None:
     c, ex = dp.begin()
     app.send(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end")
     app.transport.peer_eof()
-    assert ex.phase is RESPONSE_HOOK
+    assert phase(ex) is RESPONSE_HOOK
     hooked.gates[0].open()
     dp.loop.run_ready()
-    assert c.response().body == b"until the end" and ex.phase is DONE
+    assert c.response().body == b"until the end" and phase(ex) is DONE
     assert app.leg not in dp.pool.released  # its body ended with the connection
 
 
@@ -198,7 +198,7 @@ def test_the_app_lost_during_on_response_is_a_clean_502() -> None:
     app.transport.peer_reset()
     got = c.response()
     assert got.status == 502 and got.complete  # the client saw nothing of the 200 before
-    assert ex.phase is DONE and hooked.cancelled == ["on_response"]
+    assert phase(ex) is DONE and hooked.cancelled == ["on_response"]
     assert dp.record.flags == [R.UPSTREAM_RESET]
     assert dp.record.upstream_errors == [R.ERR_RESET]
     assert hook_errors(dp, "on_response") == 0
@@ -210,7 +210,7 @@ def test_a_client_gone_during_on_request_cancels_the_hook() -> None:
     c, ex = dp.begin()
     c.transport.peer_reset()
     dp.loop.run_ready()
-    assert ex.phase is DONE and hooked.cancelled == ["on_request"]
+    assert phase(ex) is DONE and hooked.cancelled == ["on_request"]
     assert (dp.record.status, dp.record.flags) == (499, [R.DOWNSTREAM_DISCONNECT])
     assert dp.pool.connects == 0 and hook_errors(dp, "on_request") == 0
     assert not hook_timers(dp)  # its timer went with it: no late 504, no error counted
@@ -224,9 +224,9 @@ def test_a_request_refused_while_on_request_runs() -> None:
     c, ex = dp.begin(
         b"PUT /f HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
     )
-    assert ex.phase is REQUEST_HOOK
+    assert phase(ex) is REQUEST_HOOK
     c.send(b"6\r\ndefghi\r\n")  # over the limit: refused while the hook still runs
-    assert c.response().status == 413 and ex.phase is DONE
+    assert c.response().status == 413 and phase(ex) is DONE
     dp.loop.run_ready()
     assert hooked.cancelled == ["on_request"] and dp.pool.connects == 0
 
