@@ -58,6 +58,7 @@ METRICS: dict[str, Exported] = {
     "sidecar_tls_reload_failing": _m("gauge"),
     "sidecar_slo_burn_rate": _m("gauge", "slo", "window"),
     "sidecar_slo_error_budget_remaining": _m("gauge", "slo"),
+    "sidecar_retry_spool_errors_total": _m("counter"),
     "sidecar_hook_errors_total": _m("counter", "hook"),
 }
 

@@ -126,12 +126,21 @@ class FakeTransport(asyncio.Transport):
 
     Closing it (``close`` or ``abort``) calls the protocol's ``connection_lost`` at the loop's
     next :meth:`FakeLoop.run_ready`, as asyncio's transports do. The peer's side is played by
-    :meth:`peer_eof` and :meth:`peer_reset`.
+    :meth:`peer_eof` and :meth:`peer_reset`. With a ``high_water`` mark, more than that many
+    bytes written and not yet taken make it call the protocol's ``pause_writing``, and
+    :meth:`take` its ``resume_writing``, as a real transport's buffer does.
     """
 
-    def __init__(self, loop: FakeLoop, peername: tuple[str, int] = ("192.0.2.7", 41000)) -> None:
+    def __init__(
+        self,
+        loop: FakeLoop,
+        peername: tuple[str, int] = ("192.0.2.7", 41000),
+        high_water: int | None = None,
+    ) -> None:
         super().__init__(extra={"peername": peername})
         self.loop = loop
+        self.high_water = high_water
+        self.write_paused = False
         self.protocol: asyncio.Protocol | None = None
         self.data = bytearray()  # written and not yet taken by the test
         self.writes = 0  # write() and writelines() calls: one writev each on a real socket
@@ -145,21 +154,34 @@ class FakeTransport(asyncio.Transport):
         protocol.connection_made(self)
 
     def take(self) -> bytes:
-        """What was written since the last take."""
+        """What was written since the last take; the peer has read it, so a protocol told to
+        pause writing may write again."""
         out = bytes(self.data)
         self.data.clear()
+        if self.write_paused and self.protocol is not None:
+            self.write_paused = False
+            self.protocol.resume_writing()
         return out
+
+    def _buffered(self) -> None:
+        high = self.high_water
+        if high is not None and not self.write_paused and len(self.data) > high:
+            self.write_paused = True
+            if self.protocol is not None:
+                self.protocol.pause_writing()
 
     # -- what the protocol calls -----------------------------------------------------------------
 
     def write(self, data: bytes | bytearray | memoryview[Any]) -> None:
         self.writes += 1
         self.data += data
+        self._buffered()
 
     def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview[Any]]) -> None:
         self.writes += 1
         for data in list_of_data:
             self.data += data
+        self._buffered()
 
     def write_eof(self) -> None:
         self.eof_written = True
@@ -353,10 +375,11 @@ class FakePool:
     apps: dict[int, App] = field(default_factory=dict)  # by id(leg)
     connects: int = 0
     closed: bool = False
+    app_high_water: int | None = None  # for the app connections made from now on
 
     def new_app(self) -> App:
         leg = H1AppConnection(self)
-        transport = FakeTransport(self.loop, ("127.0.0.1", 3000))
+        transport = FakeTransport(self.loop, ("127.0.0.1", 3000), self.app_high_water)
         transport.connect(leg)
         app = App(leg, transport)
         self.apps[id(leg)] = app
@@ -441,6 +464,7 @@ class ScriptedLeg:
         self.bound: AppEvents | None = None
         self.calls: list[str] = []
         self.on_request = on_request
+        self.write_paused = False  # never: it takes whatever it is sent
 
     @property
     def events(self) -> AppEvents:

@@ -424,6 +424,13 @@ class HooksKind(Kind[str]):
         return value or "''"
 
 
+class DirKind(FileKind):
+    """A directory path; empty means "not set" (the setting says what it then stands for)."""
+
+    metavar = "DIR"
+    expected = "expected a directory path without control characters"
+
+
 class IdentityListKind(_ListKind[str]):
     """Client identities: URI SANs (``spiffe://...``, any ``scheme://``) or DNS SANs, each
     matched exactly or, with one trailing ``*``, as a prefix."""

@@ -24,6 +24,7 @@ from sidecar_proxy.policy.budget import RetryBudget
 from sidecar_proxy.policy.ratelimit import RateLimit
 from sidecar_proxy.policy.retry import RetryPolicy
 from sidecar_proxy.policy.shedding import ConcurrencyLimit
+from sidecar_proxy.replay.spool import SpoolArea, spool_directory
 
 if TYPE_CHECKING:
     from sidecar_proxy.config import Settings
@@ -99,6 +100,7 @@ class ProxyContext:
         "recorder",
         "retry",
         "settings",
+        "spool",
         "ticker",
     )
 
@@ -136,6 +138,7 @@ class ProxyContext:
         self.retry = self._retry(settings)
         self.rate_limit = self._rate_limit(settings)
         self.hooks = self._hooks(hooks, settings)
+        self.spool = self._spool(settings)
         self.failure_statuses = settings.circuit_breaker_failure_statuses
         self.connections: set[ClientConnection] = set()
         # Shutdown, in two steps (see server.ProxyServer.shutdown): from the signal on every
@@ -171,14 +174,26 @@ class ProxyContext:
             return None  # off: the data path's whole cost is one `is None`
         return HookStep(hooks, self.loop, s.hook_timeout, self.metrics.hook_error)
 
+    def _spool(self, s: Settings) -> SpoolArea | None:
+        if not s.retry_spool_limit:
+            return None  # off: a body over retry_buffer_limit is simply not replayable
+        return SpoolArea(
+            spool_directory(s.retry_spool_dir),
+            s.retry_spool_limit,
+            s.retry_spool_max_total,
+            self.loop.time,
+            self.metrics.spool_error,
+        )
+
     def reconfigure(self, settings: Settings, hooks: Hooks | None) -> None:
         """A reload: run with ``settings`` and ``hooks`` (loaded again from their file) from the
         next event on.
 
         Policies that hold state about the app or the requests in flight are reconfigured in
         place: the breaker keeps its state, the concurrency limit its places taken (a new limit
-        object would be released into by requests that acquired the old one). The retry budget
-        and the rate limit's buckets start afresh only when one of their own settings changed;
+        object would be released into by requests that acquired the old one). The retry budget,
+        the rate limit's buckets and the spool area start afresh only when one of their own
+        settings changed (spools under way finish in the area they started in);
         the retry policy and its backoff hold nothing and are simply made again, and so is the
         hooks' step (exchanges under way finish with the hooks they started with). Settings that
         are not live (``Field.live``) must already carry their old values here; the pool is
@@ -198,6 +213,8 @@ class ProxyContext:
         if _rate_limit_settings(old) != _rate_limit_settings(s):
             self.rate_limit = self._rate_limit(s)
         self.hooks = self._hooks(hooks, s)
+        if _spool_settings(old) != _spool_settings(s):
+            self.spool = self._spool(s)
         self.failure_statuses = s.circuit_breaker_failure_statuses
 
     def say_goodbye(self) -> None:
@@ -243,6 +260,10 @@ class ProxyContext:
 
 def _budget_settings(s: Settings) -> tuple[float, int, float]:
     return s.retry_budget_ratio, s.retry_budget_min_per_second, s.retry_budget_ttl
+
+
+def _spool_settings(s: Settings) -> tuple[int, str, int]:
+    return s.retry_spool_limit, s.retry_spool_dir, s.retry_spool_max_total
 
 
 def _rate_limit_settings(s: Settings) -> tuple[float, int, str, int, bool]:

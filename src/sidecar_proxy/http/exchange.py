@@ -12,8 +12,9 @@ limit and the breaker before an attempt, the retry policy after a failed one; th
 ``HOOKS`` is set, run as one more step (:mod:`sidecar_proxy.http.hookstep`). It never touches a
 socket and never frames a byte: it tells the legs what to send, and each leg frames it for its
 protocol. It never accumulates a body either: request chunks are kept only while they may still
-have to be replayed (bounded by ``retry_buffer_limit``), response chunks pass straight to the
-client leg, and flow control pauses whichever side is faster.
+have to be replayed (bounded by ``retry_buffer_limit``; a larger replay-safe body may be copied to
+a spool file instead, up to ``retry_spool_limit``), response chunks pass straight to the client
+leg, and flow control pauses whichever side is faster.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from sidecar_proxy.observe.servertiming import server_timing_line
 from sidecar_proxy.policy.backoff import parse_retry_after
 from sidecar_proxy.policy.breaker import BreakerState
 from sidecar_proxy.policy.retry import REASON_BUDGET, REASON_EXHAUSTED, Failure
+from sidecar_proxy.replay.spool import Spool
 
 log = logging.getLogger("sidecar_proxy.exchange")
 
@@ -67,6 +69,10 @@ _FAILURES = {
     Failure.RESET: (502, R.ERR_RESET, R.UPSTREAM_RESET, "the app closed the connection"),
     Failure.TIMEOUT: (504, R.ERR_TIMEOUT, R.UPSTREAM_TIMEOUT, "the app did not answer in time"),
 }
+
+# How much of a spooled body a replay reads from disk and sends at a time: the app's write
+# buffer's high-water mark is 64 KiB, so one piece is about what it takes before pausing.
+REPLAY_PIECE = 64 * 1024
 
 # the flag of a request the client leg rejected, by status; any other status is DPE
 _REJECTION_FLAGS = {408: R.DOWNSTREAM_TIMEOUT, 403: R.CLIENT_IDENTITY_DENIED}
@@ -100,6 +106,8 @@ class Exchange:
         "resp",
         "rid_line",
         "sent_at",
+        "spool",
+        "spool_sent",
         "timer",
         "to_eof",
         "written",
@@ -129,6 +137,10 @@ class Exchange:
             rec.method, head.idempotency_key
         )
         self.kept_bytes = 0
+        # A body that outgrew the memory buffer, copied to disk instead (see _outgrown); the
+        # current attempt has had its first spool_sent bytes.
+        self.spool: Spool | None = None
+        self.spool_sent = 0
         # the current attempt
         self.app: AppLeg | None = None
         # what the exchange waits on: a new app connection, or an async hook
@@ -315,7 +327,10 @@ class Exchange:
         self.written = 0
         body: list[bytes] = []
         end: Trailers | None = None
-        if not self.head.upgrade:  # bytes after an Upgrade request wait for the 101
+        spool = self.spool
+        if spool is not None:
+            self.spool_sent = 0  # a retry: the whole body again, from the disk copy
+        elif not self.head.upgrade:  # bytes after an Upgrade request wait for the 101
             self._unsent(body)
             if self.req_done:
                 end = self.req_trailers
@@ -324,6 +339,8 @@ class Exchange:
         self.client.resume_request_body()
         if self.client.write_paused:
             app.pause_reading()
+        if spool is not None:
+            self._replay(app, spool)
 
     def _added_request_lines(self) -> list[bytes]:
         """The fields the proxy adds to the request: Host when missing, X-Forwarded-*, the
@@ -358,11 +375,15 @@ class Exchange:
         if self.phase is DONE:
             return  # answered early (413, 503, ...): the rest of the body is not needed
         self.rec.bytes_in += len(data)
+        spool = self.spool
+        if spool is not None:
+            self._spooled_body(spool, data)
+            return
         self.chunks.append(data)
         if self.replayable:
             self.kept_bytes += len(data)
-            if self.kept_bytes > self.ctx.settings.retry_buffer_limit:
-                self.replayable = False  # too large to replay: stream it, never retry it
+            if self.kept_bytes > self.ctx.settings.retry_buffer_limit and self._outgrown():
+                return
         app = self.app
         if app is not None:
             for chunk in self._unsent([]):
@@ -378,8 +399,101 @@ class Exchange:
         # does: a slow upload is the client's time (client_body_timeout), not the app's.
         self.deadline = self.ctx.loop.time() + self.ctx.settings.request_timeout
         self.req_trailers = trailers
-        if self.app is not None:
-            self.app.send_end(trailers)
+        app = self.app
+        if app is not None:
+            spool = self.spool
+            if spool is None or self.spool_sent == spool.size:
+                app.send_end(trailers)  # else the replay sends it when it catches up
+
+    # -- the replay copy on disk ---------------------------------------------------------------
+
+    def _outgrown(self) -> bool:
+        """The body outgrew the memory buffer (RETRY_BUFFER_LIMIT). With a spool it is copied
+        to disk from here on, and this chunk is dealt with (True); otherwise it streams on
+        without a copy and can no longer be retried (False).
+
+        A spool starts only while an attempt's leg is bound and has had every chunk held: from
+        then on the disk copy is the only one, so before it the chunks stay in memory (the client
+        is paused while no leg is bound: one read more, at most).
+        """
+        area = self.ctx.spool
+        length = self.head.content_length
+        if area is None or (length is not None and length > area.limit):
+            self.replayable = False
+            return False
+        app = self.app
+        if app is None:
+            return False  # decided once an attempt has a leg
+        chunks = self.chunks
+        spool = area.start(chunks)
+        if spool is None:  # over the spools' total, or the disk failed: as if there were none
+            self.replayable = False
+            return False
+        for chunk in chunks[self.written :]:
+            app.send_body(chunk)
+        chunks.clear()
+        self.written = 0
+        self.spool = spool
+        self.spool_sent = spool.size
+        return True
+
+    def _spooled_body(self, spool: Spool, data: bytes) -> None:
+        """A chunk of a spooled body: copied to disk, and sent on at once when the attempt
+        has had everything before it (else the replay sends it in its turn)."""
+        app = self.app
+        streaming = app is not None and self.spool_sent == spool.size
+        if not spool.append(data):  # over a bound, or the disk failed: the copy is gone
+            self.spool = None
+            self.replayable = False
+            if app is not None and streaming:
+                app.send_body(data)  # nothing lost: stream on without a copy
+            else:
+                self._copy_lost()
+            return
+        if app is not None and streaming:
+            self.spool_sent = spool.size
+            app.send_body(data)
+        elif app is None:
+            self.client.pause_request_body()
+
+    def _replay(self, app: AppLeg, spool: Spool) -> None:
+        """Send the attempt the spooled body it has not had, a piece at a time while the app
+        takes it; the rest follows when it reads again (app_write_paused). Once caught up, the
+        end of the request goes too, if it has come."""
+        while self.spool_sent < spool.size and not app.write_paused:
+            piece = spool.read(self.spool_sent, REPLAY_PIECE)
+            if not piece:  # the disk failed: the copy is gone
+                self.spool = None
+                self.replayable = False
+                self._copy_lost()
+                return
+            self.spool_sent += len(piece)
+            app.send_body(piece)
+        if self.spool_sent == spool.size:
+            if self.req_done:
+                app.send_end(self.req_trailers)
+            if self.committed:
+                self._drop_copy(spool)  # the response is on its way: no retry will need it
+
+    def _copy_lost(self) -> None:
+        """The disk copy failed while an attempt still needed it: that retry cannot go ahead,
+        and the client gets what the failed attempt earned, as if there had been no spool
+        (the request would not have been retried then)."""
+        if self.committed:
+            # The app answered before the replay caught up; its connection is owed body bytes
+            # that are gone, so it cannot be completed or reused.
+            self._cancel_attempt()
+            self.client.abort()
+            self.finish()
+            return
+        status, detail = self.last_failure or (502, _FAILURES[Failure.RESET][3])
+        self.reply(status, detail)
+
+    def _drop_copy(self, spool: Spool) -> None:
+        """No retry can come any more: give the disk space back now, not at the end."""
+        self.spool = None
+        self.replayable = False
+        spool.close()
 
     def _unsent(self, out: list[bytes]) -> list[bytes]:
         """Append to ``out`` the body chunks this attempt has not sent yet; drop the ones that
@@ -445,6 +559,9 @@ class Exchange:
         s = self.ctx.settings
         rec = self.rec
         self._to(STREAMING)
+        spool = self.spool
+        if spool is not None and self.spool_sent == spool.size:
+            self._drop_copy(spool)  # else still being replayed to the app (_replay drops it)
         added = [] if resp.has_request_id else [self.rid_line]
         if s.attempts_header:
             added.append(b"X-Sidecar-Attempts: %d\r\n" % rec.attempts)
@@ -514,9 +631,10 @@ class Exchange:
     def _release(self, app: AppLeg) -> None:
         """The response is read whole: the attempt is over."""
         self.app = None
-        # Reusable only if the request went out whole and the body did not end with the
-        # connection; whether the app keeps it alive is the leg's to judge.
-        app.release(self.req_done and not self.to_eof)
+        # Reusable only if the request went out whole (a replay from the spool still under
+        # way has not) and the body did not end with the connection; whether the app keeps it
+        # alive is the leg's to judge.
+        app.release(self.req_done and not self.to_eof and self.spool is None)
 
     def _end_response(self, trailers: Trailers | None) -> None:
         self.client.send_end(trailers)
@@ -761,8 +879,12 @@ class Exchange:
     def app_write_paused(self, paused: bool) -> None:
         if paused:
             self.client.pause_request_body()
-        else:
-            self.client.resume_request_body()
+            return
+        self.client.resume_request_body()
+        spool = self.spool
+        app = self.app
+        if spool is not None and app is not None and self.spool_sent < spool.size:
+            self._replay(app, spool)  # may pause the client again
 
     # == upgrade tunnel ===========================================================================
 
@@ -825,6 +947,10 @@ class Exchange:
         if self.limited:
             self.limited = False
             ctx.limiter.release()
+        spool = self.spool
+        if spool is not None:  # the disk copy never outlives its exchange
+            self.spool = None
+            spool.close()
         rec = self.rec
         rec.end = time.monotonic()
         ctx.recorder.finished(rec)

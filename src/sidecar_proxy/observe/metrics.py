@@ -341,6 +341,12 @@ class Metrics:
             "Sets of TLS files whose current version was rejected; older material serves",
             registry=r,
         )
+        self.retry_spool_errors = Counter(
+            "sidecar_retry_spool_errors",
+            "Request-body spool files that could not be created, written or read back: those "
+            "requests went on without a replay copy",
+            registry=r,
+        )
         self.hook_errors = Counter(
             "sidecar_hook_errors",
             "Hook calls that raised or timed out, by hook (on_request, on_response)",
@@ -432,6 +438,11 @@ class Metrics:
         """A reload was tried; ``failing`` sets of files are now rejected."""
         self._tls_reloads[0 if ok else 1].inc()
         self.tls_reload_failing.set(failing)
+
+    def spool_error(self, exc: OSError) -> None:
+        """A spool file failed (``on_error`` of :class:`~sidecar_proxy.replay.spool.SpoolArea`);
+        the error itself is logged there."""
+        self.retry_spool_errors.inc()
 
     def hook_error(self, hook: str) -> None:
         """A call of ``hook`` (one of :data:`HOOKS`) raised or timed out."""
