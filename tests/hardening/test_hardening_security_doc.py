@@ -28,6 +28,9 @@ SECURITY_SETTINGS = {
     "upstream_idle_timeout",
     "upstream_max_idle",
     "retry_buffer_limit",
+    "retry_spool_limit",
+    "retry_spool_max_total",
+    "hook_timeout",
     "max_in_flight",
 }
 
