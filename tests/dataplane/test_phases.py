@@ -40,6 +40,7 @@ from sidecar_proxy.http.phase import (
     RESPONSE_HOOK,
     STREAMING,
     TUNNEL,
+    WAITING_FOR_APP,
     IllegalTransition,
     Phase,
 )
@@ -369,6 +370,16 @@ ILLEGAL = sorted((old, new) for old in Phase for new in Phase if new not in NEXT
 
 def test_every_move_of_the_table_has_a_scenario() -> None:
     assert sorted(SCENARIOS) == LEGAL
+
+
+def test_the_hook_phases_sit_where_their_hooks_run() -> None:
+    # on_request: after the guards, before any attempt; a retry does not run it again.
+    assert {p for p in Phase if REQUEST_HOOK in NEXT[p]} == {QUEUED}
+    # on_response: on the final head only, before it is committed; nothing is retried after.
+    assert {p for p in Phase if RESPONSE_HOOK in NEXT[p]} == {AWAITING_HEAD}
+    assert NEXT[RESPONSE_HOOK] == frozenset({STREAMING, DONE})
+    # Neither is the app's time: the request deadline runs only once the hook is done.
+    assert not WAITING_FOR_APP >> REQUEST_HOOK & 1 and not WAITING_FOR_APP >> RESPONSE_HOOK & 1
 
 
 def test_the_bit_masks_say_what_the_table_says() -> None:

@@ -219,9 +219,7 @@ class Request:
     def path(self, path: str) -> None:
         if not isinstance(path, str) or not _PATH.fullmatch(path):
             raise ValueError(f"invalid path {path!r}: '/' and visible ASCII, no '?' or '#'")
-        self._split()
-        self._path = path
-        self._retargeted = True
+        self._retarget(path, self.query)
 
     @property
     def query(self) -> str:
@@ -232,7 +230,10 @@ class Request:
     def query(self, query: str) -> None:
         if not isinstance(query, str) or not _QUERY.fullmatch(query):
             raise ValueError(f"invalid query {query!r}: visible ASCII, no '#'")
-        self._split()
+        self._retarget(self.path, query)
+
+    def _retarget(self, path: str, query: str) -> None:
+        self._path = path
         self._query = query
         self._retargeted = True
 
