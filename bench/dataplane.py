@@ -1,6 +1,6 @@
 """Per-request Python cost of the data path, without sockets.
 
-Both protocols are driven with fake transports: a request is fed to the client leg, the Forward
+Both protocols are driven with fake transports: a request is fed to the client leg, the exchange
 binds a pooled app connection, the response is fed to the app leg and written back. What is timed
 is our code (parsing callbacks, header rules, policies, the record), not the kernel's, so the
 figure is stable enough to compare changes on a noisy machine where throughput is not.
@@ -18,11 +18,12 @@ from typing import Any, cast
 
 import uvloop
 
-from sidecar_proxy.admin.health import HealthState
 from sidecar_proxy.config import Settings
+from sidecar_proxy.health import HealthState
 from sidecar_proxy.http.context import ProxyContext
-from sidecar_proxy.http.downstream import DownstreamConnection
-from sidecar_proxy.http.upstream import UpstreamConnection
+from sidecar_proxy.http.h1.app import H1AppConnection
+from sidecar_proxy.http.h1.client import H1ClientConnection
+from sidecar_proxy.http.pool import H1Pool
 from sidecar_proxy.observe.accesslog import AccessLog
 from sidecar_proxy.observe.metrics import Metrics
 from sidecar_proxy.observe.paths import PathLabeler
@@ -69,11 +70,22 @@ def measure(access_log: bool, number: int, repeat: int) -> float:
     metrics = Metrics()
     log = AccessLog(os.open(os.devnull, os.O_WRONLY)) if access_log else None
     recorder = Recorder(metrics, PathLabeler(settings.metrics_path_label_limit), log)
-    ctx = ProxyContext(loop, settings, metrics, recorder, HealthState())
-    app = UpstreamConnection(ctx.pool)
+    pool = H1Pool(
+        loop,
+        settings.upstream_host,
+        settings.upstream_port,
+        max_idle=settings.upstream_max_idle,
+        idle_timeout=settings.upstream_idle_timeout,
+        connect_timeout=settings.connect_timeout,
+        max_head_bytes=settings.max_header_bytes,
+        max_header_count=settings.max_header_count,
+        on_connection=metrics.on_upstream_connection,
+    )
+    ctx = ProxyContext(loop, settings, metrics, recorder, HealthState(), pool=pool)
+    app = H1AppConnection(pool)
     app.connection_made(cast(Any, FakeTransport()))
-    ctx.pool.release(app)
-    client = DownstreamConnection(ctx)
+    pool.release(app)
+    client = H1ClientConnection(ctx)
     client.connection_made(cast(Any, FakeTransport()))
 
     def cycle() -> None:

@@ -18,19 +18,19 @@ import timeit
 from collections.abc import Callable
 
 from sidecar_proxy.observe.accesslog import AccessLog
-from sidecar_proxy.observe.exchange import Exchange
 from sidecar_proxy.observe.metrics import Metrics
 from sidecar_proxy.observe.paths import PathLabeler
+from sidecar_proxy.observe.record import Record
 from sidecar_proxy.observe.recorder import Recorder
 
 _NUMBER = 20_000
 _REPEAT = 5
 
 
-def _exchange(traced: bool) -> Exchange:
+def _exchange(traced: bool) -> Record:
     """What the data path fills in for a GET proxied in one attempt with a 512-byte answer."""
     start = time.monotonic()
-    ex = Exchange(start, time.time(), "127.0.0.1:51234")
+    ex = Record(start, time.time(), "127.0.0.1:51234", "HTTP/1.1")
     ex.method = "GET"
     ex.path = "/api/users/42"  # the labeler turns the id into a placeholder: a bounded label
     ex.status = 200
@@ -42,6 +42,7 @@ def _exchange(traced: bool) -> Exchange:
     # Without a trace header the data path uses the request id as the trace id; with one, they
     # differ and the recorder may attach an exemplar.
     ex.trace_id = "4bf92f3577b34da6a3ce929d0e0e4736" if traced else ex.request_id
+    ex.traced = traced
     ex.user_agent = "wrk/4.1.0"
     return ex
 
@@ -78,7 +79,7 @@ def measure() -> dict[str, float]:
             recorder = Recorder(Metrics(), PathLabeler(100), log)
             ex = _exchange(traced)
 
-            def one(recorder: Recorder = recorder, ex: Exchange = ex) -> None:
+            def one(recorder: Recorder = recorder, ex: Record = ex) -> None:
                 recorder.started()
                 recorder.finished(ex)
 

@@ -24,11 +24,11 @@ from collections.abc import Callable
 import uvloop
 
 from sidecar_proxy import __version__
-from sidecar_proxy.admin.health import HealthState
 from sidecar_proxy.admin.server import AdminServer
 from sidecar_proxy.config import Settings
+from sidecar_proxy.health import HealthState
 from sidecar_proxy.http.context import ProxyContext
-from sidecar_proxy.http.downstream import DownstreamConnection
+from sidecar_proxy.http.h1.client import H1ClientConnection
 from sidecar_proxy.observe.accesslog import FLUSH_INTERVAL, AccessLog
 from sidecar_proxy.observe.logs import configure_logging
 from sidecar_proxy.observe.metrics import Metrics
@@ -67,7 +67,7 @@ class ProxyServer:
         # The proxy port first: /ready on the admin port must never answer 200 for a process
         # that then fails to listen.
         self._server = await loop.create_server(
-            lambda: DownstreamConnection(ctx),
+            lambda: H1ClientConnection(ctx),
             s.listen_host,
             s.listen_port,
             backlog=2048,

@@ -12,11 +12,11 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar_proxy.admin.health import HealthState, health_body, ready_body
 from sidecar_proxy.admin.server import AdminServer
-from sidecar_proxy.observe.exchange import Exchange
+from sidecar_proxy.health import HealthState, health_body, ready_body
 from sidecar_proxy.observe.metrics import Metrics
 from sidecar_proxy.observe.paths import PathLabeler
+from sidecar_proxy.observe.record import Record
 from sidecar_proxy.observe.recorder import Recorder
 from sidecar_proxy.observe.tracecontext import trace_id
 
@@ -52,12 +52,14 @@ def admin() -> Iterator[Admin]:
 
 def record_traced_request(metrics: Metrics) -> None:
     recorder = Recorder(metrics, PathLabeler(100), None)
-    ex = Exchange(50.0, 1714564800.0, "127.0.0.1:40000")
+    ex = Record(50.0, 1714564800.0, "127.0.0.1:40000", "HTTP/1.1")
     ex.method = "GET"
     ex.path = "/orders/17"
     ex.request_id = "req-1"
-    ex.trace_id, traced = trace_id(f"00-{TRACE}-00f067aa0ba902b7-01".encode(), None, ex.request_id)
-    assert traced
+    ex.trace_id, ex.traced = trace_id(
+        f"00-{TRACE}-00f067aa0ba902b7-01".encode(), None, ex.request_id
+    )
+    assert ex.traced
     ex.status = 200
     ex.ttfb = 0.02
     ex.end = 50.03

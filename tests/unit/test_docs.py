@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from sidecar_proxy.config import FIELDS
-from sidecar_proxy.observe import exchange
+from sidecar_proxy.observe import record
 from sidecar_proxy.observe.metrics import Metrics
 
 README = (Path(__file__).parents[2] / "README.md").read_text()
@@ -30,7 +30,7 @@ def test_every_response_flag_is_documented() -> None:
     documented = set(re.findall(r"^\| `([A-Z]{2,3})` \|", README, re.M))
     flags = {
         value
-        for name, value in vars(exchange).items()
+        for name, value in vars(record).items()
         if name.isupper() and isinstance(value, str) and value.isupper() and len(value) <= 3
     }
     assert flags == documented

@@ -19,11 +19,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Exemplar
 
 from sidecar_proxy import __version__
-from sidecar_proxy.observe import exchange as X
+from sidecar_proxy.observe import record as X
 from sidecar_proxy.observe.accesslog import AccessLog
-from sidecar_proxy.observe.exchange import Exchange
 from sidecar_proxy.observe.metrics import BUCKETS, EXEMPLAR_INTERVAL, Metrics
 from sidecar_proxy.observe.paths import PathLabeler
+from sidecar_proxy.observe.record import Record
 from sidecar_proxy.observe.recorder import Recorder
 from sidecar_proxy.policy.breaker import BreakerState, CircuitBreaker
 
@@ -68,8 +68,8 @@ def make_exchange(
     ttfb: float | None = 0.004,
     trace_id: str | None = None,
     start: float = 100.0,
-) -> Exchange:
-    ex = Exchange(start, WALL, "10.1.2.3:45678")
+) -> Record:
+    ex = Record(start, WALL, "10.1.2.3:45678", "HTTP/1.1")
     ex.method = method
     ex.path = path
     ex.status = status
@@ -77,6 +77,7 @@ def make_exchange(
     ex.ttfb = ttfb
     ex.request_id = REQUEST_ID
     ex.trace_id = trace_id or REQUEST_ID  # what the data path does without a trace header
+    ex.traced = trace_id is not None
     ex.user_agent = "curl/8.5.0"
     ex.attempts = 0 if ttfb is None else 1
     return ex
@@ -428,6 +429,7 @@ def test_access_log_line(metrics: Metrics, pipe_log: PipeLog) -> None:
         "time": "2024-05-01T12:00:00.123Z",
         "method": "POST",
         "path": "/users/123/orders",  # raw, not the metric label
+        "protocol": "HTTP/1.1",
         "query": True,
         "status": 200,
         "duration_ms": 12.346,
@@ -445,6 +447,7 @@ def test_access_log_line(metrics: Metrics, pipe_log: PipeLog) -> None:
         "time",
         "method",
         "path",
+        "protocol",
         "query",
         "status",
         "duration_ms",

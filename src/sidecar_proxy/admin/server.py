@@ -29,7 +29,7 @@ from typing import cast
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from sidecar_proxy.admin.health import CONTENT_TYPE, HealthState, health_body, ready_body
+from sidecar_proxy.health import CONTENT_TYPE, HealthState, health_body, ready_body
 
 _log = logging.getLogger(__name__)
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from sidecar_proxy.http.pool import UpstreamPool
+from sidecar_proxy.http.legs import AppPool
+from sidecar_proxy.http.phase import IllegalTransition
+from sidecar_proxy.http.pool import H1Pool
 from sidecar_proxy.policy.backoff import Backoff
 from sidecar_proxy.policy.breaker import BreakerState, CircuitBreaker
 from sidecar_proxy.policy.budget import RetryBudget
@@ -18,17 +20,29 @@ from sidecar_proxy.policy.retry import RetryPolicy
 from sidecar_proxy.policy.shedding import ConcurrencyLimit
 
 if TYPE_CHECKING:
-    from sidecar_proxy.admin.health import HealthState
     from sidecar_proxy.config import Settings
-    from sidecar_proxy.http.downstream import DownstreamConnection
+    from sidecar_proxy.health import HealthState
     from sidecar_proxy.observe.metrics import Metrics
     from sidecar_proxy.observe.recorder import Recorder
 
 log = logging.getLogger("sidecar_proxy.breaker")
+bug_log = logging.getLogger("sidecar_proxy.exchange")
 
 # How often deadlines are checked: the precision of every timeout the proxy enforces on clients
 # and on the app (per-try timeouts and retry backoff use real timers and are exact).
 TICK = 0.05
+
+
+class ClientConnection(Protocol):
+    """What the context and the server's drain need of each open client connection."""
+
+    def on_tick(self, now: float) -> None: ...
+
+    def close_if_idle(self) -> bool: ...
+
+    def close_transport(self) -> None: ...
+
+    def abort(self) -> None: ...
 
 
 class ProxyContext:
@@ -56,13 +70,16 @@ class ProxyContext:
         metrics: Metrics,
         recorder: Recorder,
         health: HealthState,
+        *,
+        pool: AppPool | None = None,
     ) -> None:
         self.loop = loop
         self.settings = settings
         self.metrics = metrics
         self.recorder = recorder
         self.health = health
-        self.pool = UpstreamPool(
+        # Tests give a pool of fake legs; a proxy makes the one its settings ask for.
+        self.pool: AppPool = pool or H1Pool(
             loop,
             settings.upstream_host,
             settings.upstream_port,
@@ -70,6 +87,7 @@ class ProxyContext:
             idle_timeout=settings.upstream_idle_timeout,
             connect_timeout=settings.connect_timeout,
             max_head_bytes=settings.max_header_bytes,
+            max_header_count=settings.max_header_count,
             on_connection=metrics.on_upstream_connection,
         )
         self.breaker = CircuitBreaker(
@@ -93,7 +111,7 @@ class ProxyContext:
         )
         self.limiter = ConcurrencyLimit(settings.max_in_flight)
         self.failure_statuses = settings.circuit_breaker_failure_statuses
-        self.connections: set[DownstreamConnection] = set()
+        self.connections: set[ClientConnection] = set()
         self.draining = False
         self.ticker: asyncio.TimerHandle | None = None
 
@@ -101,7 +119,12 @@ class ProxyContext:
         """One timer for every deadline of every connection, instead of timers per request."""
         now = self.loop.time()
         for conn in list(self.connections):
-            conn.on_tick(now)
+            try:
+                conn.on_tick(now)
+            except IllegalTransition:
+                # A bug of ours: cut that connection, keep ticking for every other one.
+                bug_log.exception("exchange aborted")
+                conn.abort()
         self.ticker = self.loop.call_later(TICK, self.start_ticking)
 
     def stop_ticking(self) -> None:

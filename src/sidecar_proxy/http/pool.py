@@ -1,4 +1,4 @@
-"""The app-side keep-alive pool.
+"""The keep-alive pool of HTTP/1.1 app connections: an :class:`~.legs.AppPool`.
 
 Idle connections are kept LIFO: the most recently used one is the warmest and the least likely to
 have been closed by the app's own keep-alive timer. A connection idle longer than
@@ -6,8 +6,8 @@ have been closed by the app's own keep-alive timer. A connection idle longer tha
 5 s) so the proxy, not the app, closes an idle connection and a request never races the app's
 close. A sweep closes stale idle connections so they do not hold file descriptors.
 
-Only complete exchanges return a connection here (see ``UpstreamConnection.reusable``): a
-response not read to its end, a request not sent to its end, or any byte seen while idle, and the
+Only complete exchanges return a connection here (see ``H1AppConnection.release``): a response
+not read to its end, a request not sent to its end, or any byte seen while idle, and the
 connection is closed instead.
 """
 
@@ -18,12 +18,11 @@ import contextlib
 import socket
 from collections.abc import Callable
 
-from sidecar_proxy.http.upstream import UpstreamConnection
+from sidecar_proxy.http.h1.app import H1AppConnection
+from sidecar_proxy.http.legs import ConnectCallback
 
-ConnectCallback = Callable[[UpstreamConnection | None, BaseException | None], None]
 
-
-class UpstreamPool:
+class H1Pool:
     __slots__ = (
         "_closed",
         "_idle",
@@ -33,6 +32,7 @@ class UpstreamPool:
         "idle_timeout",
         "loop",
         "max_head_bytes",
+        "max_header_count",
         "max_idle",
         "on_connection",
         "port",
@@ -48,6 +48,7 @@ class UpstreamPool:
         idle_timeout: float,
         connect_timeout: float,
         max_head_bytes: int,
+        max_header_count: int,
         on_connection: Callable[[bool], None],
     ) -> None:
         self.loop = loop
@@ -56,9 +57,11 @@ class UpstreamPool:
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
-        self.max_head_bytes = max_head_bytes  # the app's response heads, bounded like requests'
+        # the app's response heads and trailers, bounded like requests'
+        self.max_head_bytes = max_head_bytes
+        self.max_header_count = max_header_count
         self.on_connection = on_connection  # metrics hook: True when reused
-        self._idle: list[UpstreamConnection] = []
+        self._idle: list[H1AppConnection] = []
         self._closed = False
         self._sweeper: asyncio.TimerHandle | None = None
 
@@ -66,7 +69,7 @@ class UpstreamPool:
     def idle_count(self) -> int:
         return len(self._idle)
 
-    def take_idle(self) -> UpstreamConnection | None:
+    def take_idle(self) -> H1AppConnection | None:
         """The warmest idle connection still fit for use, or None."""
         idle = self._idle
         deadline = self.loop.time() - self.idle_timeout
@@ -90,7 +93,7 @@ class UpstreamPool:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await self.loop.create_connection(
-                    lambda: UpstreamConnection(self), self.host, self.port
+                    lambda: H1AppConnection(self), self.host, self.port
                 )
         except (OSError, TimeoutError) as exc:
             done(None, exc)
@@ -101,7 +104,7 @@ class UpstreamPool:
         self.on_connection(False)
         done(conn, None)
 
-    def release(self, conn: UpstreamConnection) -> None:
+    def release(self, conn: H1AppConnection) -> None:
         """Take back a connection whose exchange completed cleanly."""
         if self._closed or len(self._idle) >= self.max_idle or not conn.usable():
             conn.close()
@@ -111,7 +114,7 @@ class UpstreamPool:
         if self._sweeper is None:
             self._sweeper = self.loop.call_later(self.idle_timeout, self._sweep)
 
-    def forget(self, conn: UpstreamConnection) -> None:
+    def forget(self, conn: H1AppConnection) -> None:
         """An idle connection closed by the app: drop it from the idle list."""
         with contextlib.suppress(ValueError):
             self._idle.remove(conn)

@@ -46,7 +46,7 @@ from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 
 from sidecar_proxy import __version__
-from sidecar_proxy.observe import exchange
+from sidecar_proxy.observe import record
 
 # The seed's request-duration buckets, also used for the upstream response time so the two can
 # be compared bucket by bucket.
@@ -57,12 +57,12 @@ BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BREAKER_STATES = ("closed", "open", "half_open")
 
 UPSTREAM_ERROR_TYPES = (
-    exchange.ERR_CONNECTION,
-    exchange.ERR_5XX,
-    exchange.ERR_CIRCUIT_OPEN,
-    exchange.ERR_TIMEOUT,
-    exchange.ERR_RESET,
-    exchange.ERR_PROTOCOL,
+    record.ERR_CONNECTION,
+    record.ERR_5XX,
+    record.ERR_CIRCUIT_OPEN,
+    record.ERR_TIMEOUT,
+    record.ERR_RESET,
+    record.ERR_PROTOCOL,
 )
 REJECT_SHED = "shed"
 REJECT_CIRCUIT_OPEN = "circuit_open"

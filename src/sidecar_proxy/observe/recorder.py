@@ -1,4 +1,4 @@
-"""Turns each finished :class:`~.exchange.Exchange` into metrics and one access-log line.
+"""Turns each finished :class:`~.record.Record` into metrics and one access-log line.
 
 The data path calls :meth:`Recorder.started` when a request head has been parsed and
 :meth:`Recorder.finished` exactly once when the request is over, whatever the outcome: proxied,
@@ -44,10 +44,10 @@ import orjson
 from prometheus_client import Counter
 
 from sidecar_proxy.observe.accesslog import AccessLog
-from sidecar_proxy.observe.exchange import BREAKER_OPEN, LOAD_SHED, Exchange
 from sidecar_proxy.observe.logs import UtcTimestamps
 from sidecar_proxy.observe.metrics import REJECT_CIRCUIT_OPEN, REJECT_SHED, Metrics
 from sidecar_proxy.observe.paths import PathLabeler, method_label
+from sidecar_proxy.observe.record import BREAKER_OPEN, LOAD_SHED, Record
 
 _LOG_OPTIONS = orjson.OPT_APPEND_NEWLINE
 
@@ -84,7 +84,7 @@ class Recorder:
         """A request head was parsed; pair with exactly one :meth:`finished`."""
         self._series.in_flight += 1
 
-    def finished(self, ex: Exchange) -> None:
+    def finished(self, ex: Record) -> None:
         """Record a request that is over, whatever its outcome."""
         series = self._series
         series.in_flight -= 1
@@ -98,7 +98,7 @@ class Recorder:
         now = ex.end
         duration = now - ex.start
         trace_id = ex.trace_id
-        traced = trace_id if trace_id and trace_id != ex.request_id else None
+        traced = trace_id if ex.traced else None  # exemplars only for ids from a trace header
         histogram = series.durations.get((method, path)) or series.duration(method, path)
         histogram.observe(duration, traced, now)
         ttfb = ex.ttfb
@@ -129,6 +129,7 @@ class Recorder:
             "time": self._timestamps.format(ex.start_wall),
             "method": ex.method,
             "path": ex.path,
+            "protocol": ex.protocol,
             "query": ex.has_query,
             "status": status,
             "duration_ms": round(duration * 1000.0, 3),

@@ -1,6 +1,6 @@
 """The one record of one request.
 
-The data path fills an :class:`Exchange` as the request travels; when the request is over
+The data path fills a :class:`Record` as the request travels; when the request is over
 (answered, failed or abandoned) the :class:`~sidecar_proxy.observe.recorder.Recorder` turns it,
 once, into metrics and one access-log line. Nothing else records a request, so the two can never
 disagree.
@@ -36,7 +36,7 @@ ERR_PROTOCOL = "protocol_error"
 STATUS_CLIENT_CLOSED = 499  # nginx's convention for "the client went away first"
 
 
-class Exchange:
+class Record:
     """Everything known about one request, filled in by the data path."""
 
     __slots__ = (
@@ -48,6 +48,7 @@ class Exchange:
         "has_query",
         "method",
         "path",
+        "protocol",
         "remote_addr",
         "request_id",
         "retries_refused",
@@ -55,21 +56,24 @@ class Exchange:
         "start_wall",
         "status",
         "trace_id",
+        "traced",
         "ttfb",
         "upstream_errors",
         "user_agent",
     )
 
-    def __init__(self, start: float, start_wall: float, remote_addr: str) -> None:
+    def __init__(self, start: float, start_wall: float, remote_addr: str, protocol: str) -> None:
         self.start = start  # time.monotonic() when the request head was parsed
         self.start_wall = start_wall  # time.time() of the same moment, for the log timestamp
         self.end = start
         self.remote_addr = remote_addr
+        self.protocol = protocol  # the client's: HTTP/1.1, HTTP/1.0
         self.method = ""
         self.path = ""  # request path as received, without the query string
         self.has_query = False
         self.request_id = ""
         self.trace_id = ""
+        self.traced = False  # trace_id came from a trace header rather than the request id
         self.user_agent = ""
         self.status = 0  # status sent to the client; 499 when it hung up first
         self.ttfb: float | None = None  # seconds from start to the app's response head
@@ -79,7 +83,3 @@ class Exchange:
         self.retries_refused = 0  # retries the budget refused
         self.flags: list[str] = []
         self.upstream_errors: list[str] = []  # one entry per failed attempt, ERR_* values
-
-    @property
-    def duration(self) -> float:
-        return self.end - self.start

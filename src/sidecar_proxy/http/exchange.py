@@ -1,0 +1,640 @@
+"""One request's journey: guards, attempts to the app, the response streamed back, one record.
+
+An :class:`Exchange` is made by a client leg when a request head is complete. It is a callback
+state machine rather than a coroutine: the common case (one attempt, small response) then costs
+no Task, no Future and no timer (deadlines are checked by the context's ticker, see
+:meth:`on_tick`), which matters at tens of thousands of requests a second.
+
+Its phase is one :class:`~sidecar_proxy.http.phase.Phase`, changed only by :meth:`_to`, which
+refuses any move the phase table does not list. The legs call in through the events of
+:mod:`sidecar_proxy.http.legs` and the exchange asks the policies what to do: the concurrency
+limit and the breaker before an attempt, the retry policy after a failed one. It never touches a
+socket and never frames a byte: it tells the legs what to send, and each leg frames it for its
+protocol. It never accumulates a body either: request chunks are kept only while they may still
+have to be replayed (bounded by ``retry_buffer_limit``), response chunks pass straight to the
+client leg, and flow control pauses whichever side is faster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+
+from sidecar_proxy.health import health_body, ready_body
+from sidecar_proxy.http.context import ProxyContext
+from sidecar_proxy.http.fields import RequestHead, ResponseHead
+from sidecar_proxy.http.framing import CRLF, response_has_body
+from sidecar_proxy.http.headers import list_tokens
+from sidecar_proxy.http.legs import AppLeg, ClientLeg, Trailers
+from sidecar_proxy.http.phase import COMMITTED, NEXT, WAITING_FOR_APP, IllegalTransition, Phase
+from sidecar_proxy.http.replies import error_body
+from sidecar_proxy.observe import record as R
+from sidecar_proxy.observe.record import Record
+from sidecar_proxy.policy.backoff import parse_retry_after
+from sidecar_proxy.policy.breaker import BreakerState
+from sidecar_proxy.policy.retry import REASON_BUDGET, REASON_EXHAUSTED, Failure
+
+log = logging.getLogger("sidecar_proxy.exchange")
+
+_HEALTH_PATHS = frozenset({"/health", "/ready"})
+_TEXT = b"text/plain; charset=utf-8"
+
+# Failure -> (status sent to the client, sidecar_upstream_errors_total type, response flag,
+# the short reason in the body of the client's error response)
+_FAILURES = {
+    Failure.CONNECT: (502, R.ERR_CONNECTION, R.UPSTREAM_CONNECT_FAILURE, "the app is unreachable"),
+    Failure.RESET: (502, R.ERR_RESET, R.UPSTREAM_RESET, "the app closed the connection"),
+    Failure.TIMEOUT: (504, R.ERR_TIMEOUT, R.UPSTREAM_TIMEOUT, "the app did not answer in time"),
+}
+
+
+class Exchange:
+    """One request and its response; implements ``ClientEvents`` and ``AppEvents``."""
+
+    __slots__ = (
+        "admitted",
+        "app",
+        "attempt_no",
+        "chunks",
+        "client",
+        "connecting",
+        "ctx",
+        "deadline",
+        "head",
+        "kept_bytes",
+        "last_activity",
+        "last_failure",
+        "limited",
+        "phase",
+        "rec",
+        "rejected",
+        "replayable",
+        "req_done",
+        "req_trailers",
+        "resp",
+        "rid_line",
+        "timer",
+        "to_eof",
+        "written",
+    )
+
+    def __init__(
+        self, ctx: ProxyContext, client: ClientLeg, head: RequestHead, rec: Record
+    ) -> None:
+        self.ctx = ctx
+        self.client = client
+        self.head = head
+        self.rec = rec
+        self.phase = Phase.QUEUED
+        self.rid_line = b"X-Request-ID: " + rec.request_id.encode() + CRLF  # to the app and back
+        self.rejected: tuple[int, str] | None = None  # answer this in the exchange's turn
+        # the request body: chunks kept while a replay may still be needed
+        self.req_done = not head.has_body
+        self.req_trailers: Trailers = []
+        self.chunks: list[bytes] = []
+        self.written = 0  # chunks the current attempt has sent
+        self.replayable = not head.upgrade and ctx.retry.replay_safe(
+            rec.method, head.idempotency_key
+        )
+        self.kept_bytes = 0
+        # the current attempt
+        self.app: AppLeg | None = None
+        self.connecting: asyncio.Task[None] | None = None
+        self.attempt_no = 0
+        self.timer: asyncio.TimerHandle | None = None  # per-try timeout, or the backoff
+        self.admitted = False  # holds a breaker permit that still needs a verdict
+        self.limited = False  # holds a concurrency slot
+        self.last_failure: tuple[int, str] | None = None  # what a retry was for
+        self.deadline = 0.0  # for the app's response head; checked by on_tick
+        self.last_activity = 0.0  # the last response body byte, for the stall limit
+        # the response
+        self.resp: ResponseHead | None = None  # the latest head from the app
+        self.to_eof = False  # the response body ends when the app closes the connection
+
+    # == the phase ================================================================================
+
+    def _to(self, new: Phase) -> None:
+        """The one place the phase changes (see :mod:`sidecar_proxy.http.phase`)."""
+        if new not in NEXT[self.phase]:
+            raise IllegalTransition(self.phase, new)
+        self.phase = new
+
+    @property
+    def finished(self) -> bool:
+        return self.phase is Phase.DONE
+
+    @property
+    def request_complete(self) -> bool:
+        return self.req_done
+
+    @property
+    def committed(self) -> bool:
+        return self.phase in COMMITTED
+
+    # == start: guards =========================================================================
+
+    def reject(self, status: int, detail: str) -> None:
+        """The client leg found the request malformed, too large or too slow."""
+        if self.phase is Phase.DONE:
+            return
+        self.rec.flags.append(
+            R.DOWNSTREAM_TIMEOUT if status == 408 else R.DOWNSTREAM_PROTOCOL_ERROR
+        )
+        if self.phase is Phase.QUEUED:
+            self.rejected = (status, detail)  # answered in its turn (see start)
+        elif self.phase in COMMITTED and not self.client.retract():
+            self.client.abort()
+            self.client_gone()
+        else:
+            self.reply(status, detail)
+
+    def start(self) -> None:
+        """Called by the client leg when this request's turn has come."""
+        ctx = self.ctx
+        rec = self.rec
+        if self.rejected is not None:
+            self.reply(*self.rejected)
+            return
+        if (
+            rec.path in _HEALTH_PATHS
+            and ctx.settings.health_on_proxy_port
+            and self.head.method in (b"GET", b"HEAD")
+        ):
+            rec.flags.append(R.LOCAL_REPLY)
+            status, body = health_body() if rec.path == "/health" else ready_body(ctx.health)
+            self.answer(status, body, b"application/json", None)
+            return
+        if not ctx.limiter.try_acquire():
+            rec.flags.append(R.LOAD_SHED)
+            self.reply(503, "too many requests in flight", retry_after=1)
+            return
+        self.limited = True
+        ctx.budget.deposit()
+        self.deadline = ctx.loop.time() + ctx.settings.request_timeout
+        self._attempt()
+
+    def _attempt(self) -> None:
+        ctx = self.ctx
+        rec = self.rec
+        self.timer = None
+        if not ctx.breaker.allow():
+            if self.last_failure is not None:
+                # The breaker opened during this request's backoff: report the failure the
+                # retry was for, not a rejection of a request that did reach the app.
+                self.reply(*self.last_failure)
+                return
+            rec.flags.append(R.BREAKER_OPEN)
+            rec.upstream_errors.append(R.ERR_CIRCUIT_OPEN)
+            self.reply(
+                503,
+                "circuit breaker open",
+                retry_after=max(1, math.ceil(ctx.breaker.retry_after())),
+            )
+            return
+        self.admitted = True
+        rec.attempts += 1
+        self.attempt_no += 1
+        self.resp = None
+        per_try = ctx.settings.per_try_timeout
+        if per_try > 0:
+            self.timer = ctx.loop.call_later(per_try, self._on_try_timeout, self.attempt_no)
+        app = ctx.pool.take_idle()
+        if app is not None:
+            self._to(Phase.AWAITING_HEAD)
+            self._bind(app)
+            return
+        self._to(Phase.CONNECTING)
+        attempt_no = self.attempt_no
+
+        def connected(app: AppLeg | None, exc: BaseException | None) -> None:
+            if self.phase is not Phase.CONNECTING or attempt_no != self.attempt_no:
+                if app is not None:
+                    app.release(True)  # nobody waits for it any more: a fresh leg, pool it
+                return
+            self.connecting = None
+            if app is None:
+                self._attempt_failed(Failure.CONNECT)
+            else:
+                self._to(Phase.AWAITING_HEAD)
+                self._bind(app)
+
+        self.connecting = ctx.pool.connect(connected)
+
+    def _bind(self, app: AppLeg) -> None:
+        self.app = app
+        app.bind(self)
+        self.written = 0
+        body: list[bytes] = []
+        end: Trailers | None = None
+        if not self.head.upgrade:  # bytes after an Upgrade request wait for the 101
+            self._unsent(body)
+            if self.req_done:
+                end = self.req_trailers
+        app.send_request(self.head, self._added_request_lines(), body, end)
+        self.client.resume_request_body()
+        if self.client.write_paused:
+            app.pause_reading()
+
+    def _added_request_lines(self) -> list[bytes]:
+        """The fields the proxy adds to the request: Host when missing, X-Forwarded-*, the
+        request id."""
+        h = self.head
+        s = self.ctx.settings
+        client = self.client
+        lines: list[bytes] = []
+        if not h.host_count:  # HTTP/1.0 without Host; an empty Host is forwarded as it is
+            lines.append(b"Host: %b:%d\r\n" % (s.upstream_host.encode(), s.upstream_port))
+        if h.xff:
+            lines += [b"X-Forwarded-For: " + h.xff + b", " + client.peer + CRLF]
+        else:
+            lines.append(client.forwarded_for_line)
+        trust = s.trust_forwarded_headers
+        if trust and h.forwarded_proto:
+            lines.append(b"X-Forwarded-Proto: " + h.forwarded_proto + CRLF)
+        else:
+            lines.append(b"X-Forwarded-Proto: http\r\n")
+        fhost = h.forwarded_host if trust and h.forwarded_host else h.host
+        if fhost:
+            lines.append(b"X-Forwarded-Host: " + fhost + CRLF)
+        lines.append(self.rid_line)
+        return lines
+
+    # == request body from the client ==========================================================
+
+    def request_body(self, data: bytes) -> None:
+        if self.phase is Phase.DONE:
+            return  # answered early (413, 503, ...): the rest of the body is not needed
+        self.rec.bytes_in += len(data)
+        self.chunks.append(data)
+        if self.replayable:
+            self.kept_bytes += len(data)
+            if self.kept_bytes > self.ctx.settings.retry_buffer_limit:
+                self.replayable = False  # too large to replay: stream it, never retry it
+        app = self.app
+        if app is not None:
+            for chunk in self._unsent([]):
+                app.send_body(chunk)
+        else:
+            self.client.pause_request_body()  # no app leg yet: hold at most one read
+
+    def request_end(self, trailers: Trailers) -> None:
+        self.req_done = True
+        if self.phase is Phase.DONE:
+            return
+        # The response deadline counts from the end of the request, as Envoy's route timeout
+        # does: a slow upload is the client's time (client_body_timeout), not the app's.
+        self.deadline = self.ctx.loop.time() + self.ctx.settings.request_timeout
+        self.req_trailers = trailers
+        if self.app is not None:
+            self.app.send_end(trailers)
+
+    def _unsent(self, out: list[bytes]) -> list[bytes]:
+        """Append to ``out`` the body chunks this attempt has not sent yet; drop the ones that
+        can no longer be replayed."""
+        chunks = self.chunks
+        out += chunks[self.written :]
+        if self.replayable:
+            self.written = len(chunks)
+        else:
+            chunks.clear()
+            self.written = 0
+        return out
+
+    # == response from the app =================================================================
+
+    def response_head(self, app: AppLeg, resp: ResponseHead) -> None:
+        ctx = self.ctx
+        rec = self.rec
+        status = resp.status
+        self.resp = resp
+        if status < 200 and status != 101:
+            # 1xx other than 101: relayed where the client's protocol allows (100 Continue,
+            # 103 Early Hints); the final head follows in another message.
+            self._to(Phase.INTERIM)
+            self.client.send_interim(status, resp)
+            return
+        if resp.transfer_encoding and list_tokens(resp.transfer_encoding) != [b"chunked"]:
+            # We re-frame bodies ourselves and decode no transfer coding but chunked; relaying
+            # gzip-coded bytes as if they were the content would corrupt the response.
+            self._app_failed_response(app, "the app used a transfer coding we do not decode")
+            return
+        rec.ttfb = time.monotonic() - rec.start
+        self.last_activity = ctx.loop.time()
+        self._cancel_timer()
+        failed = status in ctx.failure_statuses
+        if failed:
+            rec.upstream_errors.append(R.ERR_5XX if status >= 500 else R.ERR_PROTOCOL)
+        self._verdict(failed)
+        if ctx.retry.retryable_status(status) and self._retry(None, status):
+            return
+        if status == 101:
+            if self.head.upgrade:
+                self._start_tunnel(app, resp)
+            else:
+                self._app_failed_response(app, "the app switched protocols unasked")
+            return
+        rec.status = status
+        has_body = response_has_body(self.head.method, status)
+        self.to_eof = has_body and not resp.length_known
+        self._to(Phase.STREAMING)
+        self.client.send_head(status, resp, self._added_response_lines(resp), has_body)
+        if not has_body:
+            self._response_complete(app, None)
+
+    def _added_response_lines(self, resp: ResponseHead) -> list[bytes]:
+        added: list[bytes] = []
+        if not resp.has_request_id:
+            added.append(self.rid_line)
+        if self.ctx.settings.attempts_header:
+            added.append(b"X-Sidecar-Attempts: %d\r\n" % self.rec.attempts)
+        return added
+
+    def response_body(self, data: bytes) -> None:
+        if self.phase is not Phase.STREAMING:
+            return  # a 1xx has no body; anything else was refused at its head
+        self.rec.bytes_out += len(data)
+        self.client.send_body(data)
+        self.last_activity = self.ctx.loop.time()
+
+    def response_end(self, app: AppLeg, trailers: Trailers | None) -> None:
+        if self.phase is Phase.INTERIM:
+            self._to(Phase.AWAITING_HEAD)  # the 1xx is over; the final response follows
+        elif self.phase is Phase.STREAMING:
+            self._response_complete(app, trailers)
+
+    def _response_complete(self, app: AppLeg, trailers: Trailers | None) -> None:
+        self.app = None
+        # Reusable only if the request went out whole and the body did not end with the
+        # connection; whether the app keeps it alive is the leg's to judge.
+        app.release(self.req_done and not self.to_eof)
+        self.client.send_end(trailers)
+        self.client.flush()
+        self.finish()
+
+    def read_done(self) -> None:
+        self.client.flush()
+
+    # == failures from the app ==================================================================
+
+    def app_eof(self, app: AppLeg) -> None:
+        if self.to_eof and self.phase is Phase.STREAMING and app is self.app:
+            self._response_complete(app, None)  # EOF is how this body ends
+        else:
+            self.app_lost(app, None)
+
+    def app_lost(self, app: AppLeg, exc: BaseException | None) -> None:
+        if app is not self.app or self.phase is Phase.DONE:
+            return
+        phase = self.phase
+        if phase is Phase.STREAMING and self.to_eof:
+            self._response_complete(app, None)  # the leg will not reuse a close-delimited one
+            return
+        self.app = None
+        app.abandon()
+        if phase is Phase.TUNNEL:
+            self.client.flush()
+            self.client.abort()
+            self.finish()
+        elif phase is Phase.STREAMING:
+            self._abort_client(R.UPSTREAM_RESET, R.ERR_RESET)
+        else:
+            self._attempt_failed(Failure.RESET)
+
+    def app_protocol_error(self, app: AppLeg, reason: str) -> None:
+        if app is not self.app or self.phase is Phase.DONE:
+            return
+        # The client only learns "malformed response"; what exactly was malformed is for the
+        # app's owners, at debug level so a broken app cannot flood the log.
+        log.debug(
+            "malformed response from the app",
+            extra={"reason": reason, "request_id": self.rec.request_id},
+        )
+        self._app_failed_response(app, "the app sent a malformed response")
+
+    def _app_failed_response(self, app: AppLeg, detail: str) -> None:
+        """The app's response cannot be relayed: 502 if the client has seen none of it,
+        otherwise a cut connection."""
+        self.app = None
+        app.abandon()
+        rec = self.rec
+        self._verdict(True)
+        if self.phase in COMMITTED and not self.client.retract():
+            self._abort_client(R.UPSTREAM_PROTOCOL_ERROR, R.ERR_PROTOCOL)
+            return
+        # Nothing left the proxy yet (the head came in the same read as the fault): the client
+        # gets a clean 502 instead of a cut response.
+        rec.bytes_out = 0
+        rec.upstream_errors.append(R.ERR_PROTOCOL)
+        rec.flags.append(R.UPSTREAM_PROTOCOL_ERROR)
+        self.reply(502, detail)
+
+    def _abort_client(self, flag: str, error: str) -> None:
+        """The response head is out but its body cannot be completed: cut the client's
+        connection without a clean end, so it can tell the body is truncated."""
+        rec = self.rec
+        rec.flags.append(flag)
+        rec.upstream_errors.append(error)
+        self._cancel_attempt()
+        self.client.abort()
+        self.finish()
+
+    def _attempt_failed(self, failure: Failure) -> None:
+        self._cancel_timer()
+        _, error, _, _ = _FAILURES[failure]
+        self.rec.upstream_errors.append(error)
+        self._verdict(True)
+        if not self._retry(failure, None):
+            status, _, flag, detail = _FAILURES[failure]
+            self.rec.flags.append(flag)
+            self.reply(status, detail)
+
+    def _verdict(self, failed: bool) -> None:
+        if not self.admitted:
+            return
+        self.admitted = False
+        if failed:
+            self.ctx.breaker.record_failure()
+        else:
+            self.ctx.breaker.record_success()
+
+    def _retry(self, failure: Failure | None, status: int | None) -> bool:
+        """Ask the policy whether to try again; if so, drop this attempt and schedule the next."""
+        ctx = self.ctx
+        rec = self.rec
+        if ctx.breaker.state is BreakerState.OPEN:
+            return False  # this failure opened it: the next attempt would only be refused
+        retry_after = None
+        resp = self.resp
+        if resp is not None and resp.retry_after is not None:
+            retry_after = parse_retry_after(resp.retry_after, time.time())
+        # Nothing of the request reached the app after a refused connection, so any request may
+        # go again; otherwise only a replay-safe one whose body we still hold.
+        decision = ctx.retry.decide(
+            attempt=rec.attempts,
+            failure=failure,
+            status=status,
+            replayable=failure is Failure.CONNECT or self.replayable,
+            retry_after=retry_after,
+            remaining=self.deadline - ctx.loop.time(),
+        )
+        if not decision.retry:
+            if decision.reason is REASON_BUDGET:
+                rec.retries_refused += 1
+                rec.flags.append(R.RETRY_BUDGET_EXHAUSTED)
+            elif decision.reason is REASON_EXHAUSTED:
+                rec.flags.append(R.RETRIES_EXHAUSTED)
+            return False
+        if failure is not None:
+            code, _, _, detail = _FAILURES[failure]
+            self.last_failure = (code, detail)
+        else:
+            self.last_failure = (status or 502, f"the app answered {status}")
+        if self.app is not None:
+            self.app.abandon()
+            self.app = None
+        self._to(Phase.BACKOFF)
+        if decision.delay > 0:
+            self.timer = ctx.loop.call_later(decision.delay, self._attempt)
+        else:
+            self._attempt()
+        return True
+
+    # == deadlines ==============================================================================
+
+    def on_tick(self, now: float) -> None:
+        """Deadline check, called by the client leg's tick."""
+        phase = self.phase
+        if phase is Phase.STREAMING:
+            # After the head, the deadline becomes a stall limit on the body. A client that
+            # reads slowly pauses the app, which is not the app stalling.
+            if self.client.write_paused:
+                return
+            if now - self.last_activity >= self.ctx.settings.request_timeout:
+                self._abort_client(R.UPSTREAM_TIMEOUT, R.ERR_TIMEOUT)
+            return
+        # Not started, over, or a tunnel (which lives as long as its peers want); and an
+        # upload in progress is bounded by the client leg's body timeout instead.
+        if phase not in WAITING_FOR_APP or not self.req_done or now < self.deadline:
+            return
+        self._cancel_attempt()
+        self.rec.upstream_errors.append(R.ERR_TIMEOUT)
+        self._verdict(True)
+        self.rec.flags.append(R.UPSTREAM_TIMEOUT)
+        self.reply(504, "the app did not answer in time")
+
+    def _on_try_timeout(self, attempt_no: int) -> None:
+        self.timer = None
+        if attempt_no != self.attempt_no or self.phase not in WAITING_FOR_APP:
+            return
+        self._cancel_attempt()
+        self._attempt_failed(Failure.TIMEOUT)
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _cancel_attempt(self) -> None:
+        if self.connecting is not None:
+            self.connecting.cancel()
+            self.connecting = None
+        if self.app is not None:
+            self.app.abandon()
+            self.app = None
+        self._cancel_timer()
+
+    # == the client side ==========================================================================
+
+    def client_gone(self) -> None:
+        """The client hung up first: stop work for it, never blame the app."""
+        if self.phase is Phase.DONE:
+            return
+        rec = self.rec
+        if self.phase is not Phase.TUNNEL:  # a client closing its tunnel is how tunnels end
+            rec.flags.append(R.DOWNSTREAM_DISCONNECT)
+        if self.phase not in COMMITTED:
+            rec.status = R.STATUS_CLIENT_CLOSED
+        self._cancel_attempt()
+        self.finish()
+
+    def client_write_paused(self, paused: bool) -> None:
+        app = self.app
+        if app is not None:
+            if paused:
+                app.pause_reading()
+            else:
+                app.resume_reading()
+
+    def app_write_paused(self, paused: bool) -> None:
+        if paused:
+            self.client.pause_request_body()
+        else:
+            self.client.resume_request_body()
+
+    # == upgrade tunnel ===========================================================================
+
+    def _start_tunnel(self, app: AppLeg, resp: ResponseHead) -> None:
+        """101 Switching Protocols: from now on both legs relay raw bytes (RFC 9110 §7.8)."""
+        self.rec.status = 101
+        self._to(Phase.TUNNEL)
+        app.start_tunnel()
+        added = [] if resp.has_request_id else [self.rid_line]
+        self.client.send_head(101, resp, added, False)
+        self.client.flush()
+        self.client.start_tunnel()
+        for data in self.chunks:
+            app.send_raw(data)
+        self.chunks.clear()
+
+    def tunnel_data_from_app(self, data: bytes) -> None:
+        self.rec.bytes_out += len(data)
+        self.client.send_raw(data)
+
+    def tunnel_data(self, data: bytes) -> None:
+        self.rec.bytes_in += len(data)
+        app = self.app
+        if self.phase is Phase.TUNNEL and app is not None:
+            app.send_raw(data)
+        else:
+            self.chunks.append(data)  # early bytes before the 101; sent when it comes
+
+    # == the end ==================================================================================
+
+    def reply(self, status: int, detail: str, *, retry_after: int | None = None) -> None:
+        """Answer the client with an error or a rejection of our own, and finish."""
+        extra = [(b"Retry-After", b"%d" % retry_after)] if retry_after is not None else None
+        self.answer(status, error_body(status, detail), _TEXT, extra)
+
+    def answer(
+        self,
+        status: int,
+        body: bytes,
+        content_type: bytes,
+        extra: list[tuple[bytes, bytes]] | None,
+    ) -> None:
+        """Write a complete response of our own (no app involved) and finish."""
+        rec = self.rec
+        self._cancel_attempt()
+        if rec.attempts and self.ctx.settings.attempts_header:
+            extra = [*(extra or ()), (b"X-Sidecar-Attempts", b"%d" % rec.attempts)]
+        rec.status = status
+        self.client.send_local(status, body, content_type, extra, self.rid_line)
+        self.client.flush()
+        self.finish()
+
+    def finish(self) -> None:
+        self._to(Phase.DONE)
+        ctx = self.ctx
+        self._cancel_attempt()
+        if self.admitted:
+            self.admitted = False
+            ctx.breaker.release()
+        if self.limited:
+            self.limited = False
+            ctx.limiter.release()
+        rec = self.rec
+        rec.end = time.monotonic()
+        ctx.recorder.finished(rec)
+        self.client.exchange_done(self)
