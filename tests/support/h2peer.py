@@ -12,13 +12,18 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.settings
-from support.fakeclock import FakeClock
 
 from sidecar_proxy.config import Settings
+from sidecar_proxy.health import HealthState
+from sidecar_proxy.http.context import ProxyContext
 from sidecar_proxy.http.fields import RequestHead, ResponseHead
 from sidecar_proxy.http.h2 import frames as F
-from sidecar_proxy.http.h2.server import H2Server, H2ServerConnection
+from sidecar_proxy.http.h2.server import H2ClientStream, H2ServerConnection
 from sidecar_proxy.http.legs import ClientEvents, ClientLeg, Trailers
+from sidecar_proxy.observe.metrics import Metrics
+from sidecar_proxy.observe.paths import PathLabeler
+from sidecar_proxy.observe.recorder import Recorder
+from support.fakeclock import FakeClock
 
 
 class FakeLoop(asyncio.AbstractEventLoop):
@@ -94,6 +99,8 @@ class StubExchange:
     def start(self) -> None:
         if self.rejected is not None:
             self.reply_local(*self.rejected)
+        elif not self.head.has_body:  # as the real exchange, complete without request_end
+            self.request_end([])
 
     def reject(self, status: int, detail: str) -> None:
         self.rejected = (status, detail)
@@ -102,9 +109,7 @@ class StubExchange:
         self.reply_local(status, detail)
 
     def reply_local(self, status: int, detail: str) -> None:
-        self.leg.send_local(
-            status, detail.encode(), b"text/plain", None, b"X-Request-ID: stub\r\n"
-        )
+        self.leg.send_local(status, detail.encode(), b"text/plain", None, b"X-Request-ID: stub\r\n")
         self.done()
 
     def request_body(self, data: bytes) -> None:
@@ -153,6 +158,12 @@ class StubExchange:
         self.ticks += 1
 
 
+def new_context(loop: asyncio.AbstractEventLoop, settings: Settings) -> ProxyContext:
+    metrics = Metrics()
+    recorder = Recorder(metrics, PathLabeler(10), None)
+    return ProxyContext(loop, settings, metrics, recorder, HealthState())
+
+
 class H2Pair:
     """Our server connection and an ``h2`` client connection, wired by hand."""
 
@@ -161,21 +172,19 @@ class H2Pair:
         self.loop = FakeLoop(self.clock)
         self.settings = dataclasses.replace(Settings(), **overrides)
         self.exchanges: list[StubExchange] = []
-        self.closed = 0
         self.answer = answer
 
-        def new_exchange(leg: ClientLeg, head: RequestHead) -> ClientEvents:
+        def new_exchange(
+            conn: H2ServerConnection, leg: H2ClientStream, head: RequestHead
+        ) -> ClientEvents:
             ex = StubExchange(leg, head)
             ex.answer_on_end = self.answer
             self.exchanges.append(ex)
             return ex
 
-        def on_close() -> None:
-            self.closed += 1
-
-        self.server = H2Server(self.loop, self.settings, new_exchange, on_close)
+        self.ctx = new_context(self.loop, self.settings)
         self.transport = FakeTransport()
-        self.conn = H2ServerConnection(self.server)
+        self.conn = H2ServerConnection(self.ctx, new_exchange)
         self.conn.connection_made(self.transport)
         config = h2.config.H2Configuration(client_side=True, header_encoding=None)
         self.client = h2.connection.H2Connection(config)

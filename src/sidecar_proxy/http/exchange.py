@@ -26,12 +26,13 @@ from sidecar_proxy.health import health_body, ready_body
 from sidecar_proxy.http.context import ProxyContext
 from sidecar_proxy.http.fields import RequestHead, ResponseHead
 from sidecar_proxy.http.framing import CRLF, response_has_body
-from sidecar_proxy.http.headers import list_tokens
+from sidecar_proxy.http.headers import list_tokens, new_request_id, valid_request_id
 from sidecar_proxy.http.legs import AppLeg, ClientLeg, Trailers
 from sidecar_proxy.http.phase import COMMITTED, NEXT, WAITING_FOR_APP, IllegalTransition, Phase
 from sidecar_proxy.http.replies import error_body
 from sidecar_proxy.observe import record as R
 from sidecar_proxy.observe.record import Record
+from sidecar_proxy.observe.tracecontext import trace_id
 from sidecar_proxy.policy.backoff import parse_retry_after
 from sidecar_proxy.policy.breaker import BreakerState
 from sidecar_proxy.policy.retry import REASON_BUDGET, REASON_EXHAUSTED, Failure
@@ -48,6 +49,22 @@ _FAILURES = {
     Failure.RESET: (502, R.ERR_RESET, R.UPSTREAM_RESET, "the app closed the connection"),
     Failure.TIMEOUT: (504, R.ERR_TIMEOUT, R.UPSTREAM_TIMEOUT, "the app did not answer in time"),
 }
+
+
+def new_record(head: RequestHead, remote_addr: str) -> Record:
+    """The record of a request whose head a client leg has just parsed."""
+    # Not loop.time(): uvloop's is libuv's cached millisecond clock, too coarse for the
+    # 1 ms histogram bucket. Timers still use loop.time(); only measurements use this.
+    rec = Record(time.monotonic(), time.time(), remote_addr, "HTTP/" + head.version)
+    rec.method = head.method.decode("latin-1")
+    path, q, _ = head.target.partition(b"?")
+    rec.path = path.decode("latin-1")
+    rec.has_query = bool(q)
+    rec.user_agent = head.user_agent.decode("latin-1")
+    rid = head.request_id
+    rec.request_id = rid.decode("ascii") if valid_request_id(rid) else new_request_id()
+    rec.trace_id, rec.traced = trace_id(head.traceparent, head.b3_trace_id, rec.request_id)
+    return rec
 
 
 class Exchange:

@@ -67,6 +67,14 @@ _U32: Final = struct.Struct(">L")
 _SETTING: Final = struct.Struct(">HL")
 
 
+def preface_kind(data: bytes) -> bool | None:
+    """Whether a connection's first bytes are HTTP/2's preface: True, False, or None while they
+    are too few to tell."""
+    if len(data) >= len(PREFACE):
+        return data.startswith(PREFACE)
+    return None if PREFACE.startswith(data) else False
+
+
 def frame(ftype: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     size = len(payload)
     return HEAD.pack(size >> 16, size & 0xFFFF, ftype, flags, stream_id) + payload

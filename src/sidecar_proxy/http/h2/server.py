@@ -3,8 +3,8 @@
 A client speaks HTTP/2 on the proxy's one port by sending the connection preface first (prior
 knowledge, RFC 9113 §3.3; ALPN ``h2`` will do the same once TLS lands). The HTTP/1.1 client leg
 reads the first bytes of every connection; when they are the preface it hands the transport to
-:meth:`H2Server.take_over`, which swaps the protocol (``transport.set_protocol``) and feeds it
-those bytes. Nothing is parsed twice and an HTTP/1.1 connection pays one flag test per read.
+:func:`take_over`, which swaps the protocol (``transport.set_protocol``) and feeds it those
+bytes. Nothing is parsed twice and an HTTP/1.1 connection pays one flag test per read.
 
 Each stream is an :class:`H2ClientStream`, which is a :class:`~sidecar_proxy.http.legs.ClientLeg`
 of its own: streams are answered independently, so an exchange starts as soon as its head is
@@ -24,6 +24,8 @@ from collections.abc import Callable
 from typing import Final
 
 from sidecar_proxy.config import Settings
+from sidecar_proxy.http.context import ProxyContext
+from sidecar_proxy.http.exchange import Exchange, new_record
 from sidecar_proxy.http.fields import RequestHead, ResponseHead
 from sidecar_proxy.http.h2 import frames as F
 from sidecar_proxy.http.h2.connection import H2Connection, Limits, Stream, as_transport
@@ -36,9 +38,7 @@ from sidecar_proxy.http.h2.heads import (
     trailer_fields,
 )
 from sidecar_proxy.http.h2.hpack import Field
-from sidecar_proxy.http.legs import ClientEvents, ClientLeg, Trailers
-
-ExchangeFactory = Callable[[ClientLeg, RequestHead], ClientEvents]
+from sidecar_proxy.http.legs import ClientEvents, Trailers
 
 _DRAIN_PING: Final = b"drain\x00\x00\x00"
 _DRAIN_RTT: Final = 1.0  # the longest a drain waits for its PING to come back
@@ -59,47 +59,25 @@ def server_limits(s: Settings) -> Limits:
     )
 
 
-class H2Server:
-    """What the HTTP/2 client connections of one proxy share; made once."""
+def new_exchange(conn: H2ServerConnection, leg: H2ClientStream, head: RequestHead) -> ClientEvents:
+    ctx = conn.ctx
+    ex = Exchange(ctx, leg, head, new_record(head, conn.remote_addr))
+    ctx.recorder.started()
+    return ex
 
-    __slots__ = ("connections", "limits", "loop", "new_exchange", "on_close", "settings")
 
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        settings: Settings,
-        new_exchange: ExchangeFactory,
-        on_close: Callable[[], None],
-    ) -> None:
-        self.loop = loop
-        self.settings = settings
-        self.limits = server_limits(settings)
-        self.new_exchange = new_exchange
-        self.on_close = on_close  # the connection count's decrement
-        self.connections: set[H2ServerConnection] = set()
+ExchangeFactory = Callable[["H2ServerConnection", "H2ClientStream", RequestHead], ClientEvents]
 
-    def take_over(self, transport: asyncio.BaseTransport, data: bytes) -> H2ServerConnection:
-        """An HTTP/1.1 client leg saw the preface in ``data``: from now on this is HTTP/2.
 
-        The caller has counted the connection as opened and forgets it; this connection will
-        count it closed."""
-        conn = H2ServerConnection(self)
-        transport.set_protocol(conn)
-        conn.connection_made(transport)
-        conn.data_received(data)
-        return conn
+def take_over(ctx: ProxyContext, transport: asyncio.BaseTransport, data: bytes) -> None:
+    """An HTTP/1.1 client leg saw the preface in ``data``: from now on this is HTTP/2.
 
-    def on_tick(self, now: float) -> None:
-        for conn in list(self.connections):
-            conn.on_tick(now)
-
-    def drain(self) -> None:
-        for conn in list(self.connections):
-            conn.drain()
-
-    def close_all(self) -> None:
-        for conn in list(self.connections):
-            conn.close()
+    The HTTP/1.1 leg has counted the connection as opened and forgets it; this connection takes
+    its place among the context's connections and will count it closed."""
+    conn = H2ServerConnection(ctx)
+    transport.set_protocol(conn)
+    conn.adopt(transport)
+    conn.data_received(data)
 
 
 class H2ServerConnection(H2Connection):
@@ -107,16 +85,18 @@ class H2ServerConnection(H2Connection):
         "_deadline",
         "_drain_step",
         "_last_id",
+        "_new_exchange",
         "_preface",
+        "ctx",
         "peer",
         "remote_addr",
-        "server",
         "xff_line",
     )
 
-    def __init__(self, server: H2Server) -> None:
-        super().__init__(server.loop, server.limits)
-        self.server = server
+    def __init__(self, ctx: ProxyContext, make_exchange: ExchangeFactory = new_exchange) -> None:
+        super().__init__(ctx.loop, server_limits(ctx.settings))
+        self.ctx = ctx
+        self._new_exchange = make_exchange
         self.remote_addr = ""
         self.peer = b""
         self.xff_line = b""
@@ -124,23 +104,27 @@ class H2ServerConnection(H2Connection):
         self._last_id = 0
         self._drain_step = 0  # 1: GOAWAY with the largest id sent; 2: the real last id sent
         # the preface and SETTINGS within the header timeout; later, the idle timeout
-        self._deadline = self.clock() + server.settings.client_header_timeout
+        self._deadline = self.clock() + ctx.settings.client_header_timeout
 
-    # == lifecycle =================================================================================
+    # == lifecycle ===============================================================================
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.ctx.metrics.connection_opened()
+        self.adopt(transport)
+
+    def adopt(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
         self.remote_addr = peer[0] if peer else ""
         self.peer = self.remote_addr.encode()
         self.xff_line = b"X-Forwarded-For: " + self.peer + b"\r\n"
-        self.server.connections.add(self)
+        self.ctx.connections.add(self)
         self.start(as_transport(transport))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        connections = self.server.connections
+        connections = self.ctx.connections
         if self in connections:
             connections.discard(self)
-            self.server.on_close()
+            self.ctx.metrics.connection_closed()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -156,7 +140,7 @@ class H2ServerConnection(H2Connection):
                 return
         self.feed(data)
 
-    # == streams ===================================================================================
+    # == streams =================================================================================
 
     def is_peer_stream(self, stream_id: int) -> bool:
         return bool(stream_id & 1)
@@ -171,7 +155,7 @@ class H2ServerConnection(H2Connection):
         if len(self.streams) >= self.limits.max_streams:
             self.refuse(stream_id, F.REFUSED_STREAM)
             return
-        s = self.server.settings
+        s = self.ctx.settings
         try:
             head, problem = request_head(fields, end_stream, s.max_header_bytes, s.max_header_count)
         except Malformed:
@@ -187,13 +171,11 @@ class H2ServerConnection(H2Connection):
         limit = s.max_request_body_bytes
         if problem is None and limit and length is not None and length > limit:
             problem = (413, "request body too large")
-        ex = self.server.new_exchange(st, head)
+        ex = self._new_exchange(self, st, head)
         st.ex = ex
         if problem is not None:
             ex.reject(*problem)
         ex.start()
-        if end_stream and not ex.finished:
-            ex.request_end([])
 
     def refuse(self, sid: int, code: int) -> None:
         self._last_id = max(self._last_id, sid)
@@ -209,9 +191,9 @@ class H2ServerConnection(H2Connection):
         if self._drain_step == 2:
             self.close()
         else:
-            self._deadline = self.clock() + self.server.settings.client_idle_timeout
+            self._deadline = self.clock() + self.ctx.settings.client_idle_timeout
 
-    # == drain =====================================================================================
+    # == drain ===================================================================================
 
     def drain(self) -> None:
         """The first step of a graceful shutdown; the rest follows by itself (module doc)."""
@@ -237,7 +219,7 @@ class H2ServerConnection(H2Connection):
         self.schedule_write()
 
     def close_if_idle(self) -> bool:
-        """The drain as the HTTP/1.1 connections know it: start it; True once closed."""
+        """The server's drain: start the two-step GOAWAY; True once closed."""
         self.drain()
         return self.closing
 
@@ -245,7 +227,11 @@ class H2ServerConnection(H2Connection):
         """The grace period is over: GOAWAY and close, whatever is still in flight."""
         self.close()
 
-    # == deadlines =================================================================================
+    def abort(self) -> None:
+        """A bug of ours surfaced on this connection: cut it, and only it."""
+        self.close(F.INTERNAL_ERROR)
+
+    # == deadlines ===============================================================================
 
     def on_tick(self, now: float) -> None:
         if self.closing:
@@ -255,10 +241,11 @@ class H2ServerConnection(H2Connection):
             return
         if self._drain_step == 1 and now >= self._deadline:
             self._final_goaway()
-        if self.hb_sid and now - self.hb_started >= self.server.settings.client_header_timeout:
+        s = self.ctx.settings
+        if self.hb_sid and now - self.hb_started >= s.client_header_timeout:
             self.close(F.ENHANCE_YOUR_CALM, "header block not completed in time")
             return
-        body_timeout = self.server.settings.client_body_timeout
+        body_timeout = s.client_body_timeout
         for st in list(self.streams.values()):
             assert isinstance(st, H2ClientStream)
             st.on_tick(now, body_timeout)
@@ -301,7 +288,7 @@ class H2ClientStream(Stream):
             return
         if data:
             self.last_data = self.conn.clock()
-            limit = self.server_conn.server.settings.max_request_body_bytes
+            limit = self.server_conn.ctx.settings.max_request_body_bytes
             self.body_seen += len(data)
             if limit and self.body_seen > limit:
                 ex.reject(413, "request body too large")
