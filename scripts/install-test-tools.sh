@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Installs the Debian tools the tests and benchmarks drive: nginx (bench upstream and reference
-# proxy), wrk (load generator) and prometheus/promtool (alert rules and the real-scrape test).
-# Idempotent and quiet when everything is present.
+# proxy), wrk (load generator), prometheus/promtool (alert rules and the real-scrape test), curl,
+# and nghttp/h2load (HTTP/2 clients); then builds h2spec from ../shared when it is there
+# (scripts/build-h2spec.sh). Idempotent and quiet when everything is present.
 set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+bash "$here/build-h2spec.sh" >/dev/null || echo "install-test-tools: h2spec did not build" >&2
 need=()
 command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-test-tools: need root to install: ${need[*]} (or install them yourself)" >&2

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import h2.config
 import h2.connection
@@ -26,7 +26,7 @@ from sidecar_proxy.observe.recorder import Recorder
 from support.fakeclock import FakeClock
 
 
-class FakeLoop(asyncio.AbstractEventLoop):
+class FakeLoop:
     """The two things a connection asks of its loop: the time, and a callback soon."""
 
     def __init__(self, clock: FakeClock) -> None:
@@ -36,9 +36,8 @@ class FakeLoop(asyncio.AbstractEventLoop):
     def time(self) -> float:
         return self.clock.now
 
-    def call_soon(self, callback: Callable[..., Any], *args: Any, context: Any = None) -> Any:
+    def call_soon(self, callback: Callable[..., Any], *args: Any) -> None:
         self.soon.append((callback, args))
-        return None
 
     def run_soon(self) -> None:
         while self.soon:
@@ -182,7 +181,7 @@ class H2Pair:
             self.exchanges.append(ex)
             return ex
 
-        self.ctx = new_context(self.loop, self.settings)
+        self.ctx = new_context(cast(asyncio.AbstractEventLoop, self.loop), self.settings)
         self.transport = FakeTransport()
         self.conn = H2ServerConnection(self.ctx, new_exchange)
         self.conn.connection_made(self.transport)

@@ -10,6 +10,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Protocol
 
+from sidecar_proxy.http.h2.app import H2AppPool
 from sidecar_proxy.http.legs import AppPool
 from sidecar_proxy.http.phase import IllegalTransition
 from sidecar_proxy.http.pool import H1Pool
@@ -79,17 +80,7 @@ class ProxyContext:
         self.recorder = recorder
         self.health = health
         # Tests give a pool of fake legs; a proxy makes the one its settings ask for.
-        self.pool: AppPool = pool or H1Pool(
-            loop,
-            settings.upstream_host,
-            settings.upstream_port,
-            max_idle=settings.upstream_max_idle,
-            idle_timeout=settings.upstream_idle_timeout,
-            connect_timeout=settings.connect_timeout,
-            max_head_bytes=settings.max_header_bytes,
-            max_header_count=settings.max_header_count,
-            on_connection=metrics.on_upstream_connection,
-        )
+        self.pool: AppPool = pool or _app_pool(loop, settings, metrics)
         self.breaker = CircuitBreaker(
             settings.circuit_breaker_threshold,
             settings.circuit_breaker_timeout,
@@ -136,3 +127,19 @@ class ProxyContext:
         self.metrics.on_breaker_transition(old, new)
         level = logging.WARNING if new is BreakerState.OPEN else logging.INFO
         log.log(level, "circuit breaker " + new.name.lower(), extra={"from": old.name.lower()})
+
+
+def _app_pool(loop: asyncio.AbstractEventLoop, settings: Settings, metrics: Metrics) -> AppPool:
+    if settings.upstream_protocol == "h2c":
+        return H2AppPool(loop, settings, metrics.on_upstream_connection)
+    return H1Pool(
+        loop,
+        settings.upstream_host,
+        settings.upstream_port,
+        max_idle=settings.upstream_max_idle,
+        idle_timeout=settings.upstream_idle_timeout,
+        connect_timeout=settings.connect_timeout,
+        max_head_bytes=settings.max_header_bytes,
+        max_header_count=settings.max_header_count,
+        on_connection=metrics.on_upstream_connection,
+    )

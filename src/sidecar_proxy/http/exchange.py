@@ -419,6 +419,13 @@ class Exchange:
         else:
             self._attempt_failed(Failure.RESET)
 
+    def app_refused(self, app: AppLeg) -> None:
+        if app is not self.app or self.phase not in WAITING_FOR_APP:
+            return
+        self.app = None
+        app.abandon()
+        self._attempt_failed(Failure.CONNECT)  # nothing reached the app: any request may retry
+
     def app_protocol_error(self, app: AppLeg, reason: str) -> None:
         if app is not self.app or self.phase is Phase.DONE:
             return

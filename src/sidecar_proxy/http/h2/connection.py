@@ -284,6 +284,9 @@ class H2Connection(asyncio.Protocol):
     def on_idle(self) -> None:
         """The last open stream has gone."""
 
+    def on_peer_settings(self) -> None:
+        """A SETTINGS frame of the peer's has been applied."""
+
     def initial_settings(self) -> list[tuple[int, int]]:
         limits = self.limits
         return [
@@ -308,7 +311,7 @@ class H2Connection(asyncio.Protocol):
         self.transport = None
         self.out.clear()
         for st in list(self.streams.values()):
-            self._drop(st)
+            self.drop(st)
             st.on_reset(F.CANCEL)
 
     def eof_received(self) -> bool:
@@ -603,7 +606,7 @@ class H2Connection(asyncio.Protocol):
                 raise ConnectionFault(F.PROTOCOL_ERROR, "RST_STREAM on an idle stream")
             return
         self.count_reset()
-        self._drop(st)
+        self.drop(st)
         self._closed_ids[sid] = False
         st.on_reset(F.u32_full(payload))
 
@@ -638,6 +641,7 @@ class H2Connection(asyncio.Protocol):
             elif key == F.ENABLE_PUSH and value > 1:
                 raise ConnectionFault(F.PROTOCOL_ERROR, "invalid SETTINGS_ENABLE_PUSH")
         self.out.append(F.SETTINGS_ACK)
+        self.on_peer_settings()
         for st in list(self.streams.values()):
             if st.pending or st.end_pending:
                 self.pump(st)
@@ -703,7 +707,7 @@ class H2Connection(asyncio.Protocol):
         if st.id not in self.streams:
             return
         self.out.append(F.rst_stream(st.id, code))
-        self._drop(st)
+        self.drop(st)
         self._closed_ids[st.id] = True
 
     def reset_unopened(self, sid: int, code: int) -> None:
@@ -719,7 +723,7 @@ class H2Connection(asyncio.Protocol):
         else:
             self.reset_unopened(sid, code)
 
-    def _drop(self, st: Stream) -> None:
+    def drop(self, st: Stream) -> None:
         if self.streams.pop(st.id, None) is None:
             return
         self.stalled.pop(st.id, None)
@@ -735,7 +739,7 @@ class H2Connection(asyncio.Protocol):
 
     def _maybe_forget(self, st: Stream) -> None:
         if not st.remote_open and not st.local_open:
-            self._drop(st)
+            self.drop(st)
 
     # == bytes out =================================================================================
 
@@ -805,11 +809,13 @@ class H2Connection(asyncio.Protocol):
         self._maybe_forget(st)
 
     def queue_body(self, st: Stream, data: bytes) -> None:
+        """Body to send; framed at the next pump, so a last chunk and the end share a frame."""
         st.pending.append(data)
         st.pending_bytes += len(data)
-        self.pump(st)
         if not st.reported_paused and st.pending_bytes > _HIGH:
-            self._report_paused(st)
+            self.pump(st)
+            if st.pending_bytes > _HIGH:
+                self._report_paused(st)
 
     def _report_paused(self, st: Stream) -> None:
         paused = self.transport_paused or st.pending_bytes > _LOW
