@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -66,3 +67,13 @@ def proxy(start_proxy: Callable[..., ProxyServer], upstream: Upstream) -> ProxyS
 def free_port() -> int:
     """A port nothing listens on (bound and released)."""
     return support_free_port()
+
+
+@pytest.fixture
+def log_pipe() -> Iterator[tuple[int, int]]:
+    """A pipe for a proxy's access log: read end non-blocking, for support.accesslog."""
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    yield r, w
+    os.close(r)
+    os.close(w)

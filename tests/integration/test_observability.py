@@ -7,12 +7,12 @@ import logging
 import os
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import orjson
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from support.accesslog import read_log
 from support.client import connect, get, request
 from support.process import run_proxy
 from support.upstream import Received, Upstream, response
@@ -40,26 +40,6 @@ async def app(req: Received, w: asyncio.StreamWriter) -> None:
         w.write(response(201, b"made"))
     else:
         w.write(response(200, b"hello"))
-
-
-@pytest.fixture
-def log_pipe() -> Iterator[tuple[int, int]]:
-    r, w = os.pipe()
-    os.set_blocking(r, False)
-    yield r, w
-    os.close(r)
-    os.close(w)
-
-
-def read_log(fd: int, want: int, timeout: float = 3.0) -> list[dict[str, object]]:
-    data = b""
-    deadline = time.monotonic() + timeout
-    while data.count(b"\n") < want and time.monotonic() < deadline:
-        try:
-            data += os.read(fd, 1 << 20)
-        except BlockingIOError:
-            time.sleep(0.02)
-    return [orjson.loads(line) for line in data.splitlines()]
 
 
 def test_seed_metrics_after_known_traffic(

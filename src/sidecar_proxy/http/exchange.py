@@ -424,7 +424,11 @@ class Exchange:
             return
         self.app = None
         app.abandon()
-        self._attempt_failed(Failure.CONNECT)  # nothing reached the app: any request may retry
+        # Nothing reached the app, so any request may go again, as after a refused connection,
+        # if its body is still here to send: one that is not replay-safe was dropped as it went
+        # out, and is then retried only as a reset would be.
+        whole = self.replayable or not self.head.has_body
+        self._attempt_failed(Failure.CONNECT if whole else Failure.RESET)
 
     def app_protocol_error(self, app: AppLeg, reason: str) -> None:
         if app is not self.app or self.phase is Phase.DONE:

@@ -1,0 +1,143 @@
+"""HTTP/2 on the wire: real clients (curl, nghttp, h2load) through the proxy, to an HTTP/1.1 app
+and to an h2c app (``UPSTREAM_PROTOCOL=h2c``)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+
+import pytest
+from support.accesslog import read_log
+from support.h2app import H2App
+from support.loop import LoopThread
+from support.upstream import Upstream
+
+from sidecar_proxy.server import ProxyServer
+
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("curl") and shutil.which("nghttp") and shutil.which("h2load")),
+    reason="curl, nghttp and h2load are needed (scripts/install-test-tools.sh installs them)",
+)
+
+
+def run(*cmd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+
+
+def curl(port: int, path: str, *args: str, h2: bool = True) -> subprocess.CompletedProcess[str]:
+    flags = ["--http2-prior-knowledge"] if h2 else []
+    return run("curl", "-s", "-S", *flags, *args, f"http://127.0.0.1:{port}{path}")
+
+
+@pytest.fixture
+def start_h2app(loop: LoopThread) -> Iterator[Callable[..., H2App]]:
+    started: list[H2App] = []
+
+    def start(**options: object) -> H2App:
+        app = H2App(**options)  # type: ignore[arg-type]
+        loop.run(app.start())
+        started.append(app)
+        return app
+
+    yield start
+    for app in started:
+        loop.run(app.stop())
+
+
+def test_curl_h2_to_an_http1_app(
+    start_upstream: Callable[..., Upstream], start_proxy: Callable[..., ProxyServer]
+) -> None:
+    up = start_upstream()
+    proxy = start_proxy(up.port)
+    got = curl(proxy.port, "/hello?x=1", "-w", "%{http_version} %{http_code}")
+    assert got.stdout == "GET /hello?x=12 200", got.stderr
+    got = curl(proxy.port, "/post", "-d", "payload")
+    assert got.stdout == "POST /post"
+    req = up.received[-1]
+    assert req.body == b"payload"
+    assert req.header("host") == f"127.0.0.1:{proxy.port}"
+    assert req.header("x-forwarded-for") == "127.0.0.1"
+    # HTTP/1.1 on the same port is untouched
+    got = curl(proxy.port, "/h1", "-w", " %{http_version}", h2=False)
+    assert got.stdout == "GET /h1 1.1"
+
+
+def test_nghttp_and_h2load_get_every_answer(
+    start_upstream: Callable[..., Upstream], start_proxy: Callable[..., ProxyServer]
+) -> None:
+    up = start_upstream()
+    proxy = start_proxy(up.port)
+    urls = [f"http://127.0.0.1:{proxy.port}/n{i}" for i in range(8)]
+    got = run("nghttp", "-n", "--stat", *urls)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.count(" 200 ") == 8, got.stdout
+    got = run("h2load", "-n", "400", "-c", "2", "-m", "8", f"http://127.0.0.1:{proxy.port}/")
+    assert "400 succeeded, 0 failed" in got.stdout, got.stdout
+    assert "status codes: 400 2xx" in got.stdout
+
+
+def test_access_log_says_http2(
+    start_upstream: Callable[..., Upstream],
+    start_proxy: Callable[..., ProxyServer],
+    log_pipe: tuple[int, int],
+) -> None:
+    up = start_upstream()
+    proxy = start_proxy(up.port, access_log_fd=log_pipe[1])
+    assert curl(proxy.port, "/logged").returncode == 0
+    assert curl(proxy.port, "/logged-h1", h2=False).returncode == 0
+    first, second = read_log(log_pipe[0], 2)
+    assert (first["protocol"], first["path"], first["status"]) == ("HTTP/2.0", "/logged", 200)
+    assert second["protocol"] == "HTTP/1.1"
+
+
+def test_both_legs_h2c(
+    start_h2app: Callable[..., H2App], start_proxy: Callable[..., ProxyServer]
+) -> None:
+    app = start_h2app()
+    proxy = start_proxy(app.port, upstream_protocol="h2c")
+    got = curl(proxy.port, "/both?y=2")
+    assert got.stdout == "h2 GET /both?y=2", got.stderr
+    got = curl(proxy.port, "/echo", "-d", "x" * 5000)
+    assert got.stdout == "x" * 5000
+    # an HTTP/1.1 client meets an HTTP/2 app
+    got = curl(proxy.port, "/from-h1", h2=False)
+    assert got.stdout == "h2 GET /from-h1"
+    head = app.requests[0]
+    assert head[b":authority"] == f"127.0.0.1:{proxy.port}".encode()
+    assert head[b"x-forwarded-for"] == b"127.0.0.1"
+    assert b"host" not in head
+    # trailers pass from the app to an HTTP/2 client
+    got = run("nghttp", "-v", f"http://127.0.0.1:{proxy.port}/trailers")
+    assert "grpc-status: 0" in got.stdout, got.stdout
+
+
+def test_full_app_connections_open_another(
+    start_h2app: Callable[..., H2App], start_proxy: Callable[..., ProxyServer]
+) -> None:
+    app = start_h2app(max_streams=2)
+    proxy = start_proxy(app.port, upstream_protocol="h2c")
+    got = run("h2load", "-n", "60", "-c", "1", "-m", "6", f"http://127.0.0.1:{proxy.port}/")
+    assert "60 succeeded, 0 failed" in got.stdout, got.stdout
+    assert 2 <= app.connections <= 6
+
+
+def test_refused_stream_is_retried_even_for_a_delete(
+    start_h2app: Callable[..., H2App], start_proxy: Callable[..., ProxyServer]
+) -> None:
+    app = start_h2app(refuse=1)
+    proxy = start_proxy(app.port, upstream_protocol="h2c", retry_on=frozenset({"connect-failure"}))
+    got = curl(proxy.port, "/once", "-X", "POST")
+    assert got.stdout == ""  # the app's echo of an empty body, on the second attempt
+    assert "200" in curl(proxy.port, "/twice", "-X", "POST", "-w", "%{http_code}").stdout
+    assert len(app.requests) == 2
+
+
+def test_streams_past_goaway_are_retried_on_a_new_connection(
+    start_h2app: Callable[..., H2App], start_proxy: Callable[..., ProxyServer]
+) -> None:
+    app = start_h2app(goaway_after=1)
+    proxy = start_proxy(app.port, upstream_protocol="h2c")
+    got = run("h2load", "-n", "6", "-c", "1", "-m", "3", f"http://127.0.0.1:{proxy.port}/")
+    assert "6 succeeded, 0 failed" in got.stdout, got.stdout
+    assert app.connections >= 2
