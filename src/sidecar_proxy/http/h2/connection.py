@@ -35,11 +35,12 @@ from typing import Final, cast
 
 from sidecar_proxy.http.h2 import frames as F
 from sidecar_proxy.http.h2.hpack import (
-    HPACK_ERROR,
-    OVERSIZED,
     Decoder,
     Encoder,
     Field,
+    HpackError,
+    HpackTooLarge,
+    decode,
     new_decoder,
     new_encoder,
 )
@@ -550,10 +551,10 @@ class H2Connection(asyncio.Protocol):
 
     def _complete_block(self, sid: int, block: bytes) -> None:
         try:
-            fields = self.decoder.decode(block, raw=True)
-        except OVERSIZED as exc:
+            fields = decode(self.decoder, block)
+        except HpackTooLarge as exc:
             raise ConnectionFault(F.ENHANCE_YOUR_CALM, "header list too large") from exc
-        except HPACK_ERROR as exc:
+        except HpackError as exc:
             raise ConnectionFault(F.COMPRESSION_ERROR, "undecodable header block") from exc
         end_stream = self._hb_end_stream
         self_dependent = self._hb_bad

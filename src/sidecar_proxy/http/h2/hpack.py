@@ -42,5 +42,28 @@ def new_decoder(max_header_list_size: int) -> Decoder:
     return cast(Decoder, _Decoder(max_header_list_size=max_header_list_size))
 
 
-HPACK_ERROR = cast(type[Exception], _HPACKError)
-OVERSIZED = cast(type[Exception], _Oversized)
+class HpackError(Exception):
+    """A header block that does not decode: a connection error COMPRESSION_ERROR."""
+
+
+class HpackTooLarge(Exception):
+    """A header block that decodes to more than the decoder's bound."""
+
+
+_ERROR = cast(type[Exception], _HPACKError)
+_OVERSIZED = cast(type[Exception], _Oversized)
+
+
+def decode(decoder: Decoder, block: bytes) -> list[Field]:
+    try:
+        return decoder.decode(block, raw=True)
+    except _OVERSIZED as exc:
+        raise HpackTooLarge from exc
+    except _ERROR as exc:
+        raise HpackError from exc
+    except BaseException as exc:
+        # jh2's Rust decoder panics on some malformed blocks (seen: an index past a short
+        # block), and pyo3 raises a panic as a BaseException: still only a bad block.
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise HpackError from exc
