@@ -198,7 +198,7 @@ def test_garbage_after_the_preface_never_crashes(chunks: list[bytes]) -> None:
         pair.conn.connection_lost(None)
     # every exchange either goes on with its stream or has finished
     for ex in pair.exchanges:
-        assert ex.finished or ex.leg is pair.conn.streams.get(1)
+        assert ex.finished or id(ex.leg) in {id(s) for s in pair.conn.streams.values()}
 
 
 @settings(max_examples=150, deadline=None)
