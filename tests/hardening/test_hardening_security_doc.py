@@ -29,6 +29,12 @@ SECURITY_SETTINGS = {
     "upstream_max_idle",
     "retry_buffer_limit",
     "max_in_flight",
+    "h2_max_concurrent_streams",
+    "h2_stream_window",
+    "h2_connection_window",
+    "h2_max_reset_rate",
+    "h2_max_control_frame_rate",
+    "h2_send_stall_timeout",
 }
 
 
