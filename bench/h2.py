@@ -153,8 +153,9 @@ def load(args: argparse.Namespace) -> None:
 class _Answer:
     """A client-side exchange that answers at once: only the two connections do work."""
 
-    def __init__(self, leg: H2ClientStream, body: bytes) -> None:
+    def __init__(self, leg: H2ClientStream, head: RequestHead, body: bytes) -> None:
         self.leg = leg
+        self.head = head
         self.body = body
         self.finished = False
         self.request_complete = False
@@ -164,7 +165,9 @@ class _Answer:
         resp.names = [b"content-type"]
         self.resp = resp
 
-    def start(self) -> None: ...
+    def start(self) -> None:
+        if not self.head.has_body:
+            self.request_end([])  # as the exchange does: complete at once
 
     def reject(self, status: int, detail: str) -> None: ...
 
@@ -246,7 +249,7 @@ def codec(args: argparse.Namespace) -> None:
     body = b"\x00\x00\x00\x00\x07\n\x05world"
 
     def answer(conn: H2ServerConnection, leg: H2ClientStream, head: RequestHead) -> ClientEvents:
-        return _Answer(leg, body)
+        return _Answer(leg, head, body)
 
     server = H2ServerConnection(ctx, answer)
     server_wire = _Wire()

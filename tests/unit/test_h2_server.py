@@ -131,6 +131,12 @@ def test_malformed_requests_are_reset_without_an_exchange() -> None:
         [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":foo", b"x")],
         [(b":method", b"GET"), (b"a", b"b"), (b":scheme", b"http"), (b":path", b"/")],
         [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b"x", b"a\r\nb: c")],
+        [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b"x", b" padded")],
+        [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b"x", b"a\x00")],
+        [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b"a:b", b"x")],
+        # what would break the request line towards an HTTP/1.1 app
+        [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/a HTTP/1.1")],
+        [(b":method", b"G T"), (b":scheme", b"http"), (b":path", b"/")],
     ]
     pair = H2Pair()
     pair.exchange()

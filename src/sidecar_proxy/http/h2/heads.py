@@ -30,9 +30,16 @@ from sidecar_proxy.http.legs import Trailers
 
 # RFC 9113 §8.2.1: a name is lower-case token characters; a value holds no NUL, CR or LF and
 # neither starts nor ends with whitespace. Checked on every field received from either peer: a
-# CR or LF let through would split a line on the HTTP/1.1 side (request smuggling).
-_NAME: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")
-_BAD_VALUE: Final = re.compile(rb"[\x00\r\n]|^[ \t]|[ \t]$")
+# CR or LF let through would split a line on the HTTP/1.1 side (request smuggling). A whole list
+# is checked in two passes rather than two regex calls per field, which cost a fifth of a
+# request's conversion: the names joined, with every token character deleted, must leave just
+# the colons of the pseudo-header names; the values joined by LF (itself forbidden in a value,
+# so a count tells one inside a value) must hold no NUL or CR, and no whitespace next to an LF.
+_TOKEN: Final = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
+_BAD_VALUES: Final = re.compile(rb"[\x00\r]|(?:^|\n)[ \t]|[ \t](?:\n|$)")
+# what may not appear in a method or a target written into an HTTP/1.1 request line
+_BAD_TARGET: Final = re.compile(rb"[\x00-\x20\x7f]")
+_METHOD: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 # RFC 9113 §8.2.2; ``te`` is allowed with the value "trailers" only
 _CONNECTION_SPECIFIC: Final = frozenset(
@@ -49,10 +56,12 @@ class Malformed(Exception):
     """A field list RFC 9113 calls malformed (§8.1.1): a stream error PROTOCOL_ERROR."""
 
 
-def _check_field(name: bytes, value: bytes) -> None:
-    if _NAME.fullmatch(name) is None:
+def _check_fields(fields: list[Field], pseudo: int) -> None:
+    """RFC 9113 §8.2.1 over a field list with ``pseudo`` pseudo-header fields."""
+    if b"".join([f[0] for f in fields]).translate(None, _TOKEN) != b":" * pseudo:
         raise Malformed("invalid field name")
-    if value and _BAD_VALUE.search(value) is not None:
+    values = b"\n".join([f[1] for f in fields])
+    if values.count(b"\n") != len(fields) - 1 or _BAD_VALUES.search(values) is not None:
         raise Malformed("invalid field value")
 
 
@@ -65,6 +74,7 @@ def request_head(
     head.version = "2.0"
     scheme = authority = b""
     seen_regular = False
+    pseudo = 0
     cookies: list[bytes] = []
     size = 0
     problem: tuple[int, str] | None = None
@@ -77,7 +87,7 @@ def request_head(
                 raise Malformed("a pseudo-header field after a regular one")
             if name not in _REQUEST_PSEUDO:
                 raise Malformed("an unknown pseudo-header field")
-            _check_field(name[1:], value)
+            pseudo += 1
             if name == b":method":
                 if head.method:
                     raise Malformed("two :method fields")
@@ -98,7 +108,6 @@ def request_head(
                 authority = value
             continue
         seen_regular = True
-        _check_field(name, value)
         head.header_count += 1
         if name in _CONNECTION_SPECIFIC:
             raise Malformed("a connection-specific field")
@@ -148,6 +157,9 @@ def request_head(
                 head.idempotency_key = True
             lines.append(name + b": " + value + b"\r\n")
             names.append(name)
+    _check_fields(fields, pseudo)
+    if _METHOD.fullmatch(head.method or b"-") is None or _BAD_TARGET.search(head.target):
+        raise Malformed("a :method or :path that cannot go into a request line")
     if cookies:
         lines.append(b"cookie: " + b"; ".join(cookies) + b"\r\n")
         names.append(b"cookie")
@@ -184,11 +196,9 @@ def request_head(
 
 def trailer_fields(fields: list[Field]) -> Trailers:
     """Received trailers: regular fields only (§8.1), connection-specific ones malformed."""
+    _check_fields(fields, 0)  # a pseudo-header field fails it: none belong in trailers
     trailers: Trailers = []
     for name, value, _ in fields:
-        if name[:1] == b":":
-            raise Malformed("a pseudo-header field in trailers")
-        _check_field(name, value)
         if name in _CONNECTION_SPECIFIC:
             raise Malformed("a connection-specific field")
         trailers.append((name, value))
@@ -286,6 +296,7 @@ def response_head(fields: list[Field]) -> ResponseHead:
     resp = ResponseHead()
     resp.keep_alive = True  # the stream ends; the connection goes on
     seen_regular = False
+    _check_fields(fields, 1 if fields and fields[0][0] == b":status" else 0)
     lines = resp.lines
     names = resp.names
     for name, value, _ in fields:
@@ -297,7 +308,6 @@ def response_head(fields: list[Field]) -> ResponseHead:
             resp.status = int(value)
             continue
         seen_regular = True
-        _check_field(name, value)
         if name in _CONNECTION_SPECIFIC:
             raise Malformed("a connection-specific field")
         kind = H.RESPONSE_FIELDS.get(name)
