@@ -31,8 +31,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import nginx
-from bench.procs import CORE_LOAD, CORE_PROXY, HOST, Supervisor, cpu_sample, free_port, pinned
+from bench import keepalive, nginx
+from bench.procs import (
+    CORE_LOAD,
+    CORE_PROXY,
+    HOST,
+    Supervisor,
+    cpu_sample,
+    free_port,
+    pinned,
+    rss_bytes,
+)
 from sidecar_proxy.config import Settings
 from sidecar_proxy.health import HealthState
 from sidecar_proxy.http.context import ProxyContext
@@ -137,6 +146,13 @@ def load(args: argparse.Namespace) -> None:
                 ("nginx-h2-h2", front_h2, front.pid),
                 ("sidecar-h2-h2", sidecars["h2"][1], sidecars["h2"][0].pid),
             ]
+            h1_sidecar, h1_port = sidecars["h1"]
+            idle = rss_bytes(h1_sidecar.pid)
+            held, rss = keepalive.with_connections(
+                h1_port, "/small", args.idle, lambda _: rss_bytes(h1_sidecar.pid), h2=True
+            )
+            print(f"sidecar RSS: {idle / 2**20:.1f} MiB idle, {rss / 2**20:.1f} MiB holding "
+                  f"{held} idle HTTP/2 connections")  # fmt: skip
             print("| case | req/s | 2xx of done | CPU per request |")
             print("|---|---:|---:|---:|")
             for name, port, pid in cases:
@@ -294,6 +310,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=20_000, help="--codec: exchanges")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per h2load run")
     parser.add_argument("--warmup", type=float, default=1.0, help="h2load warm-up seconds")
+    parser.add_argument("--idle", type=int, default=1000, help="idle HTTP/2 connections held")
     args = parser.parse_args()
     codec(args) if args.codec else load(args)
 
