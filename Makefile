@@ -28,6 +28,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	bash scripts/install-test-tools.sh
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.h2
 
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak

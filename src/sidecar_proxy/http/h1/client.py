@@ -371,7 +371,7 @@ class H1ClientConnection(asyncio.Protocol):
             cur.lines.append(name + b": " + value + CRLF)
             cur.names.append(low)
             return
-        if not _classify(cur, kind, value):
+        if not F.classify_request_field(cur, kind, value):
             return
         cur.lines.append(name + b": " + value + CRLF)
         cur.names.append(low)
@@ -740,45 +740,6 @@ class H1ClientConnection(asyncio.Protocol):
                 408,
                 "request header timeout" if state is ClientState.HEAD else "request body timeout",
             )
-
-
-def _classify(cur: RequestHead, kind: int, value: bytes) -> bool:
-    """Note a field the proxy reads or rewrites; True when it is forwarded as it is."""
-    if kind == F.REQ_HOST:
-        cur.host_count += 1
-        cur.host = value
-        cur.host_line = len(cur.lines)
-        return True
-    if kind == F.REQ_CONTENT_LENGTH:
-        cur.content_length = int(value)  # llhttp has checked digits and duplicates
-    elif kind == F.REQ_TRANSFER_ENCODING:
-        cur.transfer_encoding.append(value)
-    elif kind == F.REQ_CONNECTION:
-        cur.connection.append(value)
-    elif kind == F.REQ_UPGRADE:
-        cur.upgrade = value
-    elif kind == F.REQ_REQUEST_ID:
-        cur.request_id = value
-    elif kind == F.REQ_X_FORWARDED_FOR:
-        cur.xff = cur.xff + b", " + value if cur.xff else value
-    elif kind == F.REQ_X_FORWARDED_PROTO:
-        cur.forwarded_proto = value
-    elif kind == F.REQ_X_FORWARDED_HOST:
-        cur.forwarded_host = value
-    elif kind == F.REQ_HOP:
-        pass
-    else:
-        # read here and forwarded as they are
-        if kind == F.REQ_USER_AGENT:
-            cur.user_agent = value
-        elif kind == F.REQ_TRACEPARENT:
-            cur.traceparent = value
-        elif kind == F.REQ_B3_TRACE_ID:
-            cur.b3_trace_id = value
-        else:  # F.REQ_IDEMPOTENCY_KEY
-            cur.idempotency_key = True
-        return True
-    return False
 
 
 def _absolute_form(cur: RequestHead) -> tuple[int, str] | None:

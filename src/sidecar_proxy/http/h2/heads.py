@@ -56,6 +56,13 @@ class Malformed(Exception):
     """A field list RFC 9113 calls malformed (§8.1.1): a stream error PROTOCOL_ERROR."""
 
 
+def _length(value: bytes) -> int:
+    """A content-length value: plain digits, and not absurdly many (RFC 9110 §8.6)."""
+    if not value.isdigit() or len(value) > 18:
+        raise Malformed("invalid content-length")
+    return int(value)
+
+
 def _check_fields(fields: list[Field], pseudo: int) -> None:
     """RFC 9113 §8.2.1 over a field list with ``pseudo`` pseudo-header fields."""
     if b"".join([f[0] for f in fields]).translate(None, _TOKEN) != b":" * pseudo:
@@ -129,32 +136,12 @@ def request_head(
             head.host_count += 1
             if not authority:
                 authority = value  # §8.3.1: :authority wins when both are present
-        elif kind == H.REQ_CONTENT_LENGTH:
-            if not value.isdigit() or len(value) > 18:
-                raise Malformed("invalid content-length")
-            length = int(value)
+            continue  # the Host line is written from it below
+        if kind == H.REQ_CONTENT_LENGTH:
+            length = _length(value)
             if head.content_length is not None and head.content_length != length:
                 raise Malformed("conflicting content-length fields")
-            head.content_length = length
-        elif kind == H.REQ_HOP:
-            pass
-        elif kind == H.REQ_REQUEST_ID:
-            head.request_id = value
-        elif kind == H.REQ_X_FORWARDED_FOR:
-            head.xff = head.xff + b", " + value if head.xff else value
-        elif kind == H.REQ_X_FORWARDED_PROTO:
-            head.forwarded_proto = value
-        elif kind == H.REQ_X_FORWARDED_HOST:
-            head.forwarded_host = value
-        else:
-            if kind == H.REQ_USER_AGENT:
-                head.user_agent = value
-            elif kind == H.REQ_TRACEPARENT:
-                head.traceparent = value
-            elif kind == H.REQ_B3_TRACE_ID:
-                head.b3_trace_id = value
-            elif kind == H.REQ_IDEMPOTENCY_KEY:
-                head.idempotency_key = True
+        if H.classify_request_field(head, kind, value):
             lines.append(name + b": " + value + b"\r\n")
             names.append(name)
     _check_fields(fields, pseudo)
@@ -312,8 +299,7 @@ def response_head(fields: list[Field]) -> ResponseHead:
             raise Malformed("a connection-specific field")
         kind = H.RESPONSE_FIELDS.get(name)
         if kind == H.RESP_CONTENT_LENGTH:
-            if not value.isdigit() or len(value) > 18:
-                raise Malformed("invalid content-length")
+            _length(value)
             resp.content_length = value
             continue
         if kind == H.RESP_HOP:
