@@ -112,6 +112,17 @@ def test_both_legs_h2c(
     assert "grpc-status: 0" in got.stdout, got.stdout
 
 
+def test_a_stream_the_app_resets_mid_body_is_cut_for_the_client(
+    start_h2app: Callable[..., H2App], start_proxy: Callable[..., ProxyServer]
+) -> None:
+    app = start_h2app()
+    proxy = start_proxy(app.port, upstream_protocol="h2c")
+    got = curl(proxy.port, "/cut")
+    assert got.returncode != 0  # curl reports the reset stream, not a complete response
+    got = curl(proxy.port, "/cut", h2=False)
+    assert got.returncode != 0  # HTTP/1.1: the connection closes before the last chunk
+
+
 def test_full_app_connections_open_another(
     start_h2app: Callable[..., H2App], start_proxy: Callable[..., ProxyServer]
 ) -> None:

@@ -123,6 +123,11 @@ class _Conn(asyncio.Protocol):
             [(b":status", b"200"), (b"content-type", b"text/plain")],
             end_stream=False,
         )
+        if path == b"/cut":  # a head, some body, then a reset: the response is incomplete
+            self.h2.send_data(sid, b"partial")
+            self.h2.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            self.flush()
+            return
         self.h2.send_data(sid, body, end_stream=not path.startswith(b"/trailers"))
         if path.startswith(b"/trailers"):
             self.h2.send_headers(sid, [(b"grpc-status", b"0")], end_stream=True)

@@ -329,3 +329,19 @@ def test_settings_change_of_initial_window_applies_to_open_streams() -> None:
     pair.client.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 65_535})
     events = pair.exchange()
     assert of(events, h2.events.DataReceived)[0].data == b"hello"
+
+
+def test_body_held_for_an_exchange_that_ends_gives_the_connection_its_credit_back() -> None:
+    pair = H2Pair(answer=False, h2_connection_window=65_535, h2_stream_window=65_535)
+    sid = pair.request(method=b"POST", end=False)
+    pair.exchange()
+    ex = pair.exchanges[0]
+    ex.leg.pause_request_body()  # no app connection yet, say
+    for _ in range(3):
+        pair.client.send_data(sid, b"w" * 15_000)
+    pair.exchange()
+    assert pair.client.local_flow_control_window(sid) == 65_535 - 45_000
+    ex.reply_local(503, "shed")  # the exchange ends without taking the body
+    events = pair.receive()
+    credited = sum(e.delta for e in of(events, h2.events.WindowUpdated) if e.stream_id == 0)
+    assert credited == 45_000

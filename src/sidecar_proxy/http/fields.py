@@ -139,6 +139,7 @@ class ResponseHead:
     __slots__ = (
         "connection",
         "content_length",
+        "framed",
         "has_request_id",
         "keep_alive",
         "lines",
@@ -164,11 +165,14 @@ class ResponseHead:
         self.has_request_id = False
         self.retry_after: bytes | None = None
         self.keep_alive = False  # the app will take another request on this connection
+        # the protocol marks where the body ends whatever the fields say (an HTTP/2 stream's
+        # END_STREAM), so it never ends by the app closing the connection
+        self.framed = False
 
     @property
     def length_known(self) -> bool:
         """The body ends by its framing rather than by the app closing the connection."""
-        return self.content_length is not None or bool(self.transfer_encoding)
+        return self.framed or self.content_length is not None or bool(self.transfer_encoding)
 
 
 def classify_request_field(cur: RequestHead, kind: int, value: bytes) -> bool:

@@ -123,9 +123,13 @@ class H2AppPool:
                 self.loop.create_task(self._open(opening))
             try:
                 # shielded: one waiter giving up must not cancel the others' connection
-                await asyncio.shield(opening)
+                fresh = await asyncio.shield(opening)
             except (OSError, TimeoutError) as exc:
                 done(None, exc)
+                return
+            if not fresh.peer_max_streams:
+                # SETTINGS_MAX_CONCURRENT_STREAMS 0: opening more would never help
+                done(None, ConnectionRefusedError("the app takes no streams"))
                 return
 
     async def _open(self, opening: asyncio.Future[H2AppConnection]) -> None:

@@ -731,6 +731,10 @@ class H2Connection(asyncio.Protocol):
         st.remote_open = st.local_open = False
         st.pending.clear()
         st.pending_bytes = 0
+        if st.held:
+            # received while paused and never to be drained: the connection's credit comes back
+            self.consumed(None, st.held)
+            st.held = 0
         closed = self._closed_ids
         closed[st.id] = False
         if len(closed) > _CLOSED_MEMORY:

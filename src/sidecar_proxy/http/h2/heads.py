@@ -282,6 +282,7 @@ def response_head(fields: list[Field]) -> ResponseHead:
     """A response head from an HTTP/2 app, as the exchange wants it."""
     resp = ResponseHead()
     resp.keep_alive = True  # the stream ends; the connection goes on
+    resp.framed = True  # END_STREAM ends the body: a reset stream is a cut one, never an end
     seen_regular = False
     _check_fields(fields, 1 if fields and fields[0][0] == b":status" else 0)
     lines = resp.lines

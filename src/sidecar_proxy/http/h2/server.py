@@ -342,12 +342,16 @@ class H2ClientStream(Stream):
 
     def send_interim(self, status: int, resp: ResponseHead) -> None:
         conn = self.conn
+        if not self.local_open:
+            return
         block = conn.encoder.encode(response_fields(status, resp, []))
         F.header_block(self.id, block, False, conn.peer_max_frame, conn.out)
 
     def send_head(
         self, status: int, resp: ResponseHead, added: list[bytes], has_body: bool
     ) -> None:
+        if not self.local_open:
+            return  # reset meanwhile
         # Encoded only when pumped: until then it can be retracted, and HPACK state with it.
         self.head = response_fields(status, resp, added)
         if not has_body:
@@ -394,7 +398,7 @@ class H2ClientStream(Stream):
 
     def flush(self) -> None:
         conn = self.conn
-        if self.head is not None or self.pending or self.end_pending:
+        if self.local_open and (self.head is not None or self.pending or self.end_pending):
             conn.pump(self)
         conn.schedule_write()
 
