@@ -3,9 +3,13 @@ and to an h2c app (``UPSTREAM_PROTOCOL=h2c``)."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import socket
 import subprocess
+import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from support.accesslog import read_log
@@ -13,6 +17,8 @@ from support.h2app import H2App
 from support.loop import LoopThread
 from support.upstream import Upstream
 
+from sidecar_proxy.http.h2 import frames as F
+from sidecar_proxy.http.h2.hpack import new_encoder
 from sidecar_proxy.server import ProxyServer
 
 pytestmark = pytest.mark.skipif(
@@ -152,3 +158,53 @@ def test_streams_past_goaway_are_retried_on_a_new_connection(
     got = run("h2load", "-n", "6", "-c", "1", "-m", "3", f"http://127.0.0.1:{proxy.port}/")
     assert "6 succeeded, 0 failed" in got.stdout, got.stdout
     assert app.connections >= 2
+
+
+def read_frames(sock: socket.socket, until: Callable[[int, int, int, bytes], bool]) -> list[Any]:
+    """Frames from ``sock`` (type, flags, stream id, payload) up to the first ``until`` accepts."""
+    got: list[Any] = []
+    buf = b""
+    while True:
+        while len(buf) >= 9:
+            hi, lo, ftype, flags, sid = F.HEAD.unpack_from(buf)
+            size = (hi << 16) | lo
+            if len(buf) < 9 + size:
+                break
+            frame = (ftype, flags, sid & 0x7FFFFFFF, buf[9 : 9 + size])
+            buf = buf[9 + size :]
+            got.append(frame)
+            if until(*frame):
+                return got
+        data = sock.recv(65536)
+        assert data, f"closed; frames so far: {got}"
+        buf += data
+
+
+def test_shutdown_drains_http2_with_two_goaways(
+    loop: LoopThread,
+    start_h2app: Callable[..., H2App],
+    start_proxy: Callable[..., ProxyServer],
+) -> None:
+    app = start_h2app(hold=True)
+    proxy = start_proxy(app.port, upstream_protocol="h2c", shutdown_grace_period=5.0)
+    fields = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/held")]
+    block = new_encoder().encode([(name, value, False) for name, value in fields])
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+        sock.sendall(F.PREFACE + F.settings([]) + F.frame(F.HEADERS, 5, 1, block))
+        for _ in range(100):
+            if app.held:
+                break
+            time.sleep(0.02)
+        assert app.held, "the request never reached the app"
+        stopping = asyncio.run_coroutine_threadsafe(proxy.shutdown(), loop.loop)
+        # first GOAWAY: the largest stream id, and a PING to time the round trip
+        got = read_frames(sock, lambda t, f, s, p: t == F.PING and not f & F.ACK)
+        first = [p for t, _, _, p in got if t == F.GOAWAY]
+        assert first and F.u32(first[0]) == F.MAX_STREAM_ID
+        sock.sendall(F.ping(got[-1][3], ack=True))
+        got = read_frames(sock, lambda t, f, s, p: t == F.GOAWAY)
+        assert F.u32(got[-1][3]) == 1  # the real last stream: ours is served
+        loop.call(app.release)
+        got = read_frames(sock, lambda t, f, s, p: s == 1 and bool(f & F.END_STREAM))
+        assert any(t == F.DATA and p == b"h2 GET /held" for t, _, s, p in got)
+        stopping.result(10)
