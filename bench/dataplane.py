@@ -19,11 +19,10 @@ from typing import Any, cast
 import uvloop
 
 from sidecar_proxy.config import Settings
-from sidecar_proxy.health import HealthState
-from sidecar_proxy.http.context import ProxyContext
+from sidecar_proxy.http.context import ProxyContext, new_pool
 from sidecar_proxy.http.h1.app import H1AppConnection
 from sidecar_proxy.http.h1.client import H1ClientConnection
-from sidecar_proxy.http.pool import H1Pool
+from sidecar_proxy.lifecycle.health import HealthState
 from sidecar_proxy.observe.accesslog import AccessLog
 from sidecar_proxy.observe.metrics import Metrics
 from sidecar_proxy.observe.paths import PathLabeler
@@ -70,17 +69,7 @@ def measure(access_log: bool, number: int, repeat: int) -> float:
     metrics = Metrics()
     log = AccessLog(os.open(os.devnull, os.O_WRONLY)) if access_log else None
     recorder = Recorder(metrics, PathLabeler(settings.metrics_path_label_limit), log)
-    pool = H1Pool(
-        loop,
-        settings.upstream_host,
-        settings.upstream_port,
-        max_idle=settings.upstream_max_idle,
-        idle_timeout=settings.upstream_idle_timeout,
-        connect_timeout=settings.connect_timeout,
-        max_head_bytes=settings.max_header_bytes,
-        max_header_count=settings.max_header_count,
-        on_connection=metrics.on_upstream_connection,
-    )
+    pool = new_pool(loop, settings, metrics)
     ctx = ProxyContext(loop, settings, metrics, recorder, HealthState(), pool=pool)
     app = H1AppConnection(pool)
     app.connection_made(cast(Any, FakeTransport()))

@@ -43,12 +43,12 @@ from bench.procs import (
     rss_bytes,
 )
 from sidecar_proxy.config import Settings
-from sidecar_proxy.health import HealthState
 from sidecar_proxy.http.context import ProxyContext
 from sidecar_proxy.http.fields import RequestHead, ResponseHead
 from sidecar_proxy.http.h2.app import H2AppConnection, H2AppPool
 from sidecar_proxy.http.h2.server import H2ClientStream, H2ServerConnection
 from sidecar_proxy.http.legs import AppLeg, ClientEvents, Trailers
+from sidecar_proxy.lifecycle.health import HealthState
 from sidecar_proxy.observe.metrics import Metrics
 from sidecar_proxy.observe.paths import PathLabeler
 from sidecar_proxy.observe.recorder import Recorder
@@ -169,9 +169,9 @@ def load(args: argparse.Namespace) -> None:
 class _Answer:
     """A client-side exchange that answers at once: only the two connections do work."""
 
-    def __init__(self, leg: H2ClientStream, head: RequestHead, body: bytes) -> None:
+    def __init__(self, leg: H2ClientStream, body_follows: bool, body: bytes) -> None:
         self.leg = leg
-        self.head = head
+        self.body_follows = body_follows
         self.body = body
         self.finished = False
         self.request_complete = False
@@ -182,7 +182,7 @@ class _Answer:
         self.resp = resp
 
     def start(self) -> None:
-        if not self.head.has_body:
+        if not self.body_follows:
             self.request_end([])  # as the exchange does: complete at once
 
     def reject(self, status: int, detail: str) -> None: ...
@@ -264,8 +264,10 @@ def codec(args: argparse.Namespace) -> None:
     )
     body = b"\x00\x00\x00\x00\x07\n\x05world"
 
-    def answer(conn: H2ServerConnection, leg: H2ClientStream, head: RequestHead) -> ClientEvents:
-        return _Answer(leg, head, body)
+    def answer(
+        conn: H2ServerConnection, leg: H2ClientStream, head: RequestHead, body_follows: bool
+    ) -> ClientEvents:
+        return _Answer(leg, body_follows, body)
 
     server = H2ServerConnection(ctx, answer)
     server_wire = _Wire()

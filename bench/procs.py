@@ -178,6 +178,18 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def status_kib(pid: int, field: str) -> int:
+    """A /proc/PID/status figure (VmRSS and VmHWM in KiB, Threads); 0 once the process is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
 def rss_bytes(pid: int) -> int:
     """VmRSS of ``pid`` plus all its descendants (nginx: master + worker).
 
@@ -185,17 +197,7 @@ def rss_bytes(pid: int) -> int:
     share their code), so multi-process peers are slightly overstated; the single-process peers
     (the sidecar, aiohttp, Go) are exact.
     """
-    total = 0
-    for each in [pid, *descendants(pid)]:
-        try:
-            status = Path(f"/proc/{each}/status").read_text()
-        except OSError:
-            continue
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1]) * 1024
-                break
-    return total
+    return sum(status_kib(each, "VmRSS") for each in [pid, *descendants(pid)]) * 1024
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,7 @@ PEERS = (
     "sidecar-pipe",
     "sidecar-nolog",
     "seed-go",
+    "sidecar-baseline",
 )
 NOTES = {
     "direct": "wrk straight to the upstream nginx: the ceiling (no proxy; RSS not measured)",
@@ -83,6 +84,8 @@ NOTES = {
     "(the cost of real log writes), metrics ON",
     "sidecar-nolog": "sidecar-proxy run with ACCESS_LOG=false; metrics still ON (they cannot "
     "be turned off; bench.micro measures their cost)",
+    "sidecar-baseline": "sidecar-proxy run from the source of --baseline REV, as the sidecar-proxy "
+    "peer (access log ON): the same interpreter and packages, another commit",
     "seed-go": "the seed's Go sidecar (one core: Go sizes GOMAXPROCS from the pin); "
     "JSON logs, 2 lines per request, to /dev/null; metrics ON; breaker threshold raised "
     "(see run.py)",
@@ -152,7 +155,7 @@ class Bench:
             ]
             proc = self.sup.start(name, argv, core=core, env=env, cwd=REPO)
             peer = Peer(name, port, proc)
-        elif name in (SIDECAR, "sidecar-pipe", "sidecar-nolog"):
+        elif name in (SIDECAR, "sidecar-pipe", "sidecar-nolog", "sidecar-baseline"):
             port, admin = free_port(), free_port()
             env |= self.seed_env(port, admin) | {
                 "LOG_LEVEL": "warning",
@@ -164,9 +167,14 @@ class Bench:
                 "SHUTDOWN_GRACE_PERIOD": "1s",
             }
             pipe = name == "sidecar-pipe"
+            argv = [str(sidecar_binary()), "run"]
+            if name == "sidecar-baseline":
+                # The baseline's pure-Python source first on the path, ahead of this install.
+                env["PYTHONPATH"] = str(self.baseline_source())
+                argv = [sys.executable, "-m", "sidecar_proxy", "run"]
             proc = self.sup.start(
                 name,
-                [str(sidecar_binary()), "run"],
+                argv,
                 core=core,
                 env=env,
                 stdout=subprocess.PIPE if pipe else subprocess.DEVNULL,
@@ -199,6 +207,19 @@ class Bench:
         return peer
 
     # -- measuring ----------------------------------------------------------------------------
+
+    def baseline_source(self) -> Path:
+        """The ``src`` folder of ``--baseline``'s commit, exported once into the work dir."""
+        out = self.workdir / "baseline"
+        if not out.exists():
+            out.mkdir()
+            archive = subprocess.run(
+                ["git", "-C", str(REPO), "archive", self.args.baseline, "src"],
+                capture_output=True,
+                check=True,
+            ).stdout
+            subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
+        return out / "src"
 
     def seed_env(self, port: int, admin: int) -> dict[str, str]:
         """The seed's environment variables, which both sidecars read the same way."""
@@ -350,6 +371,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"the seed's Go sidecar (default {DEFAULT_SEED_BINARY} when it exists)",
     )
     parser.add_argument("--no-micro", action="store_true", help="skip the recorder micro-benchmark")
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run the sidecar from the source of git commit REV (peer sidecar-baseline), "
+        "to compare two commits in one run",
+    )
     args = parser.parse_args(argv)
 
     quick = args.quick
@@ -367,10 +394,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         unknown = set(peers) - set(PEERS)
         if unknown:
             parser.error(f"unknown peers: {', '.join(sorted(unknown))}; known: {', '.join(PEERS)}")
+        if "sidecar-baseline" in peers and not args.baseline:
+            parser.error("sidecar-baseline needs --baseline REV")
         if "seed-go" in peers and args.seed_binary is None:
             parser.error(f"seed-go needs --seed-binary (or a binary at {DEFAULT_SEED_BINARY})")
     else:
-        peers = [p for p in PEERS if p != "seed-go" or args.seed_binary is not None]
+        peers = [
+            p
+            for p in PEERS
+            if (p != "seed-go" or args.seed_binary is not None)
+            and (p != "sidecar-baseline" or args.baseline)
+        ]
     args.peer_list = peers
 
     names = [s.strip() for s in (args.scenarios or ",".join(SCENARIOS)).split(",") if s.strip()]

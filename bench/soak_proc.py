@@ -14,13 +14,14 @@ import ctypes
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import procs
+from bench.procs import free_port
 from bench.soak_app import HOST
 from sidecar_proxy.config import FIELDS
 from sidecar_proxy.config.loader import CONFIG_ENV
@@ -46,32 +47,6 @@ def _die_with_parent() -> None:
 
 class SoakSetupError(RuntimeError):
     """The soak could not run (the proxy would not start); not a finding about the proxy."""
-
-
-def free_port() -> int:
-    """A port that was free a moment ago; if another process takes it first, the proxy fails to
-    start and its stderr says so."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-async def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
-    """One GET to 127.0.0.1 on a fresh connection, read to EOF (Connection: close)."""
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, port), timeout)
-    try:
-        writer.write(
-            f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nConnection: close\r\n\r\n".encode()
-        )
-        raw = await asyncio.wait_for(reader.read(-1), timeout)
-    finally:
-        writer.transport.abort()
-    head, _, body = raw.partition(b"\r\n\r\n")
-    parts = head.split(b" ", 2)
-    if len(parts) < 2 or not parts[1].isdigit():
-        raise OSError(f"not an HTTP response from port {port}: {raw[:60]!r}")
-    return int(parts[1]), body
 
 
 @dataclass
@@ -139,7 +114,7 @@ class ProxyProcess:
                     f"sidecar-proxy exited {self.proc.returncode}: {self.stderr_tail()}"
                 )
             try:
-                status, _ = await http_get(self.admin_port, "/ready", 1.0)
+                status, _ = await asyncio.to_thread(procs.http_get, self.admin_port, "/ready", 1.0)
                 if status == 200:
                     return
             except (OSError, TimeoutError):
@@ -153,26 +128,17 @@ class ProxyProcess:
         except OSError:
             return ""
 
-    def _proc_status(self) -> tuple[int, int]:
-        rss = threads = 0
-        with open(f"/proc/{self.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    rss = int(line.split()[1])
-                elif line.startswith("Threads:"):
-                    threads = int(line.split()[1])
-        return rss, threads
-
     async def sample(self, t: float, phase: str) -> Sample:
         """A sample; -1 for what could not be read (the process is gone)."""
         try:
-            rss, threads = self._proc_status()
+            rss = procs.status_kib(self.pid, "VmRSS") or -1
+            threads = procs.status_kib(self.pid, "Threads") or -1
             fds = len(os.listdir(f"/proc/{self.pid}/fd"))
         except OSError:
             rss = threads = fds = -1
         gauges: dict[bytes, float] = {}
         try:
-            status, body = await http_get(self.admin_port, "/metrics", 2.0)
+            status, body = await asyncio.to_thread(procs.http_get, self.admin_port, "/metrics", 2.0)
             if status == 200:
                 gauges = {m.group(1): float(m.group(2)) for m in _GAUGE.finditer(body)}
         except (OSError, TimeoutError):

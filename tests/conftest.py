@@ -64,16 +64,16 @@ def proxy(start_proxy: Callable[..., ProxyServer], upstream: Upstream) -> ProxyS
 
 
 @pytest.fixture
-def free_port() -> int:
-    """A port nothing listens on (bound and released)."""
-    return support_free_port()
-
-
-@pytest.fixture
 def log_pipe() -> Iterator[tuple[int, int]]:
-    """A pipe for a proxy's access log: read end non-blocking, for support.accesslog."""
+    """A pipe for an access log: (non-blocking read end, write end)."""
     r, w = os.pipe()
     os.set_blocking(r, False)
     yield r, w
     os.close(r)
     os.close(w)
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A port nothing listens on (bound and released)."""
+    return support_free_port()

@@ -1,4 +1,5 @@
-"""The ``sidecar-proxy`` command: ``run`` (the default), ``check-config`` and ``demo``.
+"""The ``sidecar-proxy`` command: ``run`` (the default), ``check-config``, ``demo``, and the two
+commands that talk to a running sidecar's admin port, ``wait-ready`` and ``quit``.
 
 Every setting's ``--flag`` is generated from :data:`~sidecar_proxy.config.FIELDS`, and flag
 values reach the loader as the text the user typed, so a flag is parsed and reported exactly
@@ -7,8 +8,13 @@ rather than to the setting's default: argparse never invents a value that would 
 environment. Boolean flags may be given bare (``--attempts-header``) to mean true.
 
 Exit codes: 0 on success, 2 for any usage or configuration error (argparse's convention, so
-a bad setting is told apart from a runtime failure), 1 when the demo app cannot start,
-otherwise whatever the server returns.
+a bad setting is told apart from a runtime failure), 1 when the demo app cannot start or when
+``wait-ready`` or ``quit`` do not get the answer they wait for, otherwise whatever the server
+returns. ``wait-ready`` and ``quit`` read the same settings as ``run`` (they run with the
+sidecar's own environment), to find the admin port.
+
+``run`` hands the server a way to load the configuration again, from the same flags, the
+environment as it was at start-up, and the same file: that is what a SIGHUP reload reads.
 
 The server is imported only when it is about to run, so ``--help`` and ``check-config`` stay
 quick and work on a machine where the data path's native dependencies do not load.
@@ -21,12 +27,16 @@ import json
 import os
 import sys
 from collections.abc import Mapping
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from sidecar_proxy import __version__
 from sidecar_proxy.config import FIELDS, ConfigError, LoadedSettings, Settings, load_settings
-from sidecar_proxy.config.kinds import BoolKind
+from sidecar_proxy.config.kinds import BoolKind, DurationKind
 from sidecar_proxy.config.loader import CONFIG_ENV, CONFIG_FLAG
+from sidecar_proxy.lifecycle.client import admin_url, quit_sidecar, reachable, wait_ready
+
+if TYPE_CHECKING:
+    from sidecar_proxy.server import SettingsSource
 
 PROG = "sidecar-proxy"
 
@@ -48,8 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         for field in FIELDS
         if getattr(args, field.name) is not None
     }
+    environ = dict(os.environ)  # as at start-up, for every reload too
+
+    def load() -> LoadedSettings:
+        return load_settings(flags, environ, args.config)
+
     try:
-        loaded = load_settings(flags, os.environ, args.config)
+        loaded = load()
     except ConfigError as exc:
         print(f"{PROG}: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -59,9 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         (print_json if args.json else print_table)(loaded, sys.stdout)
         return 0
+    if args.command == "wait-ready":
+        return wait_ready_command(loaded.settings, args.timeout)
+    if args.command == "quit":
+        return quit_command(loaded.settings)
     if args.command == "demo":
-        return run_demo(loaded.settings)
-    return serve(loaded.settings)
+        return run_demo(loaded.settings, load)
+    return serve(loaded.settings, load)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,6 +130,30 @@ def build_parser() -> argparse.ArgumentParser:
         "0 if the configuration is valid, 2 if not.",
     )
     check.add_argument("--json", action="store_true", help="print a JSON object instead")
+    wait = commands.add_parser(
+        "wait-ready",
+        parents=[common],
+        usage="%(prog)s [--timeout DURATION] [options]",
+        help="wait until the running sidecar's /ready answers 200",
+        description="Poll /ready on the admin port of the sidecar configured like this one "
+        "(same env and flags) until it answers 200, then exit 0; exit 1 after the timeout. "
+        "For a postStart hook that holds the app's start until the sidecar is ready.",
+    )
+    wait.add_argument(
+        "--timeout",
+        metavar="DURATION",
+        default="60s",
+        help="how long to wait, a Go duration such as 30s or 2m (default 60s)",
+    )
+    commands.add_parser(
+        "quit",
+        parents=[common],
+        usage="%(prog)s [options]",
+        help="ask the running sidecar to drain and exit (POST /quitquitquit)",
+        description="POST /quitquitquit to the admin port of the sidecar configured like this "
+        "one: it drains as on SIGTERM and exits 0. Exit 0 if it accepted, 1 if not. For a "
+        "Job's app, so that a classic sidecar does not keep the pod running.",
+    )
     commands.add_parser(
         "demo",
         parents=[common],
@@ -150,13 +193,31 @@ def _formatted(settings: Settings) -> Mapping[str, str]:
     return {field.name: field.kind.format(getattr(settings, field.name)) for field in FIELDS}
 
 
-def serve(settings: Settings) -> int:
+def wait_ready_command(settings: Settings, timeout_text: str) -> int:
+    try:
+        timeout = DurationKind(allow_zero=True).parse(timeout_text)
+    except ValueError as exc:
+        print(f"{PROG}: wait-ready: --timeout={timeout_text!r}: {exc}", file=sys.stderr)
+        return 2
+    ready, message = wait_ready(admin_url(settings), timeout)
+    if not ready:
+        print(f"{PROG}: wait-ready: {message}", file=sys.stderr)
+    return 0 if ready else 1
+
+
+def quit_command(settings: Settings) -> int:
+    accepted, message = quit_sidecar(admin_url(settings))
+    print(f"{PROG}: quit: {message}", file=sys.stderr)
+    return 0 if accepted else 1
+
+
+def serve(settings: Settings, reload_from: SettingsSource | None = None) -> int:
     from sidecar_proxy import server  # noqa: PLC0415 - deferred: see the module docstring
 
-    return server.run(settings)
+    return server.run(settings, reload_from=reload_from)
 
 
-def run_demo(settings: Settings) -> int:
+def run_demo(settings: Settings, reload_from: SettingsSource | None = None) -> int:
     from sidecar_proxy.demo import start_demo_app  # noqa: PLC0415 - only `demo` needs it
 
     host, port = settings.upstream_host, settings.upstream_port
@@ -165,8 +226,8 @@ def run_demo(settings: Settings) -> int:
     except OSError as exc:
         print(f"{PROG}: cannot start the demo app on {host}:{port}: {exc}", file=sys.stderr)
         return 1
-    proxy = f"{_reachable(settings.listen_host)}:{settings.listen_port}"
-    admin = f"{_reachable(settings.metrics_host)}:{settings.metrics_port}"
+    proxy = f"{reachable(settings.listen_host)}:{settings.listen_port}"
+    admin = f"{reachable(settings.metrics_host)}:{settings.metrics_port}"
     print(
         f"{PROG} demo: sample app on {host}:{port}, proxy on {proxy}, admin on {admin}\n"
         "Try:\n"
@@ -181,14 +242,7 @@ def run_demo(settings: Settings) -> int:
         file=sys.stderr,
     )
     try:
-        return serve(settings)
+        return serve(settings, reload_from)
     finally:
         app.shutdown()
         app.server_close()
-
-
-def _reachable(host: str) -> str:
-    """A host to put in a curl example: wildcard listen addresses are reachable locally."""
-    if host in ("0.0.0.0", "::", ""):
-        return "localhost"
-    return f"[{host}]" if ":" in host else host

@@ -1,13 +1,17 @@
-"""Process lifecycle: event loop, listeners, admin thread, signals and the drain.
+"""Process lifecycle: event loop, listeners, admin thread, signals, the drain and reloads.
 
 Shutdown follows what Kubernetes needs from a pod that is being removed (the endpoints update
 lags the SIGTERM by a few seconds):
 
-1. SIGTERM or SIGINT: ``/ready`` answers 503 at once; requests keep being served normally.
-2. After ``drain_delay`` the listener closes and the proxy drains: idle keep-alive connections
-   close, responses in progress carry ``Connection: close``.
+1. SIGTERM, SIGINT or ``POST /quitquitquit``: ``/ready`` answers 503 at once, and every response
+   from then on carries ``Connection: close`` and closes its connection. The listener still
+   accepts, so clients that have not yet heard of the pod's removal are served, each on a fresh
+   connection that ends after its response.
+2. After ``drain_delay`` the listener closes and idle keep-alive connections close.
 3. In-flight requests may finish within ``shutdown_grace_period``; whatever is left is then cut.
 4. The process exits 0. A second signal exits at once (exit code 1).
+
+SIGHUP reloads the configuration (see :meth:`ProxyServer.reload`).
 """
 
 from __future__ import annotations
@@ -25,42 +29,60 @@ import uvloop
 
 from sidecar_proxy import __version__
 from sidecar_proxy.admin.server import AdminServer
-from sidecar_proxy.config import Settings
-from sidecar_proxy.health import HealthState
+from sidecar_proxy.config import ConfigError, LoadedSettings, Settings
+from sidecar_proxy.config.reload import plan_reload
 from sidecar_proxy.http.context import ProxyContext
 from sidecar_proxy.http.h1.client import H1ClientConnection
+from sidecar_proxy.lifecycle.appcheck import AppReadyCheck
+from sidecar_proxy.lifecycle.health import HealthState
 from sidecar_proxy.observe.accesslog import FLUSH_INTERVAL, AccessLog
-from sidecar_proxy.observe.logs import configure_logging
+from sidecar_proxy.observe.logs import configure_logging, set_log_level
 from sidecar_proxy.observe.metrics import Metrics
 from sidecar_proxy.observe.paths import PathLabeler
 from sidecar_proxy.observe.recorder import Recorder
 
 log = logging.getLogger("sidecar_proxy.server")
 
+SettingsSource = Callable[[], LoadedSettings]
+
 
 class ProxyServer:
-    """One proxy: listener, admin server, shared context. Usable in-process (tests, demo)."""
+    """One proxy: listener, admin server, shared context. Usable in-process (tests, demo).
 
-    def __init__(self, settings: Settings, access_log_fd: int = 1) -> None:
+    ``reload_from`` loads the configuration again the way start-up did (same flags, env and
+    file); without it a reload has nothing to read and is refused.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        access_log_fd: int = 1,
+        reload_from: SettingsSource | None = None,
+    ) -> None:
         self.settings = settings
         self._access_log_fd = access_log_fd
+        self._reload_from = reload_from
         self.metrics = Metrics()
-        self.health = HealthState()
+        self.health = HealthState(app_ready=settings.app_ready_check == "none")
         self.access_log: AccessLog | None = None
+        self.recorder: Recorder | None = None
         self.ctx: ProxyContext | None = None
         self.admin: AdminServer | None = None
+        self.stopping = asyncio.Event()  # a shutdown was asked for (signal or quit)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
         self._flusher: asyncio.TimerHandle | None = None
+        self._app_check: AppReadyCheck | None = None
         self.port = 0
         self.admin_port = 0
 
     async def start(self) -> None:
         s = self.settings
-        loop = asyncio.get_running_loop()
-        if s.access_log:
-            self.access_log = AccessLog(self._access_log_fd, on_drop=self.metrics.access_log_drop)
-            self._flusher = loop.call_later(FLUSH_INTERVAL, self._flush_access_log)
-        recorder = Recorder(self.metrics, PathLabeler(s.metrics_path_label_limit), self.access_log)
+        loop = self._loop = asyncio.get_running_loop()
+        self.recorder = recorder = Recorder(
+            self.metrics, PathLabeler(s.metrics_path_label_limit), None
+        )
+        self._use_access_log(s.access_log)
         ctx = ProxyContext(loop, s, self.metrics, recorder, self.health)
         ctx.start_ticking()
         self.ctx = ctx
@@ -75,7 +97,26 @@ class ProxyServer:
         )
         sock: socket.socket = self._server.sockets[0]
         self.port = sock.getsockname()[1]
-        self.admin = AdminServer(s.metrics_host, s.metrics_port, self.metrics.registry, self.health)
+        if s.app_ready_check != "none":
+            self.metrics.app_ready_changed(False)
+            self._app_check = AppReadyCheck(
+                s.app_ready_check,
+                s.upstream_host,
+                s.upstream_port,
+                interval=s.app_ready_interval,
+                failures=s.app_ready_failures,
+                health=self.health,
+                on_change=self.metrics.app_ready_changed,
+            )
+            self._app_check.start()
+        self.admin = AdminServer(
+            s.metrics_host,
+            s.metrics_port,
+            self.metrics.registry,
+            self.health,
+            allow=s.admin_allow,
+            on_quit=self.quit,
+        )
         self.admin.start()
         self.admin_port = self.admin.port
         log.info(
@@ -88,27 +129,93 @@ class ProxyServer:
             },
         )
 
+    def _use_access_log(self, on: bool) -> None:
+        """Turn the access log on or off. Its writer, once made, is kept until close(): turning
+        it off only detaches it, so a reload never blocks the loop waiting for stdout."""
+        assert self.recorder is not None and self._loop is not None
+        if on and self.access_log is None:
+            self.access_log = AccessLog(self._access_log_fd, on_drop=self.metrics.access_log_drop)
+            self._flusher = self._loop.call_later(FLUSH_INTERVAL, self._flush_access_log)
+        self.recorder.set_access_log(self.access_log if on else None)
+
     def _flush_access_log(self) -> None:
         if self.access_log is not None:
             self.access_log.flush()
             loop = asyncio.get_running_loop()
             self._flusher = loop.call_later(FLUSH_INTERVAL, self._flush_access_log)
 
+    def request_stop(self, cause: str) -> None:
+        """Ask for the drain (on the loop thread); asking again changes nothing."""
+        if not self.stopping.is_set():
+            log.info("shutdown requested", extra={"by": cause})
+            self.stopping.set()
+
+    def quit(self) -> None:
+        """``POST /quitquitquit``, called on the admin thread: hand the request to the loop."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self.request_stop, "quitquitquit")
+
+    def reload(self) -> None:
+        """SIGHUP: load the configuration again and apply what may change while running.
+
+        The new settings come from the same flags, env and file as at start-up. A bad value
+        keeps every running setting and logs the one-line error start-up would have printed;
+        settings that are not live (``Field.live``) keep their running value and are reported.
+        The rest is applied in one step on the loop thread (see ``ProxyContext.reconfigure``),
+        so no request sees half of a reload. Reading the file blocks the loop for as long as a
+        small local file takes to read and parse: well under a millisecond.
+        """
+        if self._reload_from is None:
+            log.warning("reload requested, but there is no configuration source to reload")
+            return
+        try:
+            loaded = self._reload_from()
+        except ConfigError as exc:
+            self.metrics.config_reloaded(False)
+            log.error(f"configuration error: {exc}", extra={"reload": "running settings kept"})
+            return
+        for warning in loaded.warnings:
+            log.warning(warning)
+        plan = plan_reload(self.settings, loaded.settings)
+        if plan.kept:
+            log.warning(
+                "reload: some settings change only with a restart; their running values are kept",
+                extra={
+                    "kept": {name: f"{old} (new: {new})" for name, (old, new) in plan.kept.items()}
+                },
+            )
+        self._apply(plan.settings)
+        self.metrics.config_reloaded(True)
+        log.info(
+            "configuration reloaded",
+            extra={
+                "changed": {name: f"{old} -> {new}" for name, (old, new) in plan.applied.items()}
+            },
+        )
+
+    def _apply(self, settings: Settings) -> None:
+        old, self.settings = self.settings, settings
+        if self.ctx is not None:
+            self.ctx.reconfigure(settings)
+        if settings.log_level != old.log_level:
+            set_log_level(settings.log_level)
+        if settings.access_log != old.access_log:
+            self._use_access_log(settings.access_log)
+
     async def shutdown(self) -> None:
         """The drain described in the module docstring; returns when the proxy has stopped."""
-        s = self.settings
         ctx = self.ctx
         assert ctx is not None and self._server is not None
-        self.health.ready = False
-        log.info("draining", extra={"drain_delay_s": s.drain_delay})
-        if s.drain_delay > 0:
-            await asyncio.sleep(s.drain_delay)
+        self.health.shut_down()
+        ctx.say_goodbye()
+        drain_delay = self.settings.drain_delay
+        log.info("draining", extra={"drain_delay_s": drain_delay})
+        if drain_delay > 0:
+            await asyncio.sleep(drain_delay)
         self._server.close()
-        ctx.draining = True
-        for conn in list(ctx.connections):
-            conn.close_if_idle()
+        ctx.drain()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + s.shutdown_grace_period
+        deadline = loop.time() + self.settings.shutdown_grace_period
         while ctx.connections and loop.time() < deadline:
             await asyncio.sleep(0.02)
         left = len(ctx.connections)
@@ -124,6 +231,8 @@ class ProxyServer:
         """Release everything at once (the end of a drain, or a test's teardown)."""
         if self._server is not None:
             self._server.close()
+        if self._app_check is not None:
+            self._app_check.stop()
         if self.ctx is not None:
             self.ctx.stop_ticking()
             for conn in list(self.ctx.connections):
@@ -138,11 +247,15 @@ class ProxyServer:
             self.access_log.close(timeout=2.0)
 
 
-def run(settings: Settings, before_start: Callable[[], None] | None = None) -> int:
-    """Run a proxy until SIGTERM or SIGINT, drain, and return the exit code."""
+def run(
+    settings: Settings,
+    before_start: Callable[[], None] | None = None,
+    reload_from: SettingsSource | None = None,
+) -> int:
+    """Run a proxy until SIGTERM, SIGINT or a quit, drain, and return the exit code."""
     configure_logging(settings.log_level)
     _tune_malloc()
-    return uvloop.run(_main(settings, before_start))
+    return uvloop.run(_main(settings, before_start, reload_from))
 
 
 # glibc mallopt parameters (malloc.h)
@@ -168,9 +281,13 @@ def _tune_malloc() -> None:
     mallopt(_M_TRIM_THRESHOLD, 16 << 20)
 
 
-async def _main(settings: Settings, before_start: Callable[[], None] | None) -> int:
+async def _main(
+    settings: Settings,
+    before_start: Callable[[], None] | None,
+    reload_from: SettingsSource | None,
+) -> int:
     loop = asyncio.get_running_loop()
-    server = ProxyServer(settings)
+    server = ProxyServer(settings, reload_from=reload_from)
     if before_start is not None:
         before_start()
     try:
@@ -184,7 +301,6 @@ async def _main(settings: Settings, before_start: Callable[[], None] | None) -> 
     # churn of per-request objects, does not walk it again.
     gc.collect()
     gc.freeze()
-    stop = asyncio.Event()
     signals_seen = 0
 
     def on_signal(signum: int) -> None:
@@ -195,11 +311,11 @@ async def _main(settings: Settings, before_start: Callable[[], None] | None) -> 
             if server.access_log is not None:
                 server.access_log.flush()
             os._exit(1)
-        log.info("shutdown requested", extra={"signal": signal.Signals(signum).name})
-        stop.set()
+        server.request_stop(signal.Signals(signum).name)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
-    await stop.wait()
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
+    await server.stopping.wait()
     await server.shutdown()
     return 0

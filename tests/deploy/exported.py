@@ -48,6 +48,8 @@ METRICS: dict[str, Exported] = {
     "sidecar_response_bytes_total": _m("counter"),
     "sidecar_downstream_connections": _m("gauge"),
     "sidecar_access_log_dropped_total": _m("counter"),
+    "sidecar_app_ready": _m("gauge"),
+    "sidecar_config_reloads_total": _m("counter", "result"),
     "sidecar_build_info": _m("gauge", "version", "python"),
 }
 
@@ -58,7 +60,8 @@ SEED_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 
 UPSTREAM_ERROR_TYPES = frozenset(
     {"connection_error", "5xx_error", "circuit_open", "timeout", "reset", "protocol_error"}
 )
-REJECT_REASONS = frozenset({"shed", "circuit_open"})
+REJECT_REASONS = frozenset({"shed", "circuit_open", "rate_limit"})
+RELOAD_RESULTS = frozenset({"success", "failure"})  # sidecar_config_reloads_total{result}
 BREAKER_STATES = {0: "Closed", 1: "Open", 2: "Half-Open"}  # sidecar_circuit_breaker_state
 BREAKER_TRANSITIONS = frozenset({"closed", "open", "half_open"})  # ..._transitions_total{to}
 

@@ -67,8 +67,9 @@ def wait_until(
     raise AssertionError(f"{what}: not within {timeout}s{detail}")
 
 
-def wait_http_ok(url: str, timeout: float, proc: Proc | None = None) -> None:
-    wait_until(lambda: http_get(url, timeout=1.0)[0] == 200, timeout, f"GET {url}", proc)
+def wait_http_ok(port: int, path: str, timeout: float, proc: Proc | None = None) -> None:
+    check = lambda: http_get(port, path, timeout=1.0)[0] == 200  # noqa: E731
+    wait_until(check, timeout, f"GET {path} on port {port}", proc)
 
 
 @contextlib.contextmanager
@@ -172,7 +173,7 @@ def sidecar(upstream_port: int) -> Iterator[tuple[int, int]]:
     listen_port, metrics_port = free_port(), free_port()
     env = sidecar_env(listen_port, metrics_port, upstream_port)
     with process([str(SIDECAR), "run"], env) as proc:
-        wait_http_ok(f"http://{LOOPBACK}:{metrics_port}/ready", timeout=15, proc=proc)
+        wait_http_ok(metrics_port, "/ready", timeout=15, proc=proc)
         yield listen_port, metrics_port
 
 
@@ -191,16 +192,16 @@ def prometheus(workdir: Path, config: Mapping[str, object]) -> Iterator[int]:
         "--log.level=warn",
     ]
     with process(args) as proc:
-        wait_http_ok(f"http://{LOOPBACK}:{port}/-/ready", timeout=20, proc=proc)
+        wait_http_ok(port, "/-/ready", timeout=20, proc=proc)
         yield port
 
 
 def api(prometheus_port: int, path: str, **params: str) -> Any:
     """The data of a Prometheus HTTP API answer, e.g. api(port, "query", query="up")."""
-    url = f"http://{LOOPBACK}:{prometheus_port}/api/v1/{path}"
+    target = f"/api/v1/{path}"
     if params:
-        url += "?" + urllib.parse.urlencode(params)
-    status, body = http_get(url)
+        target += "?" + urllib.parse.urlencode(params)
+    status, body = http_get(prometheus_port, target)
     assert status == 200, body
     answer = json.loads(body)
     assert answer["status"] == "success", answer

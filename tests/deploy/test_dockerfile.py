@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 from running import (
-    LOOPBACK,
     REPO,
     SIDECAR,
     VENV_BIN,
@@ -235,7 +234,7 @@ def test_the_sidecar_as_pid_1_stops_on_sigterm() -> None:
         env = sidecar_env(free_port(), metrics, app.port)
         args = [unshare, "--pid", "--fork", "--kill-child", str(SIDECAR), "run"]
         with process(args, env) as proc:
-            wait_http_ok(f"http://{LOOPBACK}:{metrics}/ready", timeout=15, proc=proc)
+            wait_http_ok(metrics, "/ready", timeout=15, proc=proc)
             pid = proc.popen.pid
             [child] = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
             status = Path(f"/proc/{child}/status").read_text()

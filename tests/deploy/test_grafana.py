@@ -132,7 +132,12 @@ def test_the_new_panels() -> None:
     assert {q.group(1) for q in quantiles if q} == {"0.5", "0.99"}
     connections = panel_with(r"sidecar_upstream_connections_opened_total")
     assert any("reused" in t["expr"] for t in connections["targets"])
-    for metric in ("sidecar_downstream_connections", "sidecar_requests_in_flight"):
+    for metric in (
+        "sidecar_downstream_connections",
+        "sidecar_requests_in_flight",
+        "sidecar_app_ready",
+        "sidecar_config_reloads_total",
+    ):
         assert any(
             p["type"] == "timeseries" and metric in t["expr"]
             for p in panels()

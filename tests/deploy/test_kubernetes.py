@@ -7,6 +7,7 @@ builds from the overlays.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import shutil
@@ -19,7 +20,6 @@ import kubernetes_validate  # type: ignore[import-untyped]  # the package ships 
 import pytest
 import yaml
 from running import (
-    LOOPBACK,
     REPO,
     SIDECAR,
     process,
@@ -30,6 +30,8 @@ from running import (
 from sidecar_settings import BY_ENV, check_config, load_env
 from support.process import free_port, http_get
 
+from sidecar_proxy.admin.server import allowed
+from sidecar_proxy.cli import build_parser
 from sidecar_proxy.config import ConfigError, Settings, parse_duration
 
 KUBE = REPO / "deploy" / "kubernetes"
@@ -167,7 +169,8 @@ def test_rendered_files_are_current(variant: str) -> None:
 
 def test_classic_runs_the_sidecar_as_an_ordinary_container() -> None:
     spec = pod_spec("classic")
-    assert [c["name"] for c in spec["containers"]] == ["app", "sidecar"]
+    # First: the kubelet starts containers in order, each after the last one's postStart.
+    assert [c["name"] for c in spec["containers"]] == ["sidecar", "app"]
     assert "initContainers" not in spec
 
 
@@ -179,16 +182,97 @@ def test_native_runs_the_sidecar_as_a_restartable_init_container() -> None:
 
 
 def test_both_shapes_run_the_same_sidecar() -> None:
-    # Only where the container sits, and the drain delay, may differ between the variants.
+    # Only where the container sits, how it holds the app's start, the drain delay and who
+    # checks the app's readiness may differ between the variants.
     def comparable(variant: str) -> Doc:
         c = dict(sidecar(variant))
         c.pop("restartPolicy", None)
-        c["env"] = [e for e in c["env"] if e["name"] != "DRAIN_DELAY"]
+        c.pop("lifecycle", None)
+        c["env"] = [e for e in c["env"] if e["name"] not in ("DRAIN_DELAY", "APP_READY_CHECK")]
         return c
 
+    def app(variant: str) -> Doc:
+        return {k: v for k, v in containers(variant)["app"].items() if k != "readinessProbe"}
+
     assert comparable("classic") == comparable("native")
-    assert containers("classic")["app"] == containers("native")["app"]
+    assert app("classic") == app("native")
     assert one(rendered("classic"), "Service") == one(rendered("native"), "Service")
+
+
+# --- start-up order and the app's readiness --------------------------------------------------
+
+
+def test_classic_holds_the_app_until_the_sidecar_is_ready() -> None:
+    command = sidecar("classic")["lifecycle"]["postStart"]["exec"]["command"]
+    assert command[:2] == ["sidecar-proxy", "wait-ready"]
+    # The sidecar's own command line takes it (a typo would fail every pod start).
+    args = build_parser().parse_args(command[1:])
+    assert args.command == "wait-ready"
+    timeout = parse_duration(args.timeout)
+    startup = sidecar("classic")["startupProbe"]
+    assert timeout <= startup["periodSeconds"] * startup["failureThreshold"]
+    # /ready must not wait for the app, which starts only after this hook returns.
+    assert env_of(sidecar("classic"))["APP_READY_CHECK"] == "none"
+
+
+def test_native_needs_no_hook_to_hold_the_app() -> None:
+    # The kubelet starts the app after a native sidecar's startup probe; a hook waiting for
+    # /ready would wait for the app the hook holds back.
+    assert "lifecycle" not in sidecar("native")
+    assert sidecar("native")["startupProbe"]["httpGet"]["path"] == "/health"
+
+
+def test_the_apps_readiness_is_checked_once_in_either_shape() -> None:
+    # classic: the kubelet asks the app; native: the sidecar asks it, and /ready follows.
+    probe = containers("classic")["app"]["readinessProbe"]["httpGet"]
+    assert port_number(containers("classic")["app"], probe["port"]) == 3000
+    assert "readinessProbe" not in containers("native")["app"]
+    check = load_env(env_of(sidecar("native"))).settings.app_ready_check
+    assert check == "http:" + probe["path"]  # the same endpoint of the same app
+
+
+# --- Jobs ------------------------------------------------------------------------------------
+
+
+def jobs() -> dict[str, Doc]:
+    return {d["metadata"]["name"]: d for d in load(KUBE / "examples" / "jobs.yaml")}
+
+
+@pytest.mark.parametrize(
+    ("name", "version"),
+    [
+        ("my-batch-classic", "1.25.0"),
+        ("my-batch-native", "1.29.0"),
+        ("my-batch-classic", LATEST),
+        ("my-batch-native", LATEST),
+    ],
+)
+def test_job_examples_validate_strictly(name: str, version: str) -> None:
+    kubernetes_validate.validate(jobs()[name], version, strict=True)
+
+
+def test_the_classic_jobs_app_quits_the_sidecar_however_it_ends() -> None:
+    spec = jobs()["my-batch-classic"]["spec"]["template"]["spec"]
+    side, app = spec["containers"]
+    assert (side["name"], app["name"]) == ("sidecar", "app")
+    env = env_of(side)
+    settings = load_env(env).settings
+    assert build_parser().parse_args(side["lifecycle"]["postStart"]["exec"]["command"][1:])
+    script = app["command"][-1]
+    trap, _, work = script.partition(";")
+    quit_url = f"http://127.0.0.1:{settings.metrics_port}/quitquitquit"
+    assert trap == f"trap 'curl -fsS -X POST {quit_url}' EXIT"
+    assert not work.strip().startswith("exec "), "exec would drop the shell and its trap"
+    assert allowed("127.0.0.1", [ipaddress.ip_network(n) for n in settings.admin_allow])
+    assert settings.drain_delay == 0
+
+
+def test_the_native_job_needs_no_quit() -> None:
+    spec = jobs()["my-batch-native"]["spec"]["template"]["spec"]
+    (side,) = spec["initContainers"]
+    assert side["restartPolicy"] == "Always" and "lifecycle" not in side
+    assert "quitquitquit" not in str(spec["containers"])
+    load_env(env_of(side))
 
 
 # --- ports, probes and env agree with each other and with the sidecar -------------------------
@@ -371,9 +455,9 @@ def test_the_sidecar_runs_on_a_read_only_root_filesystem() -> None:
         env = {**sidecar_env(proxy, metrics, app.port), "PYTHONDONTWRITEBYTECODE": "1"}
         args = [unshare, "--mount", "--propagation", "private", "sh", "-c", script, str(SIDECAR)]
         with process(args, env) as proc:
-            wait_http_ok(f"http://{LOOPBACK}:{metrics}/ready", timeout=15, proc=proc)
-            assert http_get(f"http://{LOOPBACK}:{proxy}/orders") == (200, b"hello from the app")
-            status, body = http_get(f"http://{LOOPBACK}:{metrics}/metrics")
+            wait_http_ok(metrics, "/ready", timeout=15, proc=proc)
+            assert http_get(proxy, "/orders") == (200, b"hello from the app")
+            status, body = http_get(metrics, "/metrics")
             assert status == 200 and b"sidecar_requests_total{" in body
             proc.popen.terminate()
             assert proc.popen.wait(timeout=10) == 0, proc.output()

@@ -10,6 +10,7 @@ from exported import (
     BREAKER_TRANSITIONS,
     METRICS,
     REJECT_REASONS,
+    RELOAD_RESULTS,
     SEED_BUCKETS,
     UPSTREAM_ERROR_TYPES,
     Exported,
@@ -60,6 +61,7 @@ def test_label_values_the_alerts_and_dashboard_match_on() -> None:
     text = generate_latest(Metrics().registry).decode()
     assert label_values(text, "sidecar_upstream_errors_total", "type") == UPSTREAM_ERROR_TYPES
     assert label_values(text, "sidecar_requests_rejected_total", "reason") == REJECT_REASONS
+    assert label_values(text, "sidecar_config_reloads_total", "result") == RELOAD_RESULTS
     transitions = label_values(text, "sidecar_circuit_breaker_transitions_total", "to")
     assert transitions == BREAKER_TRANSITIONS
 
@@ -69,7 +71,7 @@ def test_a_running_sidecar_serves_the_list() -> None:
         for _ in range(3):
             with urllib.request.urlopen(f"http://{LOOPBACK}:{proxy}/orders", timeout=5) as resp:
                 assert resp.status == 200
-        status, body = http_get(f"http://{LOOPBACK}:{metrics}/metrics")
+        status, body = http_get(metrics, "/metrics")
     assert status == 200
     text = body.decode()
     served = from_exposition(text)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import socket
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -12,8 +14,8 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar_proxy.admin.server import AdminServer
-from sidecar_proxy.health import HealthState, health_body, ready_body
+from sidecar_proxy.admin.server import AdminServer, allowed
+from sidecar_proxy.lifecycle.health import HealthState, health_body, ready_body
 from sidecar_proxy.observe.metrics import Metrics
 from sidecar_proxy.observe.paths import PathLabeler
 from sidecar_proxy.observe.record import Record
@@ -25,10 +27,18 @@ TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
 class Admin:
-    def __init__(self) -> None:
+    def __init__(self, allow: tuple[str, ...] = ("127.0.0.0/8",), quit: bool = True) -> None:
         self.metrics = Metrics()
         self.health = HealthState()
-        self.server = AdminServer("127.0.0.1", 0, self.metrics.registry, self.health)
+        self.quits: list[str] = []
+        self.server = AdminServer(
+            "127.0.0.1",
+            0,
+            self.metrics.registry,
+            self.health,
+            allow=allow,
+            on_quit=(lambda: self.quits.append(threading.current_thread().name)) if quit else None,
+        )
         self.server.start()
 
     def request(
@@ -129,20 +139,23 @@ def test_ready_follows_the_state(admin: Admin) -> None:
     status, headers, body = admin.request("GET", "/ready")
     assert (status, body) == (200, b'{"status":"ready"}\n')
     assert headers["Content-Type"] == "application/json"
-    admin.health.ready = False
+    admin.health.set_app_ready(False)
     assert admin.request("GET", "/ready")[0::2] == (503, b'{"status":"not ready"}\n')
     status, headers, body = admin.request("HEAD", "/ready")
     assert (status, body, headers["Content-Length"]) == (503, b"", "23")
-    admin.health.ready = True
+    admin.health.set_app_ready(True)
     assert admin.request("GET", "/ready")[0] == 200
+    admin.health.shut_down()
+    assert admin.request("GET", "/ready")[0] == 503
 
 
 def test_probe_bodies_are_the_seeds() -> None:
     state = HealthState()
     assert health_body() == (200, b'{"status":"alive"}\n')
     assert ready_body(state) == (200, b'{"status":"ready"}\n')
-    state.ready = False
+    state.shut_down()
     assert ready_body(state) == (503, b'{"status":"not ready"}\n')
+    assert ready_body(HealthState(app_ready=False)) == (503, b'{"status":"not ready"}\n')
 
 
 def test_query_strings_are_ignored_for_routing(admin: Admin) -> None:
@@ -162,6 +175,59 @@ def test_other_methods_are_not_allowed(admin: Admin, method: str) -> None:
     assert status == 405
     assert headers["Allow"] == "GET, HEAD"
     assert headers["Connection"] == "close"  # its body, if any, was not read
+
+
+def test_quitquitquit_from_loopback_starts_the_shutdown(admin: Admin) -> None:
+    status, headers, body = admin.request("POST", "/quitquitquit")
+    assert (status, body) == (200, b"draining; the sidecar exits when done\n")
+    assert headers["Connection"] == "close"
+    assert len(admin.quits) == 1
+    assert admin.quits[0] != threading.main_thread().name  # the callback runs on the admin thread
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "PUT"])
+def test_quitquitquit_takes_only_post(admin: Admin, method: str) -> None:
+    status, headers, body = admin.request(method, "/quitquitquit")
+    assert status == 405
+    assert headers["Allow"] == "POST"
+    assert body == (b"" if method == "HEAD" else b"405 method not allowed\n")
+    assert admin.quits == []
+
+
+def test_quitquitquit_from_an_address_not_allowed_is_forbidden() -> None:
+    admin = Admin(allow=("10.0.0.0/8", "::1"))
+    try:
+        status, _, body = admin.request("POST", "/quitquitquit")
+        assert (status, body) == (403, b"403 forbidden: this address is not in ADMIN_ALLOW\n")
+        assert admin.quits == []
+    finally:
+        admin.server.stop()
+
+
+def test_no_quit_endpoint_without_a_callback() -> None:
+    admin = Admin(quit=False)
+    try:
+        assert admin.request("POST", "/quitquitquit")[0] == 404
+        assert admin.request("GET", "/quitquitquit")[0] == 404
+    finally:
+        admin.server.stop()
+
+
+@pytest.mark.parametrize(
+    ("address", "ok"),
+    [
+        ("127.0.0.1", True),
+        ("127.9.9.9", True),
+        ("::1", True),
+        ("::ffff:127.0.0.1", True),  # an IPv4 client of a dual-stack listener
+        ("fe80::1%eth0", False),
+        ("10.1.2.3", False),
+        ("not an address", False),
+    ],
+)
+def test_allowed(address: str, ok: bool) -> None:
+    networks = [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1")]
+    assert allowed(address, networks) is ok
 
 
 def test_unrecognised_method_is_not_implemented(admin: Admin) -> None:

@@ -4,44 +4,21 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from support.process import free_port
+from support.process import free_port, run_cli
 
 from sidecar_proxy import __version__
 from sidecar_proxy.config import FIELDS
 from sidecar_proxy.demo import start_demo_app
 
-SCRIPT = Path(sys.executable).parent / "sidecar-proxy"
 CONFIG_ERROR = "sidecar-proxy: configuration error: "
-
-
-def run_cli(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run the installed script with none of the runner's own sidecar settings leaking in."""
-    clean = {
-        key: value
-        for key, value in os.environ.items()
-        if key != "SIDECAR_CONFIG" and key not in {field.env for field in FIELDS}
-    }
-    return subprocess.run(
-        [str(SCRIPT), *args],
-        env=clean | (env or {}),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
 
 
 def assert_config_error(result: subprocess.CompletedProcess[str], *parts: str) -> None:
@@ -65,11 +42,11 @@ def test_version() -> None:
 def test_top_level_help_lists_commands() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
-    for command in ("run", "check-config", "demo"):
+    for command in ("run", "check-config", "demo", "wait-ready", "quit"):
         assert command in result.stdout
 
 
-@pytest.mark.parametrize("command", ["run", "check-config", "demo"])
+@pytest.mark.parametrize("command", ["run", "check-config", "demo", "wait-ready", "quit"])
 def test_command_help_lists_every_flag_with_env_and_default(command: str) -> None:
     result = run_cli(command, "--help", env={"COLUMNS": "400"})
     assert result.returncode == 0
@@ -80,6 +57,7 @@ def test_command_help_lists_every_flag_with_env_and_default(command: str) -> Non
         assert text.index(described) > text.index(f" {field.flag} ")
     assert "--config FILE" in result.stdout
     assert ("--json" in result.stdout) is (command == "check-config")
+    assert ("--timeout DURATION" in result.stdout) is (command == "wait-ready")
 
 
 def test_unknown_command_and_flag_are_usage_errors() -> None:
@@ -195,6 +173,8 @@ def test_check_config_prints_warnings_but_succeeds() -> None:
         ({"MAX_RETRIES": "3x"}, ["MAX_RETRIES='3x'", "expected an integer 0-10"]),
         ({"ACCESS_LOG": "maybe"}, ["ACCESS_LOG='maybe'", "expected a boolean"]),
         ({"METRICS_PORT": "8080"}, ["METRICS_PORT='8080'", "must differ"]),
+        ({"APP_READY_CHECK": "udp"}, ["APP_READY_CHECK='udp'", "none, tcp or http:/path"]),
+        ({"RATE_LIMIT_BURST": "5"}, ["RATE_LIMIT_BURST='5'", "needs a rate_limit_rps"]),
     ],
 )
 def test_check_config_bad_env_value(env: dict[str, str], parts: list[str]) -> None:

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from support.accesslog import read_log
 from support.h2app import H2App
+from support.logpipe import read_log
 from support.loop import LoopThread
 from support.upstream import Upstream
 

@@ -12,8 +12,8 @@ from collections.abc import Callable
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from support.accesslog import read_log
 from support.client import connect, get, request
+from support.logpipe import read_log
 from support.process import run_proxy
 from support.upstream import Received, Upstream, response
 
@@ -193,7 +193,7 @@ def test_health_and_ready_on_proxy_port_and_switch(
     assert get(proxy.port, "/health").body == b'{"status":"alive"}\n'
     assert get(proxy.port, "/ready").status == 200
     assert up.received == []  # answered by the sidecar
-    proxy.health.ready = False
+    proxy.health.shut_down()
     assert get(proxy.port, "/ready").status == 503
     passthrough = start_proxy(up.port, health_on_proxy_port=False)
     assert get(passthrough.port, "/health").body == b"hello"  # the app's own /health

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from support.client import connect, get, read_responses
+from support.client import closed_by_peer, connect, get, read_responses
 from support.loop import LoopThread
 from support.process import run_proxy
 from support.upstream import Received, Upstream, response
@@ -100,3 +100,69 @@ def test_second_signal_exits_at_once(slow_app: Upstream) -> None:
         proc.proc.send_signal(signal.SIGINT)
         assert proc.proc.wait(3) == 1
         assert time.monotonic() - started < 1
+
+
+def test_drain_says_goodbye_on_every_response_and_loses_nothing(slow_app: Upstream) -> None:
+    """A client that keeps sending on its connection through the whole shutdown.
+
+    Before the signal it reuses one keep-alive connection. From the signal on, every response
+    carries Connection: close and its connection is closed after it, while the listener keeps
+    accepting the client's new connections for the drain delay: no request is sent on a
+    connection the proxy is about to close, so none is lost and none meets a reset.
+    """
+    drain = 1.0
+    env = {"DRAIN_DELAY": f"{drain}s", "SHUTDOWN_GRACE_PERIOD": "2s"}
+    with run_proxy(slow_app.port, env) as proc:
+        sock = connect(proc.port)
+        connections = 1
+        answered: list[str] = []
+        goodbyes = 0
+        signalled = False
+        for n in range(10_000):
+            if n == 10:
+                proc.proc.send_signal(signal.SIGTERM)
+                while proc.ready() != 503:  # set in the same step as the goodbye
+                    time.sleep(0.005)
+                signalled = True
+                assert connections == 1, "keep-alive was not kept before the signal"
+            target = f"/n/{n}"
+            if n % 2:
+                body = target.encode()
+                head = f"POST {target} HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\n\r\n"
+                raw = head.encode() + body
+            else:
+                raw = f"GET {target} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+            try:
+                sock.sendall(raw)
+                responses, closed = read_responses(sock, 1)
+            except (BrokenPipeError, ConnectionResetError):
+                responses, closed = [], True
+            if not responses and closed and connections > 1:
+                # The fresh connection raced the listener's close at the end of the drain
+                # delay: the kernel had completed its handshake, and reset it with the
+                # listening socket (any server closing its listener does). The request never
+                # reached the app, which the ledger check below proves.
+                sock.close()
+                break
+            assert responses and responses[0].complete, f"request {n} lost (closed={closed})"
+            resp = responses[0]
+            assert (resp.status, resp.body) == (200, target.encode())
+            answered.append(target)
+            if not signalled:
+                assert resp.header("Connection") is None
+                continue
+            assert resp.header("Connection") == "close", f"response {n} did not say goodbye"
+            goodbyes += 1
+            assert closed_by_peer(sock), "the connection stayed open after Connection: close"
+            sock.close()
+            try:
+                sock = connect(proc.port)
+            except ConnectionRefusedError:
+                break  # the drain delay is over: the listener is closed
+            connections += 1
+            time.sleep(0.01)
+        assert proc.proc.wait(5) == 0
+    # The app saw every answered request once, and nothing else.
+    assert [r.target for r in slow_app.received] == answered
+    assert connections >= 5, "new connections were not accepted during the drain delay"
+    assert goodbyes == connections - 1 or goodbyes == connections

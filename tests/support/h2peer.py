@@ -14,12 +14,12 @@ import h2.events
 import h2.settings
 
 from sidecar_proxy.config import Settings
-from sidecar_proxy.health import HealthState
 from sidecar_proxy.http.context import ProxyContext
 from sidecar_proxy.http.fields import RequestHead, ResponseHead
 from sidecar_proxy.http.h2 import frames as F
 from sidecar_proxy.http.h2.server import H2ClientStream, H2ServerConnection
 from sidecar_proxy.http.legs import ClientEvents, ClientLeg, Trailers
+from sidecar_proxy.lifecycle.health import HealthState
 from sidecar_proxy.observe.metrics import Metrics
 from sidecar_proxy.observe.paths import PathLabeler
 from sidecar_proxy.observe.recorder import Recorder
@@ -81,9 +81,12 @@ class StubExchange:
     """A :class:`ClientEvents` that answers by itself, as an app would: 200 with ``body`` (or the
     request's body, for a POST) once the request is complete. Records what it was told."""
 
-    def __init__(self, leg: ClientLeg, head: RequestHead, body: bytes = b"hello") -> None:
+    def __init__(
+        self, leg: ClientLeg, head: RequestHead, body_follows: bool, body: bytes = b"hello"
+    ) -> None:
         self.leg = leg
         self.head = head
+        self.body_follows = body_follows
         self.body = body
         self.received: list[bytes] = []
         self.trailers: Trailers | None = None
@@ -98,7 +101,7 @@ class StubExchange:
     def start(self) -> None:
         if self.rejected is not None:
             self.reply_local(*self.rejected)
-        elif not self.head.has_body:  # as the real exchange, complete without request_end
+        elif not self.body_follows:  # as the real exchange, complete without request_end
             self.request_end([])
 
     def reject(self, status: int, detail: str) -> None:
@@ -174,9 +177,9 @@ class H2Pair:
         self.answer = answer
 
         def new_exchange(
-            conn: H2ServerConnection, leg: H2ClientStream, head: RequestHead
+            conn: H2ServerConnection, leg: H2ClientStream, head: RequestHead, body_follows: bool
         ) -> ClientEvents:
-            ex = StubExchange(leg, head)
+            ex = StubExchange(leg, head, body_follows)
             ex.answer_on_end = self.answer
             self.exchanges.append(ex)
             return ex

@@ -1,37 +1,46 @@
-"""Run the installed ``sidecar-proxy`` command as a real subprocess, as users do."""
+"""Run the installed ``sidecar-proxy`` command as a real subprocess, as users do.
+
+Ports, HTTP calls and memory figures come from the one process toolkit, :mod:`bench.procs`,
+which the benchmarks and the soak use too.
+"""
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.procs import free_port, http_get, status_kib
+from sidecar_proxy.config import FIELDS
+
+__all__ = ["ProxyProcess", "free_port", "http_get", "run_cli", "run_proxy"]
+
 COMMAND = str(Path(sys.executable).with_name("sidecar-proxy"))
 
 
-def free_port() -> int:
-    """A port nothing listens on right now (the kernel's pick, released again)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
-    """Status and body of a GET; HTTP error statuses are returned, not raised."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed script with none of the runner's own sidecar settings leaking in."""
+    clean = {
+        key: value
+        for key, value in os.environ.items()
+        if key != "SIDECAR_CONFIG" and key not in {field.env for field in FIELDS}
+    }
+    return subprocess.run(
+        [COMMAND, *args],
+        env=clean | (env or {}),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
 
 
 @dataclass
@@ -46,25 +55,32 @@ class ProxyProcess:
 
     def status_kib(self, field: str) -> int:
         """A /proc/PID/status memory figure (VmRSS, VmHWM) in KiB."""
-        with open(f"/proc/{self.pid}/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-        raise AssertionError(f"no {field}")
+        kib = status_kib(self.pid, field)
+        assert kib, f"no {field} for pid {self.pid}"
+        return kib
 
     def ready(self) -> int:
-        return http_get(f"http://127.0.0.1:{self.admin_port}/ready", timeout=1)[0]
+        return self.admin("/ready")
+
+    def admin(self, path: str) -> int:
+        """The status of a GET on the admin port."""
+        return http_get(self.admin_port, path, timeout=1)[0]
 
 
 @contextmanager
 def run_proxy(
-    upstream_port: int, env: dict[str, str] | None = None, stdout: int | None = None
+    upstream_port: int,
+    env: dict[str, str] | None = None,
+    stdout: int | None = None,
+    started: str = "/ready",
 ) -> Iterator[ProxyProcess]:
+    """The proxy as a process, once ``started`` (an admin path) answers 200: ``/health`` for
+    one whose ``/ready`` waits for its app."""
     # A port found free can be taken by another socket before the child binds it; that is the
     # test's race, not the proxy's, so pick again.
     for _ in range(3):
         try:
-            proc = _start(upstream_port, env, stdout)
+            proc = _start(upstream_port, env, stdout, started)
         except PortTaken:
             continue
         try:
@@ -79,7 +95,9 @@ class PortTaken(Exception):
     pass
 
 
-def _start(upstream_port: int, env: dict[str, str] | None, stdout: int | None) -> ProxyProcess:
+def _start(
+    upstream_port: int, env: dict[str, str] | None, stdout: int | None, started: str
+) -> ProxyProcess:
     port, admin = free_port(), free_port()
     full_env = {
         **os.environ,
@@ -109,7 +127,7 @@ def _start(upstream_port: int, env: dict[str, str] | None, stdout: int | None) -
                 raise PortTaken(err)
             raise AssertionError(f"sidecar-proxy exited {proc.returncode}: {err}")
         try:
-            if p.ready() == 200:
+            if p.admin(started) == 200:
                 return p
         except OSError:
             pass

@@ -73,6 +73,11 @@ def test_defaults_are_the_documented_table() -> None:
         200,
         True,
     )
+    assert s.admin_allow == frozenset({"127.0.0.0/8", "::1/128"})
+    assert (s.rate_limit_rps, s.rate_limit_burst, s.rate_limit_key) == (0.0, 0, "global")
+    assert s.rate_limit_max_keys == 10_000
+    assert (s.app_ready_check, s.app_ready_interval, s.app_ready_failures) == ("none", 1.0, 3)
+    assert s.server_timing is False
 
 
 def test_table_covers_every_field_with_its_env_var_and_flag() -> None:
@@ -158,6 +163,10 @@ def test_env_values_of_every_kind() -> None:
             "MAX_REQUEST_BODY_BYTES": "10MiB",
             "ACCESS_LOG": "off",
             "LOG_LEVEL": "DEBUG",
+            "ADMIN_ALLOW": "10.0.0.0/8, 192.168.1.7,fd00::/8",
+            "RATE_LIMIT_RPS": "2.5",
+            "RATE_LIMIT_KEY": "CLIENT_IP",
+            "APP_READY_CHECK": "HTTP:/Health?deep=1",
         }
     ).settings
     assert s.listen_host == "::"
@@ -170,6 +179,9 @@ def test_env_values_of_every_kind() -> None:
     assert s.max_request_body_bytes == 10 * 1024 * 1024
     assert s.access_log is False
     assert s.log_level == "debug"
+    assert s.admin_allow == frozenset({"10.0.0.0/8", "192.168.1.7/32", "fd00::/8"})
+    assert (s.rate_limit_rps, s.rate_limit_key) == (2.5, "client_ip")
+    assert s.app_ready_check == "http:/Health?deep=1"  # the path keeps its case
 
 
 def test_empty_list_flag_means_none() -> None:
@@ -341,6 +353,43 @@ def test_bad_failure_status() -> None:
 def test_bad_host(host: str) -> None:
     assert error(flags={"upstream_host": host}) == (
         f"--upstream-host={host!r}: expected a host name or IP address (no scheme, port or path)"
+    )
+
+
+@pytest.mark.parametrize(
+    "check", ["http", "http:", "http:healthz", "http:/a b", "http:/#x", "grpc"]
+)
+def test_bad_app_ready_check(check: str) -> None:
+    assert error(env={"APP_READY_CHECK": check}) == (
+        f"APP_READY_CHECK={check!r}: expected none, tcp or http:/path (e.g. http:/healthz)"
+    )
+
+
+def test_bad_admin_allow() -> None:
+    assert error(env={"ADMIN_ALLOW": "127.0.0.1/8"}) == (
+        "ADMIN_ALLOW='127.0.0.1/8': 127.0.0.1/8 has host bits set; expected a comma-separated "
+        "list of IP addresses or CIDR blocks (10.0.0.0/8, ::1)"
+    )
+    assert "'localhost' does not appear" in error(env={"ADMIN_ALLOW": "localhost"})
+
+
+def test_admin_allow_may_be_empty_and_prints_back_as_written() -> None:
+    assert load(flags={"admin_allow": ""}).settings.admin_allow == frozenset()
+    field = next(f for f in FIELDS if f.name == "admin_allow")
+    assert field.kind.format(Settings().admin_allow) == "127.0.0.0/8,::1"
+
+
+def test_bad_rate_limit_values() -> None:
+    assert error(env={"RATE_LIMIT_RPS": "-1"}) == "RATE_LIMIT_RPS='-1': expected a number 0-1000000"
+    assert error(env={"RATE_LIMIT_KEY": "user"}) == (
+        "RATE_LIMIT_KEY='user': expected one of global, client_ip"
+    )
+
+
+def test_rate_limit_burst_without_a_rate() -> None:
+    assert error(env={"RATE_LIMIT_BURST": "10"}) == (
+        "RATE_LIMIT_BURST='10' without rate_limit_rps=0 (default): "
+        "rate_limit_burst needs a rate_limit_rps above 0"
     )
 
 

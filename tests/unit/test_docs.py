@@ -14,7 +14,8 @@ README = (Path(__file__).parents[2] / "README.md").read_text()
 
 def test_every_setting_has_its_row() -> None:
     for f in FIELDS:
-        row = f"| `{f.env}` | `{f.flag}` | `{f.name}` | `{f.default}` |"
+        live = "yes" if f.live else "no"
+        row = f"| `{f.env}` | `{f.flag}` | `{f.name}` | `{f.default}` | {live} |"
         assert row in README, f"README settings table lacks or misstates {f.env}: {row}"
 
 

@@ -142,6 +142,8 @@ def test_exactly_the_documented_metrics(metrics: Metrics) -> None:
         "sidecar_response_bytes": "counter",
         "sidecar_downstream_connections": "gauge",
         "sidecar_access_log_dropped": "counter",
+        "sidecar_app_ready": "gauge",
+        "sidecar_config_reloads": "counter",
         "sidecar_build_info": "gauge",
     }
     # The seed's help strings.
@@ -184,8 +186,11 @@ def test_known_label_values_exist_at_zero(metrics: Metrics) -> None:
     for error_type in ("connection_error", "5xx_error", "circuit_open", "timeout", "reset"):
         assert samples[("sidecar_upstream_errors_total", frozenset({("type", error_type)}))] == 0
     assert samples[("sidecar_upstream_errors_total", frozenset({("type", "protocol_error")}))] == 0
-    for reason in ("shed", "circuit_open"):
+    for reason in ("shed", "circuit_open", "rate_limit"):
         assert samples[("sidecar_requests_rejected_total", frozenset({("reason", reason)}))] == 0
+    for result in ("success", "failure"):
+        assert samples[("sidecar_config_reloads_total", frozenset({("result", result)}))] == 0
+    assert samples[("sidecar_app_ready", frozenset())] == 1  # no check: the app counts as ready
     for state in ("closed", "open", "half_open"):
         key = ("sidecar_circuit_breaker_transitions_total", frozenset({("to", state)}))
         assert samples[key] == 0
@@ -270,6 +275,28 @@ def test_load_shed(metrics: Metrics, recorder: Recorder) -> None:
     assert value(metrics, "sidecar_requests_total", method="GET", path="/users/:id", status="503")
     # Never reached the app: no upstream response time.
     assert not any(name.startswith("sidecar_upstream_response") for name, _ in scrape(metrics))
+
+
+def test_rate_limited_is_a_rejection_not_an_error(metrics: Metrics, recorder: Recorder) -> None:
+    recorder.started()
+    ex = make_exchange(status=429, ttfb=None)
+    ex.flags = [X.RATE_LIMITED]
+    recorder.finished(ex)
+    assert value(metrics, "sidecar_requests_rejected_total", reason="rate_limit") == 1
+    assert value(metrics, "sidecar_requests_rejected_total", reason="shed") == 0
+    assert not any(v for (name, _), v in scrape(metrics).items() if name.endswith("errors_total"))
+
+
+def test_app_ready_and_reload_events(metrics: Metrics) -> None:
+    metrics.app_ready_changed(False)
+    assert value(metrics, "sidecar_app_ready") == 0
+    metrics.app_ready_changed(True)
+    assert value(metrics, "sidecar_app_ready") == 1
+    metrics.config_reloaded(True)
+    metrics.config_reloaded(False)
+    metrics.config_reloaded(False)
+    assert value(metrics, "sidecar_config_reloads_total", result="success") == 1
+    assert value(metrics, "sidecar_config_reloads_total", result="failure") == 2
 
 
 def test_breaker_rejection_counts_once_as_error_and_once_as_rejection(

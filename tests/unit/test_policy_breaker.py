@@ -267,6 +267,57 @@ def test_nonsense_settings_are_refused(threshold: int, open_for: float, probes: 
         CircuitBreaker(threshold, open_for, probes, FakeClock(0.0))
 
 
+@pytest.mark.parametrize(
+    ("threshold", "open_for", "probes"),
+    [(-1, OPEN_FOR, 1), (3, -1.0, 1), (3, math.nan, 1), (3, OPEN_FOR, 0)],
+)
+def test_nonsense_settings_are_refused_on_reconfigure(
+    threshold: int, open_for: float, probes: int
+) -> None:
+    breaker = CircuitBreaker(3, OPEN_FOR, 1, FakeClock(0.0))
+    with pytest.raises(ValueError):
+        breaker.reconfigure(threshold, open_for, probes)
+
+
+def test_reconfigure_keeps_the_state_and_the_open_period() -> None:
+    h = Harness(threshold=3)
+    h.trip()
+    opened_at = h.clock.now
+    h.breaker.reconfigure(10, OPEN_FOR * 10, 1)
+    assert h.breaker.state is OPEN
+    h.clock.now = opened_at + OPEN_FOR  # the open period running keeps its end
+    assert h.breaker.allow()
+    assert h.breaker.state is HALF_OPEN
+    h.breaker.record_success()
+    assert h.breaker.state is CLOSED
+    assert h.transitions == [(CLOSED, OPEN), (OPEN, HALF_OPEN), (HALF_OPEN, CLOSED)]
+
+
+def test_a_run_past_a_lowered_threshold_opens_on_its_next_failure() -> None:
+    h = Harness(threshold=10)
+    for _ in range(5):
+        assert h.breaker.allow()
+        h.breaker.record_failure()
+    h.breaker.reconfigure(3, OPEN_FOR, 1)
+    assert h.breaker.state is CLOSED  # the reload itself says nothing about the app
+    assert h.breaker.allow()
+    h.breaker.record_failure()
+    assert h.breaker.state is OPEN
+
+
+def test_fewer_probes_needed_after_a_reload_closes_on_the_next_success() -> None:
+    h = Harness(threshold=1, probes=3)
+    h.half_open()
+    assert h.breaker.allow()
+    h.breaker.record_success()
+    h.breaker.record_success()  # two of three probes succeeded
+    assert h.breaker.state is HALF_OPEN
+    h.breaker.reconfigure(1, OPEN_FOR, 1)
+    assert h.breaker.allow()
+    h.breaker.record_success()
+    assert h.breaker.state is CLOSED
+
+
 # A data path that keeps the contract: each step starts an attempt (if allowed), ends one in
 # flight with a verdict, or lets some seconds pass.
 steps = st.lists(

@@ -39,3 +39,21 @@ def test_a_release_without_an_acquire_is_a_bug_not_a_free_place() -> None:
 def test_a_negative_limit_is_refused() -> None:
     with pytest.raises(ValueError, match="concurrency limit"):
         ConcurrencyLimit(-1)
+
+
+def test_a_new_limit_keeps_the_places_in_flight() -> None:
+    limit = ConcurrencyLimit(3)
+    for _ in range(3):
+        assert limit.try_acquire()
+    limit.set_limit(1)  # lowered below what is in flight: nothing is lost, new ones are shed
+    assert limit.in_flight == 3
+    assert not limit.try_acquire()
+    limit.release()
+    limit.release()
+    assert not limit.try_acquire()
+    limit.release()
+    assert limit.try_acquire()
+    limit.set_limit(0)
+    assert all(limit.try_acquire() for _ in range(100))
+    with pytest.raises(ValueError, match="concurrency limit"):
+        limit.set_limit(-1)

@@ -1,4 +1,4 @@
-"""The admin HTTP server: ``/metrics``, ``/health`` and ``/ready`` on the metrics port.
+"""The admin HTTP server: ``/metrics``, ``/health``, ``/ready`` and ``POST /quitquitquit``.
 
 It runs :class:`http.server.ThreadingHTTPServer` in a daemon thread, one thread per connection:
 a scrape renders the whole registry (milliseconds of Python for a few hundred series) and must
@@ -15,21 +15,29 @@ the scraper is in the same cluster, and the pod's CPU limit is scarcer than band
 GET and HEAD are served. The other standard methods get ``405`` with ``Allow: GET, HEAD``, and
 methods the server does not recognise get ``501``, as RFC 9110 (sections 15.5.6 and 15.6.2) asks.
 The default per-request stderr logging is replaced by DEBUG records on this module's logger.
+
+``POST /quitquitquit`` (Envoy's and Istio's name) starts the same drain as SIGTERM, after which
+the process exits 0: a Job's app calls it when its work is done, so a classic sidecar does not
+keep the pod running for ever. It changes the pod's state, so unlike the read-only endpoints it
+answers only clients whose address is in ``admin_allow`` (loopback by default: the containers
+of the pod itself); others get 403. Any other method on it gets 405 with ``Allow: POST``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 import sys
 import threading
+from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import cast
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from sidecar_proxy.health import CONTENT_TYPE, HealthState, health_body, ready_body
+from sidecar_proxy.lifecycle.health import CONTENT_TYPE, HealthState, health_body, ready_body
 
 _log = logging.getLogger(__name__)
 
@@ -39,6 +47,21 @@ _TEXT = "text/plain; charset=utf-8"
 _IDLE_TIMEOUT = 120.0
 # How often serve_forever checks for stop(); it bounds how long stop() takes.
 _POLL_INTERVAL = 0.1
+QUIT_PATH = "/quitquitquit"
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def allowed(address: str, networks: Iterable[Network]) -> bool:
+    """Whether a client's address is in one of ``networks``. An IPv4 client of a dual-stack
+    listener shows up as ``::ffff:a.b.c.d`` and is matched as the IPv4 address it is."""
+    try:
+        ip = ipaddress.ip_address(address.partition("%")[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in networks)
 
 
 class _Server(ThreadingHTTPServer):
@@ -50,10 +73,15 @@ class _Server(ThreadingHTTPServer):
         family: int,
         registry: CollectorRegistry,
         health: HealthState,
+        *,
+        allow: tuple[Network, ...],
+        on_quit: Callable[[], None] | None,
     ) -> None:
         self.address_family = family
         self.registry = registry
         self.health = health
+        self.allow = allow
+        self.on_quit = on_quit
         super().__init__(address, _Handler)
 
     def handle_error(self, request: object, client_address: object) -> None:
@@ -85,17 +113,40 @@ class _Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self._serve(send_body=False)
 
-    def _not_allowed(self) -> None:
+    def _not_allowed(self, send_body: bool = True) -> None:
         # The request may have a body we will not read; close rather than misparse it as the
         # next request.
-        allow, close = ("Allow", "GET, HEAD"), ("Connection", "close")
-        self._reply(405, _TEXT, b"405 method not allowed\n", True, allow, close)
+        methods = "POST" if self._path() == QUIT_PATH else "GET, HEAD"
+        allow, close = ("Allow", methods), ("Connection", "close")
+        self._reply(405, _TEXT, b"405 method not allowed\n", send_body, allow, close)
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed
+
+    def do_POST(self) -> None:
+        server = cast(_Server, self.server)
+        if self._path() != QUIT_PATH:
+            self._not_allowed()
+            return
+        close = ("Connection", "close")  # any body is left unread, as for a 405
+        if server.on_quit is None:
+            self._reply(404, _TEXT, b"404 not found\n", True, close)
+            return
+        client = self.client_address[0]
+        if not allowed(client, server.allow):
+            _log.warning("quit refused", extra={"client": client})
+            body = b"403 forbidden: this address is not in ADMIN_ALLOW\n"
+            self._reply(403, _TEXT, body, True, close)
+            return
+        _log.info("quit requested", extra={"client": client})
+        self._reply(200, _TEXT, b"draining; the sidecar exits when done\n", True, close)
+        server.on_quit()
+
+    def _path(self) -> str:
+        return self.path.partition("?")[0]
 
     def _serve(self, send_body: bool) -> None:
         server = cast(_Server, self.server)
-        path = self.path.partition("?")[0]
+        path = self._path()
         if path == "/metrics":
             encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
             self._reply(200, content_type, encoder(server.registry), send_body)
@@ -105,6 +156,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/ready":
             status, body = ready_body(server.health)
             self._reply(status, CONTENT_TYPE, body, send_body)
+        elif path == QUIT_PATH and server.on_quit is not None:
+            self._not_allowed(send_body)
         else:
             self._reply(404, _TEXT, b"404 not found\n", send_body)
 
@@ -136,12 +189,24 @@ class AdminServer:
     """Serves the admin endpoints from a daemon thread; :meth:`start` binds, :meth:`stop` ends."""
 
     def __init__(
-        self, host: str, port: int, registry: CollectorRegistry, health: HealthState
+        self,
+        host: str,
+        port: int,
+        registry: CollectorRegistry,
+        health: HealthState,
+        *,
+        allow: Iterable[str] = (),
+        on_quit: Callable[[], None] | None = None,
     ) -> None:
+        """``allow`` holds the networks (CIDR text) that may quit; ``on_quit`` is called on the
+        admin thread when one does, and must hand the shutdown to the event loop itself. Without
+        it there is no quit endpoint."""
         self._host = host
         self._requested_port = port
         self._registry = registry
         self._health = health
+        self._allow = tuple(ipaddress.ip_network(network) for network in allow)
+        self._on_quit = on_quit
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -162,7 +227,12 @@ class AdminServer:
             flags=socket.AI_PASSIVE,
         )[0][0]
         self._server = _Server(
-            (self._host, self._requested_port), family, self._registry, self._health
+            (self._host, self._requested_port),
+            family,
+            self._registry,
+            self._health,
+            allow=self._allow,
+            on_quit=self._on_quit,
         )
         self._thread = threading.Thread(
             target=self._server.serve_forever,

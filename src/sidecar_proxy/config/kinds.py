@@ -26,6 +26,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable
+from decimal import Decimal
 from typing import Generic, TypeVar
 
 from sidecar_proxy.config.units import (
@@ -137,7 +138,7 @@ class FloatKind(Kind[float]):
 
     def __init__(self, low: float, high: float) -> None:
         self.low, self.high = low, high
-        self.expected = f"expected a number {low:g}-{high:g}"
+        self.expected = f"expected a number {self.format(low)}-{self.format(high)}"
 
     def parse(self, text: str) -> float:
         if not re.fullmatch(r"-?([0-9]+\.?[0-9]*|\.[0-9]+)", text):
@@ -153,6 +154,12 @@ class FloatKind(Kind[float]):
         if not self.low <= value <= self.high:  # also refuses NaN
             raise ValueError(self.expected)
         return value
+
+    def format(self, value: float) -> str:
+        # Plain decimal, as parse() takes it: "0" and "50" rather than "0.0" and "50.0", and
+        # never an exponent ("1e-05"), which parse() would refuse.
+        text = format(Decimal(repr(value)), "f")
+        return text.rstrip("0").rstrip(".") if "." in text else text
 
     def to_json(self, value: float) -> float:
         return value
@@ -260,6 +267,27 @@ class EnumKind(Kind[str]):
         return text.lower()
 
 
+class AppCheckKind(Kind[str]):
+    """How the app's readiness is checked: ``none``, ``tcp`` or ``http:/path``.
+
+    The path goes into a request line as it is, so it must be an origin-form target (RFC 9112
+    §3.2.1): a ``/`` followed by visible ASCII, no fragment.
+    """
+
+    metavar = "CHECK"
+    expected = "expected none, tcp or http:/path (e.g. http:/healthz)"
+
+    def parse(self, text: str) -> str:
+        word = text.lower()
+        if word in ("none", "tcp"):
+            return word
+        if word.startswith("http:"):
+            path = text[len("http:") :]
+            if re.fullmatch(r"/[\x21-\x7e]*", path) and "#" not in path:
+                return "http:" + path
+        raise ValueError(self.expected)
+
+
 class _ListKind(Kind[frozenset[T]]):
     """A set of tokens: a comma-separated string, or a list in a config file.
 
@@ -287,6 +315,37 @@ class _ListKind(Kind[frozenset[T]]):
 
     def token(self, token: str) -> Iterable[T]:
         raise NotImplementedError
+
+
+class CidrListKind(_ListKind[str]):
+    """IP networks, each an address (a host) or a CIDR block with no host bits set.
+
+    Kept as their canonical text (``127.0.0.0/8``, ``::1/128``); a host prints back as the bare
+    address, so the default round-trips.
+    """
+
+    expected = "expected a comma-separated list of IP addresses or CIDR blocks (10.0.0.0/8, ::1)"
+
+    def token(self, token: str) -> Iterable[str]:
+        try:
+            return (str(ipaddress.ip_network(token)),)
+        except ValueError as exc:
+            raise ValueError(f"{exc}; {self.expected}") from None
+
+    def format(self, value: frozenset[str]) -> str:
+        return ",".join(self._ordered(value)) if value else "''"
+
+    def to_json(self, value: frozenset[str]) -> list[str]:
+        return self._ordered(value)
+
+    @staticmethod
+    def _ordered(value: frozenset[str]) -> list[str]:
+        networks = sorted(
+            (ipaddress.ip_network(text) for text in value), key=lambda n: (n.version, n)
+        )
+        return [
+            str(n.network_address) if n.prefixlen == n.max_prefixlen else str(n) for n in networks
+        ]
 
 
 def _status(token: str, low: int, high: int) -> int | None:

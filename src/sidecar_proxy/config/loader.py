@@ -213,6 +213,13 @@ def _check_relations(settings: Settings, origins: Mapping[str, _Origin]) -> None
             f"{describe('per_try_timeout')} exceeds {describe('request_timeout')}: "
             "per_try_timeout must be at most request_timeout"
         )
+    if settings.rate_limit_burst and not settings.rate_limit_rps:
+        # A burst alone would be silently ignored: the bucket never refills, so there is no
+        # limit to apply it to.
+        raise ConfigError(
+            f"{describe('rate_limit_burst')} without {describe('rate_limit_rps')}: "
+            "rate_limit_burst needs a rate_limit_rps above 0"
+        )
 
 
 def _advice(settings: Settings) -> tuple[str, ...]:

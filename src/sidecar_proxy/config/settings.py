@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sidecar_proxy.config.kinds import (
+    AppCheckKind,
     BoolKind,
+    CidrListKind,
     DurationKind,
     EnumKind,
     FloatKind,
@@ -55,16 +57,20 @@ class Field:
     kind: Kind[Any]
     default: str
     help: str
+    # Whether a SIGHUP reload applies a new value to the running proxy. The others (ports,
+    # hosts, what the upstream pool and the admin thread were built with) keep their start-up
+    # value until a restart; the reload reports them.
+    live: bool = False
 
     @property
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
 
 
-def _setting(env: str, kind: Kind[T], default: str, help: str) -> T:
+def _setting(env: str, kind: Kind[T], default: str, help: str, *, live: bool = False) -> T:
     # Typed as returning T, like dataclasses.field, so `port: int = _setting(..., PORT, ...)`
     # type-checks against the kind; the name is filled in when FIELDS is built.
-    spec = Field(name="", env=env, kind=kind, default=default, help=help)
+    spec = Field(name="", env=env, kind=kind, default=default, help=help, live=live)
     return dataclasses.field(default=kind.parse(default), metadata={_SPEC: spec})
 
 
@@ -80,84 +86,137 @@ class Settings:
         "METRICS_HOST", HOST, "0.0.0.0", "address of the admin server (/metrics /health /ready)"
     )
     metrics_port: int = _setting("METRICS_PORT", PORT, "9090", "port of the admin server")
+    admin_allow: frozenset[str] = _setting(
+        "ADMIN_ALLOW",
+        CidrListKind(),
+        "127.0.0.0/8,::1",
+        "client addresses (IPs or CIDRs) allowed to POST /quitquitquit on the admin port",
+    )
     request_timeout: float = _setting(
         "REQUEST_TIMEOUT",
         POSITIVE_DURATION,
         "30s",
         "deadline for the app's response head, counted from the end of the request, "
         "retries included; also the longest the response body may stall",
+        live=True,
     )
     per_try_timeout: float = _setting(
         "PER_TRY_TIMEOUT",
         DURATION,
         "0",
         "deadline for each attempt's response head; 0 = off; at most request_timeout",
+        live=True,
     )
     connect_timeout: float = _setting(
         "UPSTREAM_CONNECT_TIMEOUT", POSITIVE_DURATION, "1s", "deadline to connect to the app"
     )
     max_retries: int = _setting(
-        "MAX_RETRIES", IntKind(0, 10), "3", "retries after the first attempt"
+        "MAX_RETRIES", IntKind(0, 10), "3", "retries after the first attempt", live=True
     )
     retry_backoff: float = _setting(
-        "RETRY_BACKOFF", DURATION, "100ms", "base of the exponential backoff (full jitter)"
+        "RETRY_BACKOFF",
+        DURATION,
+        "100ms",
+        "base of the exponential backoff (full jitter)",
+        live=True,
     )
     retry_max_backoff: float = _setting(
-        "RETRY_MAX_BACKOFF", DURATION, "5s", "cap of the backoff; at least retry_backoff"
+        "RETRY_MAX_BACKOFF", DURATION, "5s", "cap of the backoff; at least retry_backoff", live=True
     )
     retry_on: frozenset[str] = _setting(
         "RETRY_ON",
         RetryOnKind(),
         "connect-failure,reset,timeout,502,503,504",
         "conditions worth a retry: connect-failure, reset, timeout, 429, 500-599",
+        live=True,
     )
     retry_buffer_limit: int = _setting(
         "RETRY_BUFFER_LIMIT",
         SizeKind(0),
         "64KiB",
         "largest request body kept for replay; larger bodies are not retried",
+        live=True,
     )
     retry_budget_ratio: float = _setting(
         "RETRY_BUDGET_RATIO",
         FloatKind(0, 1),
         "0.2",
         "retries allowed as a fraction of requests in the budget window",
+        live=True,
     )
     retry_budget_min_per_second: int = _setting(
         "RETRY_BUDGET_MIN_PER_SECOND",
         COUNT,
         "10",
         "retries per second always allowed, whatever the ratio",
+        live=True,
     )
     retry_budget_ttl: float = _setting(
-        "RETRY_BUDGET_TTL", POSITIVE_DURATION, "10s", "window of the retry budget"
+        "RETRY_BUDGET_TTL", POSITIVE_DURATION, "10s", "window of the retry budget", live=True
     )
     circuit_breaker_threshold: int = _setting(
         "CIRCUIT_BREAKER_THRESHOLD",
         COUNT,
         "5",
         "consecutive failures that open the breaker; 0 disables it",
+        live=True,
     )
     circuit_breaker_timeout: float = _setting(
         "CIRCUIT_BREAKER_TIMEOUT",
         POSITIVE_DURATION,
         "30s",
         "how long the breaker stays open before probing",
+        live=True,
     )
     circuit_breaker_half_open_requests: int = _setting(
         "CIRCUIT_BREAKER_HALF_OPEN_REQUESTS",
         IntKind(1, 100),
         "1",
         "probe requests allowed while half-open",
+        live=True,
     )
     circuit_breaker_failure_statuses: frozenset[int] = _setting(
         "CIRCUIT_BREAKER_FAILURE_STATUSES",
         StatusListKind(),
         "5xx",
         "app responses that count as failures: codes 500-599 or 5xx",
+        live=True,
     )
     max_in_flight: int = _setting(
-        "MAX_IN_FLIGHT", COUNT, "1000", "requests in flight before shedding load; 0 = unlimited"
+        "MAX_IN_FLIGHT",
+        COUNT,
+        "1000",
+        "requests in flight before shedding load; 0 = unlimited",
+        live=True,
+    )
+    rate_limit_rps: float = _setting(
+        "RATE_LIMIT_RPS",
+        FloatKind(0, 1_000_000),
+        "0",
+        "requests per second the token bucket refills (else 429); 0 = no rate limit",
+        live=True,
+    )
+    rate_limit_burst: int = _setting(
+        "RATE_LIMIT_BURST",
+        IntKind(0, 1_000_000),
+        "0",
+        "requests the bucket holds, taken at once after a quiet spell; "
+        "0 = one second's worth (rate_limit_rps rounded up)",
+        live=True,
+    )
+    rate_limit_key: str = _setting(
+        "RATE_LIMIT_KEY",
+        EnumKind("global", "client_ip"),
+        "global",
+        "one bucket for all clients, or one per client address",
+        live=True,
+    )
+    rate_limit_max_keys: int = _setting(
+        "RATE_LIMIT_MAX_KEYS",
+        IntKind(1, 1_000_000),
+        "10000",
+        "client buckets kept with rate_limit_key=client_ip; the least recently used goes first",
+        live=True,
     )
     upstream_max_idle: int = _setting(
         "UPSTREAM_MAX_IDLE_CONNECTIONS", COUNT, "100", "idle keep-alive connections kept to the app"
@@ -173,15 +232,21 @@ class Settings:
         POSITIVE_DURATION,
         "10s",
         "time a client has to send the request headers (else 408)",
+        live=True,
     )
     client_body_timeout: float = _setting(
-        "CLIENT_BODY_TIMEOUT", POSITIVE_DURATION, "30s", "longest a request body may stall"
+        "CLIENT_BODY_TIMEOUT",
+        POSITIVE_DURATION,
+        "30s",
+        "longest a request body may stall",
+        live=True,
     )
     client_idle_timeout: float = _setting(
         "CLIENT_IDLE_TIMEOUT",
         POSITIVE_DURATION,
         "120s",
         "idle keep-alive client connections are closed after this",
+        live=True,
     )
     max_header_bytes: int = _setting(
         "MAX_HEADER_BYTES",
@@ -190,38 +255,70 @@ class Settings:
         "largest request head (else 431)",
     )
     max_header_count: int = _setting(
-        "MAX_HEADER_COUNT", IntKind(1, 1000), "100", "most request headers (else 431)"
+        "MAX_HEADER_COUNT", IntKind(1, 1000), "100", "most request headers (else 431)", live=True
     )
     max_url_bytes: int = _setting(
-        "MAX_URL_BYTES", SizeKind(256, 1024**2), "8KiB", "longest request target (else 414)"
+        "MAX_URL_BYTES",
+        SizeKind(256, 1024**2),
+        "8KiB",
+        "longest request target (else 414)",
+        live=True,
     )
     max_request_body_bytes: int = _setting(
         "MAX_REQUEST_BODY_BYTES",
         SizeKind(0),
         "0",
         "largest request body (else 413); 0 = unlimited",
+        live=True,
     )
     drain_delay: float = _setting(
         "DRAIN_DELAY",
         DURATION,
         "5s",
-        "after SIGTERM, /ready answers 503 this long before the listener closes",
+        "after SIGTERM, /ready answers 503 and every response closes its connection this long "
+        "before the listener closes",
+        live=True,
     )
     shutdown_grace_period: float = _setting(
         "SHUTDOWN_GRACE_PERIOD",
         DURATION,
         "20s",
         "after the listener closes, in-flight requests may finish within this",
+        live=True,
     )
     health_on_proxy_port: bool = _setting(
-        "HEALTH_ON_PROXY_PORT", BOOL, "true", "answer /health and /ready on the proxy port too"
+        "HEALTH_ON_PROXY_PORT",
+        BOOL,
+        "true",
+        "answer /health and /ready on the proxy port too",
+        live=True,
     )
-    access_log: bool = _setting("ACCESS_LOG", BOOL, "true", "log one line per request")
+    app_ready_check: str = _setting(
+        "APP_READY_CHECK",
+        AppCheckKind(),
+        "none",
+        "what /ready also requires of the app: none, tcp (its port accepts) "
+        "or http:/path (it answers 2xx there)",
+    )
+    app_ready_interval: float = _setting(
+        "APP_READY_INTERVAL",
+        POSITIVE_DURATION,
+        "1s",
+        "how often the app is checked; a check not done within it fails",
+    )
+    app_ready_failures: int = _setting(
+        "APP_READY_FAILURES",
+        IntKind(1, 100),
+        "3",
+        "consecutive failed checks before /ready turns 503 (one success turns it back)",
+    )
+    access_log: bool = _setting("ACCESS_LOG", BOOL, "true", "log one line per request", live=True)
     log_level: str = _setting(
         "LOG_LEVEL",
         EnumKind("debug", "info", "warning", "error"),
         "info",
         "least severe level logged",
+        live=True,
     )
     metrics_path_label_limit: int = _setting(
         "METRICS_PATH_LABEL_LIMIT",
@@ -230,13 +327,21 @@ class Settings:
         "distinct path label values before the rest are counted as 'other'",
     )
     attempts_header: bool = _setting(
-        "ATTEMPTS_HEADER", BOOL, "false", "add X-Sidecar-Attempts to responses"
+        "ATTEMPTS_HEADER", BOOL, "false", "add X-Sidecar-Attempts to responses", live=True
+    )
+    server_timing: bool = _setting(
+        "SERVER_TIMING",
+        BOOL,
+        "false",
+        "add Server-Timing: sidecar;dur=..., app;dur=... to the app's responses",
+        live=True,
     )
     trust_forwarded_headers: bool = _setting(
         "TRUST_FORWARDED_HEADERS",
         BOOL,
         "true",
         "keep incoming X-Forwarded-Proto/Host instead of overwriting them",
+        live=True,
     )
     upstream_protocol: str = _setting(
         "UPSTREAM_PROTOCOL",

@@ -1,7 +1,10 @@
 """What every connection of one proxy shares: settings, pool, policies, recorder, health.
 
 Built once by the server; each protocol instance keeps one reference, so the hot path reaches any
-of these with a single attribute load.
+of these with a single attribute load. A reload (:meth:`ProxyContext.reconfigure`) replaces the
+settings and brings the policies in line in one call on the loop thread: every request reads
+``ctx.settings`` and the policies afresh where it needs them, so none sees new settings beside
+old policies.
 """
 
 from __future__ import annotations
@@ -17,12 +20,13 @@ from sidecar_proxy.http.pool import H1Pool
 from sidecar_proxy.policy.backoff import Backoff
 from sidecar_proxy.policy.breaker import BreakerState, CircuitBreaker
 from sidecar_proxy.policy.budget import RetryBudget
+from sidecar_proxy.policy.ratelimit import RateLimit
 from sidecar_proxy.policy.retry import RetryPolicy
 from sidecar_proxy.policy.shedding import ConcurrencyLimit
 
 if TYPE_CHECKING:
     from sidecar_proxy.config import Settings
-    from sidecar_proxy.health import HealthState
+    from sidecar_proxy.lifecycle.health import HealthState
     from sidecar_proxy.observe.metrics import Metrics
     from sidecar_proxy.observe.recorder import Recorder
 
@@ -32,6 +36,28 @@ bug_log = logging.getLogger("sidecar_proxy.exchange")
 # How often deadlines are checked: the precision of every timeout the proxy enforces on clients
 # and on the app (per-try timeouts and retry backoff use real timers and are exact).
 TICK = 0.05
+
+
+def app_pool(loop: asyncio.AbstractEventLoop, settings: Settings, metrics: Metrics) -> AppPool:
+    """The app pool the settings ask for: HTTP/1.1 connections, or h2c streams."""
+    if settings.upstream_protocol == "h2c":
+        return H2AppPool(loop, settings, metrics.on_upstream_connection)
+    return new_pool(loop, settings, metrics)
+
+
+def new_pool(loop: asyncio.AbstractEventLoop, settings: Settings, metrics: Metrics) -> H1Pool:
+    """The HTTP/1.1 app pool."""
+    return H1Pool(
+        loop,
+        settings.upstream_host,
+        settings.upstream_port,
+        max_idle=settings.upstream_max_idle,
+        idle_timeout=settings.upstream_idle_timeout,
+        connect_timeout=settings.connect_timeout,
+        max_head_bytes=settings.max_header_bytes,
+        max_header_count=settings.max_header_count,
+        on_connection=metrics.on_upstream_connection,
+    )
 
 
 class ClientConnection(Protocol):
@@ -53,11 +79,13 @@ class ProxyContext:
         "connections",
         "draining",
         "failure_statuses",
+        "goodbye",
         "health",
         "limiter",
         "loop",
         "metrics",
         "pool",
+        "rate_limit",
         "recorder",
         "retry",
         "settings",
@@ -80,7 +108,7 @@ class ProxyContext:
         self.recorder = recorder
         self.health = health
         # Tests give a pool of fake legs; a proxy makes the one its settings ask for.
-        self.pool: AppPool = pool or _app_pool(loop, settings, metrics)
+        self.pool: AppPool = pool or app_pool(loop, settings, metrics)
         self.breaker = CircuitBreaker(
             settings.circuit_breaker_threshold,
             settings.circuit_breaker_timeout,
@@ -88,23 +116,78 @@ class ProxyContext:
             loop.time,
             on_transition=self._breaker_transition,
         )
-        self.budget = budget = RetryBudget(
-            settings.retry_budget_ratio,
-            settings.retry_budget_min_per_second,
-            settings.retry_budget_ttl,
-            loop.time,
-        )
-        self.retry = RetryPolicy(
-            settings.max_retries,
-            settings.retry_on,
-            Backoff(settings.retry_backoff, settings.retry_max_backoff),
-            budget,
-        )
         self.limiter = ConcurrencyLimit(settings.max_in_flight)
+        self.budget = self._budget(settings)
+        self.retry = self._retry(settings)
+        self.rate_limit = self._rate_limit(settings)
         self.failure_statuses = settings.circuit_breaker_failure_statuses
         self.connections: set[ClientConnection] = set()
+        # Shutdown, in two steps (see server.ProxyServer.shutdown): from the signal on every
+        # response says goodbye (Connection: close); once the listener has closed, idle
+        # connections close too.
+        self.goodbye = False
         self.draining = False
         self.ticker: asyncio.TimerHandle | None = None
+
+    def _budget(self, s: Settings) -> RetryBudget:
+        return RetryBudget(
+            s.retry_budget_ratio, s.retry_budget_min_per_second, s.retry_budget_ttl, self.loop.time
+        )
+
+    def _retry(self, s: Settings) -> RetryPolicy:
+        backoff = Backoff(s.retry_backoff, s.retry_max_backoff)
+        return RetryPolicy(s.max_retries, s.retry_on, backoff, self.budget)
+
+    def _rate_limit(self, s: Settings) -> RateLimit | None:
+        if not s.rate_limit_rps:
+            return None  # off: the data path's whole cost is one `is None`
+        return RateLimit(
+            s.rate_limit_rps,
+            s.rate_limit_burst,
+            self.loop.time,
+            per_client=s.rate_limit_key == "client_ip",
+            max_keys=s.rate_limit_max_keys,
+            trust_forwarded=s.trust_forwarded_headers,
+        )
+
+    def reconfigure(self, settings: Settings) -> None:
+        """A reload: run with ``settings`` from the next event on.
+
+        Policies that hold state about the app or the requests in flight are reconfigured in
+        place: the breaker keeps its state, the concurrency limit its places taken (a new limit
+        object would be released into by requests that acquired the old one). The retry budget
+        and the rate limit's buckets start afresh only when one of their own settings changed;
+        the retry policy and its backoff hold nothing and are simply made again. Settings that
+        are not live (``Field.live``) must already carry their old values here; the pool is
+        built from those alone.
+        """
+        old, self.settings = self.settings, settings
+        s = settings
+        self.breaker.reconfigure(
+            s.circuit_breaker_threshold,
+            s.circuit_breaker_timeout,
+            s.circuit_breaker_half_open_requests,
+        )
+        self.limiter.set_limit(s.max_in_flight)
+        if _budget_settings(old) != _budget_settings(s):
+            self.budget = self._budget(s)
+        self.retry = self._retry(s)
+        if _rate_limit_settings(old) != _rate_limit_settings(s):
+            self.rate_limit = self._rate_limit(s)
+        self.failure_statuses = s.circuit_breaker_failure_statuses
+
+    def say_goodbye(self) -> None:
+        """Shutdown has begun: every response from now on carries ``Connection: close`` and
+        its connection closes after it, while the listener still accepts. A client learns on
+        its next response to reconnect, instead of racing the close of an idle connection."""
+        self.goodbye = True
+
+    def drain(self) -> None:
+        """The listener has closed: close idle keep-alive connections now; busy ones close
+        after their response."""
+        self.goodbye = self.draining = True
+        for conn in list(self.connections):
+            conn.close_if_idle()
 
     def start_ticking(self) -> None:
         """One timer for every deadline of every connection, instead of timers per request."""
@@ -129,17 +212,15 @@ class ProxyContext:
         log.log(level, "circuit breaker " + new.name.lower(), extra={"from": old.name.lower()})
 
 
-def _app_pool(loop: asyncio.AbstractEventLoop, settings: Settings, metrics: Metrics) -> AppPool:
-    if settings.upstream_protocol == "h2c":
-        return H2AppPool(loop, settings, metrics.on_upstream_connection)
-    return H1Pool(
-        loop,
-        settings.upstream_host,
-        settings.upstream_port,
-        max_idle=settings.upstream_max_idle,
-        idle_timeout=settings.upstream_idle_timeout,
-        connect_timeout=settings.connect_timeout,
-        max_head_bytes=settings.max_header_bytes,
-        max_header_count=settings.max_header_count,
-        on_connection=metrics.on_upstream_connection,
+def _budget_settings(s: Settings) -> tuple[float, int, float]:
+    return s.retry_budget_ratio, s.retry_budget_min_per_second, s.retry_budget_ttl
+
+
+def _rate_limit_settings(s: Settings) -> tuple[float, int, str, int, bool]:
+    return (
+        s.rate_limit_rps,
+        s.rate_limit_burst,
+        s.rate_limit_key,
+        s.rate_limit_max_keys,
+        s.trust_forwarded_headers,
     )

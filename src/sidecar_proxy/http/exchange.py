@@ -22,16 +22,30 @@ import logging
 import math
 import time
 
-from sidecar_proxy.health import health_body, ready_body
 from sidecar_proxy.http.context import ProxyContext
 from sidecar_proxy.http.fields import RequestHead, ResponseHead
 from sidecar_proxy.http.framing import CRLF, response_has_body
 from sidecar_proxy.http.headers import list_tokens, new_request_id, valid_request_id
 from sidecar_proxy.http.legs import AppLeg, ClientLeg, Trailers
-from sidecar_proxy.http.phase import COMMITTED, NEXT, WAITING_FOR_APP, IllegalTransition, Phase
+from sidecar_proxy.http.phase import (
+    ALLOWED,
+    AWAITING_HEAD,
+    BACKOFF,
+    CONNECTING,
+    DONE,
+    INTERIM,
+    QUEUED,
+    STREAMING,
+    TUNNEL,
+    WAITING_FOR_APP,
+    IllegalTransition,
+    Phase,
+)
 from sidecar_proxy.http.replies import error_body
+from sidecar_proxy.lifecycle.health import health_body, ready_body
 from sidecar_proxy.observe import record as R
 from sidecar_proxy.observe.record import Record
+from sidecar_proxy.observe.servertiming import server_timing_line
 from sidecar_proxy.observe.tracecontext import trace_id
 from sidecar_proxy.policy.backoff import parse_retry_after
 from sidecar_proxy.policy.breaker import BreakerState
@@ -92,23 +106,29 @@ class Exchange:
         "req_trailers",
         "resp",
         "rid_line",
+        "sent_at",
         "timer",
         "to_eof",
         "written",
     )
 
     def __init__(
-        self, ctx: ProxyContext, client: ClientLeg, head: RequestHead, rec: Record
+        self,
+        ctx: ProxyContext,
+        client: ClientLeg,
+        head: RequestHead,
+        rec: Record,
+        body_follows: bool,
     ) -> None:
         self.ctx = ctx
         self.client = client
         self.head = head
         self.rec = rec
-        self.phase = Phase.QUEUED
+        self.phase: Phase = QUEUED
         self.rid_line = b"X-Request-ID: " + rec.request_id.encode() + CRLF  # to the app and back
         self.rejected: tuple[int, str] | None = None  # answer this in the exchange's turn
         # the request body: chunks kept while a replay may still be needed
-        self.req_done = not head.has_body
+        self.req_done = not body_follows
         self.req_trailers: Trailers = []
         self.chunks: list[bytes] = []
         self.written = 0  # chunks the current attempt has sent
@@ -126,6 +146,7 @@ class Exchange:
         self.last_failure: tuple[int, str] | None = None  # what a retry was for
         self.deadline = 0.0  # for the app's response head; checked by on_tick
         self.last_activity = 0.0  # the last response body byte, for the stall limit
+        self.sent_at = 0.0  # time.monotonic() when the current attempt's head went to the app
         # the response
         self.resp: ResponseHead | None = None  # the latest head from the app
         self.to_eof = False  # the response body ends when the app closes the connection
@@ -134,13 +155,13 @@ class Exchange:
 
     def _to(self, new: Phase) -> None:
         """The one place the phase changes (see :mod:`sidecar_proxy.http.phase`)."""
-        if new not in NEXT[self.phase]:
+        if not ALLOWED[self.phase] >> new & 1:
             raise IllegalTransition(self.phase, new)
         self.phase = new
 
     @property
     def finished(self) -> bool:
-        return self.phase is Phase.DONE
+        return self.phase is DONE
 
     @property
     def request_complete(self) -> bool:
@@ -148,20 +169,22 @@ class Exchange:
 
     @property
     def committed(self) -> bool:
-        return self.phase in COMMITTED
+        """The response head has gone to the client leg."""
+        phase = self.phase
+        return phase is STREAMING or phase is TUNNEL
 
     # == start: guards =========================================================================
 
     def reject(self, status: int, detail: str) -> None:
         """The client leg found the request malformed, too large or too slow."""
-        if self.phase is Phase.DONE:
+        if self.phase is DONE:
             return
         self.rec.flags.append(
             R.DOWNSTREAM_TIMEOUT if status == 408 else R.DOWNSTREAM_PROTOCOL_ERROR
         )
-        if self.phase is Phase.QUEUED:
+        if self.phase is QUEUED:
             self.rejected = (status, detail)  # answered in its turn (see start)
-        elif self.phase in COMMITTED and not self.client.retract():
+        elif self.committed and not self.client.retract():
             self.client.abort()
             self.client_gone()
         else:
@@ -183,6 +206,12 @@ class Exchange:
             status, body = health_body() if rec.path == "/health" else ready_body(ctx.health)
             self.answer(status, body, b"application/json", None)
             return
+        if ctx.rate_limit is not None and rec.path not in _HEALTH_PATHS:  # probes: never limited
+            refusal = ctx.rate_limit.check(self.client.peer, self.head.xff)
+            if refusal is not None:
+                rec.flags.append(R.RATE_LIMITED)
+                self.answer(429, error_body(429, "rate limit exceeded"), _TEXT, refusal)
+                return
         if not ctx.limiter.try_acquire():
             rec.flags.append(R.LOAD_SHED)
             self.reply(503, "too many requests in flight", retry_after=1)
@@ -219,14 +248,14 @@ class Exchange:
             self.timer = ctx.loop.call_later(per_try, self._on_try_timeout, self.attempt_no)
         app = ctx.pool.take_idle()
         if app is not None:
-            self._to(Phase.AWAITING_HEAD)
+            self._to(AWAITING_HEAD)
             self._bind(app)
             return
-        self._to(Phase.CONNECTING)
+        self._to(CONNECTING)
         attempt_no = self.attempt_no
 
         def connected(app: AppLeg | None, exc: BaseException | None) -> None:
-            if self.phase is not Phase.CONNECTING or attempt_no != self.attempt_no:
+            if self.phase is not CONNECTING or attempt_no != self.attempt_no:
                 if app is not None:
                     app.release(True)  # nobody waits for it any more: a fresh leg, pool it
                 return
@@ -234,7 +263,7 @@ class Exchange:
             if app is None:
                 self._attempt_failed(Failure.CONNECT)
             else:
-                self._to(Phase.AWAITING_HEAD)
+                self._to(AWAITING_HEAD)
                 self._bind(app)
 
         self.connecting = ctx.pool.connect(connected)
@@ -250,6 +279,7 @@ class Exchange:
             if self.req_done:
                 end = self.req_trailers
         app.send_request(self.head, self._added_request_lines(), body, end)
+        self.sent_at = time.monotonic()
         self.client.resume_request_body()
         if self.client.write_paused:
             app.pause_reading()
@@ -260,28 +290,29 @@ class Exchange:
         h = self.head
         s = self.ctx.settings
         client = self.client
-        lines: list[bytes] = []
-        if not h.host_count:  # HTTP/1.0 without Host; an empty Host is forwarded as it is
-            lines.append(b"Host: %b:%d\r\n" % (s.upstream_host.encode(), s.upstream_port))
-        if h.xff:
-            lines += [b"X-Forwarded-For: " + h.xff + b", " + client.peer + CRLF]
-        else:
-            lines.append(client.forwarded_for_line)
+        xff = (
+            b"X-Forwarded-For: " + h.xff + b", " + client.peer + CRLF
+            if h.xff
+            else client.forwarded_for_line
+        )
         trust = s.trust_forwarded_headers
         if trust and h.forwarded_proto:
-            lines.append(b"X-Forwarded-Proto: " + h.forwarded_proto + CRLF)
+            xfp = b"X-Forwarded-Proto: " + h.forwarded_proto + CRLF
         else:
-            lines.append(b"X-Forwarded-Proto: http\r\n")
+            xfp = b"X-Forwarded-Proto: http\r\n"
         fhost = h.forwarded_host if trust and h.forwarded_host else h.host
         if fhost:
-            lines.append(b"X-Forwarded-Host: " + fhost + CRLF)
-        lines.append(self.rid_line)
+            lines = [xff, xfp, b"X-Forwarded-Host: " + fhost + CRLF, self.rid_line]
+        else:
+            lines = [xff, xfp, self.rid_line]
+        if not h.host_count:  # HTTP/1.0 without Host; an empty Host is forwarded as it is
+            lines.insert(0, b"Host: %b:%d\r\n" % (s.upstream_host.encode(), s.upstream_port))
         return lines
 
     # == request body from the client ==========================================================
 
     def request_body(self, data: bytes) -> None:
-        if self.phase is Phase.DONE:
+        if self.phase is DONE:
             return  # answered early (413, 503, ...): the rest of the body is not needed
         self.rec.bytes_in += len(data)
         self.chunks.append(data)
@@ -298,7 +329,7 @@ class Exchange:
 
     def request_end(self, trailers: Trailers) -> None:
         self.req_done = True
-        if self.phase is Phase.DONE:
+        if self.phase is DONE:
             return
         # The response deadline counts from the end of the request, as Envoy's route timeout
         # does: a slow upload is the client's time (client_body_timeout), not the app's.
@@ -329,7 +360,7 @@ class Exchange:
         if status < 200 and status != 101:
             # 1xx other than 101: relayed where the client's protocol allows (100 Continue,
             # 103 Early Hints); the final head follows in another message.
-            self._to(Phase.INTERIM)
+            self._to(INTERIM)
             self.client.send_interim(status, resp)
             return
         if resp.transfer_encoding and list_tokens(resp.transfer_encoding) != [b"chunked"]:
@@ -339,7 +370,9 @@ class Exchange:
             return
         rec.ttfb = time.monotonic() - rec.start
         self.last_activity = ctx.loop.time()
-        self._cancel_timer()
+        if self.timer is not None:  # the per-try timeout: an answer came in time
+            self.timer.cancel()
+            self.timer = None
         failed = status in ctx.failure_statuses
         if failed:
             rec.upstream_errors.append(R.ERR_5XX if status >= 500 else R.ERR_PROTOCOL)
@@ -354,31 +387,34 @@ class Exchange:
             return
         rec.status = status
         has_body = response_has_body(self.head.method, status)
-        self.to_eof = has_body and not resp.length_known
-        self._to(Phase.STREAMING)
-        self.client.send_head(status, resp, self._added_response_lines(resp), has_body)
+        # no Content-Length and not chunked: the body ends when the app closes the connection
+        self.to_eof = (
+            has_body
+            and not resp.framed
+            and resp.content_length is None
+            and not resp.transfer_encoding
+        )
+        self._to(STREAMING)
+        added = [] if resp.has_request_id else [self.rid_line]
+        if ctx.settings.attempts_header:
+            added.append(b"X-Sidecar-Attempts: %d\r\n" % rec.attempts)
+        if ctx.settings.server_timing:
+            added.append(server_timing_line(rec.start, self.sent_at, rec.ttfb))
+        self.client.send_head(status, resp, added, has_body)
         if not has_body:
             self._response_complete(app, None)
 
-    def _added_response_lines(self, resp: ResponseHead) -> list[bytes]:
-        added: list[bytes] = []
-        if not resp.has_request_id:
-            added.append(self.rid_line)
-        if self.ctx.settings.attempts_header:
-            added.append(b"X-Sidecar-Attempts: %d\r\n" % self.rec.attempts)
-        return added
-
     def response_body(self, data: bytes) -> None:
-        if self.phase is not Phase.STREAMING:
+        if self.phase is not STREAMING:
             return  # a 1xx has no body; anything else was refused at its head
         self.rec.bytes_out += len(data)
         self.client.send_body(data)
         self.last_activity = self.ctx.loop.time()
 
     def response_end(self, app: AppLeg, trailers: Trailers | None) -> None:
-        if self.phase is Phase.INTERIM:
-            self._to(Phase.AWAITING_HEAD)  # the 1xx is over; the final response follows
-        elif self.phase is Phase.STREAMING:
+        if self.phase is INTERIM:
+            self._to(AWAITING_HEAD)  # the 1xx is over; the final response follows
+        elif self.phase is STREAMING:
             self._response_complete(app, trailers)
 
     def _response_complete(self, app: AppLeg, trailers: Trailers | None) -> None:
@@ -396,42 +432,42 @@ class Exchange:
     # == failures from the app ==================================================================
 
     def app_eof(self, app: AppLeg) -> None:
-        if self.to_eof and self.phase is Phase.STREAMING and app is self.app:
+        if self.to_eof and self.phase is STREAMING and app is self.app:
             self._response_complete(app, None)  # EOF is how this body ends
         else:
             self.app_lost(app, None)
 
     def app_lost(self, app: AppLeg, exc: BaseException | None) -> None:
-        if app is not self.app or self.phase is Phase.DONE:
+        if app is not self.app or self.phase is DONE:
             return
         phase = self.phase
-        if phase is Phase.STREAMING and self.to_eof:
+        if phase is STREAMING and self.to_eof:
             self._response_complete(app, None)  # the leg will not reuse a close-delimited one
             return
         self.app = None
         app.abandon()
-        if phase is Phase.TUNNEL:
+        if phase is TUNNEL:
             self.client.flush()
             self.client.abort()
             self.finish()
-        elif phase is Phase.STREAMING:
+        elif phase is STREAMING:
             self._abort_client(R.UPSTREAM_RESET, R.ERR_RESET)
         else:
             self._attempt_failed(Failure.RESET)
 
     def app_refused(self, app: AppLeg) -> None:
-        if app is not self.app or self.phase not in WAITING_FOR_APP:
+        if app is not self.app or not WAITING_FOR_APP >> self.phase & 1:
             return
         self.app = None
         app.abandon()
         # Nothing reached the app, so any request may go again, as after a refused connection,
         # if its body is still here to send: one that is not replay-safe was dropped as it went
         # out, and is then retried only as a reset would be.
-        whole = self.replayable or not self.head.has_body
+        whole = self.replayable or not self.rec.bytes_in
         self._attempt_failed(Failure.CONNECT if whole else Failure.RESET)
 
     def app_protocol_error(self, app: AppLeg, reason: str) -> None:
-        if app is not self.app or self.phase is Phase.DONE:
+        if app is not self.app or self.phase is DONE:
             return
         # The client only learns "malformed response"; what exactly was malformed is for the
         # app's owners, at debug level so a broken app cannot flood the log.
@@ -448,7 +484,7 @@ class Exchange:
         app.abandon()
         rec = self.rec
         self._verdict(True)
-        if self.phase in COMMITTED and not self.client.retract():
+        if self.committed and not self.client.retract():
             self._abort_client(R.UPSTREAM_PROTOCOL_ERROR, R.ERR_PROTOCOL)
             return
         # Nothing left the proxy yet (the head came in the same read as the fault): the client
@@ -508,10 +544,10 @@ class Exchange:
             remaining=self.deadline - ctx.loop.time(),
         )
         if not decision.retry:
-            if decision.reason is REASON_BUDGET:
+            if decision.reason == REASON_BUDGET:
                 rec.retries_refused += 1
                 rec.flags.append(R.RETRY_BUDGET_EXHAUSTED)
-            elif decision.reason is REASON_EXHAUSTED:
+            elif decision.reason == REASON_EXHAUSTED:
                 rec.flags.append(R.RETRIES_EXHAUSTED)
             return False
         if failure is not None:
@@ -522,7 +558,7 @@ class Exchange:
         if self.app is not None:
             self.app.abandon()
             self.app = None
-        self._to(Phase.BACKOFF)
+        self._to(BACKOFF)
         if decision.delay > 0:
             self.timer = ctx.loop.call_later(decision.delay, self._attempt)
         else:
@@ -534,7 +570,7 @@ class Exchange:
     def on_tick(self, now: float) -> None:
         """Deadline check, called by the client leg's tick."""
         phase = self.phase
-        if phase is Phase.STREAMING:
+        if phase is STREAMING:
             # After the head, the deadline becomes a stall limit on the body. A client that
             # reads slowly pauses the app, which is not the app stalling.
             if self.client.write_paused:
@@ -544,7 +580,7 @@ class Exchange:
             return
         # Not started, over, or a tunnel (which lives as long as its peers want); and an
         # upload in progress is bounded by the client leg's body timeout instead.
-        if phase not in WAITING_FOR_APP or not self.req_done or now < self.deadline:
+        if not WAITING_FOR_APP >> phase & 1 or not self.req_done or now < self.deadline:
             return
         self._cancel_attempt()
         self.rec.upstream_errors.append(R.ERR_TIMEOUT)
@@ -554,7 +590,7 @@ class Exchange:
 
     def _on_try_timeout(self, attempt_no: int) -> None:
         self.timer = None
-        if attempt_no != self.attempt_no or self.phase not in WAITING_FOR_APP:
+        if attempt_no != self.attempt_no or not WAITING_FOR_APP >> self.phase & 1:
             return
         self._cancel_attempt()
         self._attempt_failed(Failure.TIMEOUT)
@@ -571,18 +607,20 @@ class Exchange:
         if self.app is not None:
             self.app.abandon()
             self.app = None
-        self._cancel_timer()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     # == the client side ==========================================================================
 
     def client_gone(self) -> None:
         """The client hung up first: stop work for it, never blame the app."""
-        if self.phase is Phase.DONE:
+        if self.phase is DONE:
             return
         rec = self.rec
-        if self.phase is not Phase.TUNNEL:  # a client closing its tunnel is how tunnels end
+        if self.phase is not TUNNEL:  # a client closing its tunnel is how tunnels end
             rec.flags.append(R.DOWNSTREAM_DISCONNECT)
-        if self.phase not in COMMITTED:
+        if not self.committed:
             rec.status = R.STATUS_CLIENT_CLOSED
         self._cancel_attempt()
         self.finish()
@@ -606,7 +644,7 @@ class Exchange:
     def _start_tunnel(self, app: AppLeg, resp: ResponseHead) -> None:
         """101 Switching Protocols: from now on both legs relay raw bytes (RFC 9110 §7.8)."""
         self.rec.status = 101
-        self._to(Phase.TUNNEL)
+        self._to(TUNNEL)
         app.start_tunnel()
         added = [] if resp.has_request_id else [self.rid_line]
         self.client.send_head(101, resp, added, False)
@@ -623,7 +661,7 @@ class Exchange:
     def tunnel_data(self, data: bytes) -> None:
         self.rec.bytes_in += len(data)
         app = self.app
-        if self.phase is Phase.TUNNEL and app is not None:
+        if self.phase is TUNNEL and app is not None:
             app.send_raw(data)
         else:
             self.chunks.append(data)  # early bytes before the 101; sent when it comes
@@ -653,7 +691,7 @@ class Exchange:
         self.finish()
 
     def finish(self) -> None:
-        self._to(Phase.DONE)
+        self._to(DONE)
         ctx = self.ctx
         self._cancel_attempt()
         if self.admitted:

@@ -128,10 +128,6 @@ class RequestHead:
         self.forwarded_proto = b""
         self.forwarded_host = b""
 
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or bool(self.content_length)
-
 
 class ResponseHead:
     """One response head from the app (a 1xx included), filled by the app leg."""
@@ -168,49 +164,3 @@ class ResponseHead:
         # the protocol marks where the body ends whatever the fields say (an HTTP/2 stream's
         # END_STREAM), so it never ends by the app closing the connection
         self.framed = False
-
-    @property
-    def length_known(self) -> bool:
-        """The body ends by its framing rather than by the app closing the connection."""
-        return self.framed or self.content_length is not None or bool(self.transfer_encoding)
-
-
-def classify_request_field(cur: RequestHead, kind: int, value: bytes) -> bool:
-    """Note a request field the proxy reads or rewrites (``kind`` from
-    :data:`REQUEST_FIELDS`); True when it is forwarded as it is. Both client legs use it; the
-    caller has checked what its protocol requires of the value (digits for a length)."""
-    if kind == REQ_HOST:
-        cur.host_count += 1
-        cur.host = value
-        cur.host_line = len(cur.lines)
-        return True
-    if kind == REQ_CONTENT_LENGTH:
-        cur.content_length = int(value)
-    elif kind == REQ_TRANSFER_ENCODING:
-        cur.transfer_encoding.append(value)
-    elif kind == REQ_CONNECTION:
-        cur.connection.append(value)
-    elif kind == REQ_UPGRADE:
-        cur.upgrade = value
-    elif kind == REQ_REQUEST_ID:
-        cur.request_id = value
-    elif kind == REQ_X_FORWARDED_FOR:
-        cur.xff = cur.xff + b", " + value if cur.xff else value
-    elif kind == REQ_X_FORWARDED_PROTO:
-        cur.forwarded_proto = value
-    elif kind == REQ_X_FORWARDED_HOST:
-        cur.forwarded_host = value
-    elif kind == REQ_HOP:
-        pass
-    else:
-        # read here and forwarded as they are
-        if kind == REQ_USER_AGENT:
-            cur.user_agent = value
-        elif kind == REQ_TRACEPARENT:
-            cur.traceparent = value
-        elif kind == REQ_B3_TRACE_ID:
-            cur.b3_trace_id = value
-        else:  # REQ_IDEMPOTENCY_KEY
-            cur.idempotency_key = True
-        return True
-    return False

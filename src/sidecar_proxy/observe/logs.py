@@ -84,9 +84,7 @@ def configure_logging(level: str) -> None:
     ``sidecar_proxy.<module>``. Calling it again replaces the handler it installed before and
     leaves other handlers (a test runner's capture, say) alone.
     """
-    numeric = logging.getLevelNamesMapping().get(level.upper())
-    if numeric is None:
-        raise ValueError(f"unknown log level {level!r}")
+    set_log_level(level)  # first: an unknown level changes nothing
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
@@ -94,5 +92,12 @@ def configure_logging(level: str) -> None:
         if isinstance(old.formatter, JsonFormatter):
             root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(numeric)
     logging.captureWarnings(True)
+
+
+def set_log_level(level: str) -> None:
+    """Log records at ``level`` and above, from now on (also what a reload calls)."""
+    numeric = logging.getLevelNamesMapping().get(level.upper())
+    if numeric is None:
+        raise ValueError(f"unknown log level {level!r}")
+    logging.getLogger().setLevel(numeric)

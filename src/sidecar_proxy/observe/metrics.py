@@ -11,7 +11,7 @@ by a custom collector that snapshots them when scraped. prometheus-client's own 
 a lock per update, and a request made seven of them: ~4 us of the request's cost, against ~1 us
 now. Metrics of the rare paths (errors, retries, breaker, rejections) stay prometheus-client
 objects. The methods here are for the events that happen outside a request: breaker transitions,
-upstream connections, client connections and access-log drops.
+upstream connections, client connections, access-log drops, app readiness and reloads.
 
 A scrape reads the numbers while the loop may be changing them. Each read is atomic under the GIL;
 what is not is the set as a whole, so a histogram's ``_sum`` may already include an observation
@@ -66,6 +66,9 @@ UPSTREAM_ERROR_TYPES = (
 )
 REJECT_SHED = "shed"
 REJECT_CIRCUIT_OPEN = "circuit_open"
+REJECT_RATE_LIMIT = "rate_limit"
+# sidecar_config_reloads_total{result}, by whether the reload succeeded
+RELOAD_RESULTS = {True: "success", False: "failure"}
 
 # prometheus_client adds a ``<name>_created`` series beside every counter and histogram child.
 # The Go client of the seed does not, and in the text format each one is an extra series per
@@ -239,6 +242,17 @@ class Metrics:
             "Access log lines dropped because stdout could not keep up",
             registry=r,
         )
+        self.app_ready = Gauge(
+            "sidecar_app_ready",
+            "Whether the app passes APP_READY_CHECK (1) or not (0); 1 when there is no check",
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "sidecar_config_reloads_total",
+            "Configuration reloads (SIGHUP), by result: success or failure",
+            ("result",),
+            registry=r,
+        )
         build_info = Gauge(
             "sidecar_build_info",
             "Build information; the value is always 1",
@@ -249,11 +263,13 @@ class Metrics:
 
         for error_type in UPSTREAM_ERROR_TYPES:
             self.upstream_errors.labels(error_type)
-        for reason in (REJECT_SHED, REJECT_CIRCUIT_OPEN):
+        for reason in (REJECT_SHED, REJECT_CIRCUIT_OPEN, REJECT_RATE_LIMIT):
             self.requests_rejected.labels(reason)
         self._transitions = tuple(
             self.circuit_breaker_transitions.labels(s) for s in BREAKER_STATES
         )
+        self.app_ready.set(1)
+        self._reloads = {ok: self.config_reloads.labels(RELOAD_RESULTS[ok]) for ok in (True, False)}
 
     def on_breaker_transition(self, old: int, new: int) -> None:
         """The breaker moved from state ``old`` to ``new``, given as gauge values (0, 1, 2).
@@ -280,6 +296,14 @@ class Metrics:
     def connection_closed(self) -> None:
         """A client connection was closed."""
         self.downstream_connections.dec()
+
+    def app_ready_changed(self, ready: bool) -> None:
+        """The app readiness check changed its verdict."""
+        self.app_ready.set(1 if ready else 0)
+
+    def config_reloaded(self, ok: bool) -> None:
+        """A reload was attempted; ``ok`` is whether the new configuration was taken."""
+        self._reloads[ok].inc()
 
     def access_log_drop(self, lines: int) -> None:
         """``on_drop`` callback for :class:`~sidecar_proxy.observe.accesslog.AccessLog`."""

@@ -20,6 +20,7 @@ DOWNSTREAM_DISCONNECT = "DC"  # the client hung up before the response ended
 DOWNSTREAM_PROTOCOL_ERROR = "DPE"  # the client sent a request we rejected
 BREAKER_OPEN = "UH"  # the circuit breaker refused the request ("no healthy upstream")
 LOAD_SHED = "UO"  # too many requests in flight ("upstream overflow")
+RATE_LIMITED = "RL"  # over the local rate limit (429), Envoy's flag for its local rate limit
 RETRIES_EXHAUSTED = "URX"  # the last attempt failed too and retries ran out
 RETRY_BUDGET_EXHAUSTED = "RBX"  # a retry was wanted but the retry budget refused it
 DOWNSTREAM_TIMEOUT = "DT"  # the client was too slow sending the request

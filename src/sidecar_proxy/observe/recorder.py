@@ -29,7 +29,7 @@ surrogates, which latin-1 never produces).
 ``sidecar_upstream_errors_total`` counts ``ex.upstream_errors`` as given: one entry per failed
 attempt, plus the ``circuit_open`` entry the data path adds when the breaker refuses a request
 (the seed counted those as upstream errors too). ``sidecar_requests_rejected_total`` comes from the
-flags: ``UO`` is ``shed``, ``UH`` is ``circuit_open``.
+flags: ``UO`` is ``shed``, ``UH`` is ``circuit_open``, ``RL`` is ``rate_limit``.
 
 Exemplars (OpenMetrics ``# {trace_id="..."}``) are attached to the duration and upstream-response
 histograms only when the trace id came from the request's ``traceparent`` or B3 header. The
@@ -45,9 +45,14 @@ from prometheus_client import Counter
 
 from sidecar_proxy.observe.accesslog import AccessLog
 from sidecar_proxy.observe.logs import UtcTimestamps
-from sidecar_proxy.observe.metrics import REJECT_CIRCUIT_OPEN, REJECT_SHED, Metrics
+from sidecar_proxy.observe.metrics import (
+    REJECT_CIRCUIT_OPEN,
+    REJECT_RATE_LIMIT,
+    REJECT_SHED,
+    Metrics,
+)
 from sidecar_proxy.observe.paths import PathLabeler, method_label
-from sidecar_proxy.observe.record import BREAKER_OPEN, LOAD_SHED, Record
+from sidecar_proxy.observe.record import BREAKER_OPEN, LOAD_SHED, RATE_LIMITED, Record
 
 _LOG_OPTIONS = orjson.OPT_APPEND_NEWLINE
 
@@ -61,6 +66,7 @@ class Recorder:
         "_errors",
         "_label",
         "_metrics",
+        "_rate_limited",
         "_retries",
         "_retries_refused",
         "_series",
@@ -78,7 +84,12 @@ class Recorder:
         self._retries_refused = metrics.retries_budget_exhausted
         self._shed = metrics.requests_rejected.labels(REJECT_SHED)
         self._breaker_rejected = metrics.requests_rejected.labels(REJECT_CIRCUIT_OPEN)
+        self._rate_limited = metrics.requests_rejected.labels(REJECT_RATE_LIMIT)
         self._errors: dict[str, Counter] = {}
+
+    def set_access_log(self, access_log: AccessLog | None) -> None:
+        """Write access-log lines to ``access_log`` from now on, or none (a reload)."""
+        self._access_log = access_log
 
     def started(self) -> None:
         """A request head was parsed; pair with exactly one :meth:`finished`."""
@@ -119,6 +130,8 @@ class Recorder:
                 self._shed.inc()
             if BREAKER_OPEN in flags:
                 self._breaker_rejected.inc()
+            if RATE_LIMITED in flags:
+                self._rate_limited.inc()
         series.request_bytes += ex.bytes_in
         series.response_bytes += ex.bytes_out
 

@@ -95,6 +95,25 @@ class CircuitBreaker:
         clock: Clock,
         on_transition: Callable[[BreakerState, BreakerState], None] = _ignore_transition,
     ) -> None:
+        self._clock = clock
+        self._on_transition = on_transition
+        self._state = BreakerState.CLOSED
+        self._failures = 0  # CLOSED: the current run of consecutive failures
+        self._probe_at = 0.0  # OPEN: the clock reading from which a probe may go
+        self._probes = 0  # HALF_OPEN: probe slots taken; set afresh on entering it
+        self._successes = 0  # HALF_OPEN: probe successes so far
+        self._threshold = 0
+        self._open_for = 0.0
+        self._half_open_probes = 1
+        self.reconfigure(threshold, open_for, half_open_probes)
+
+    def reconfigure(self, threshold: int, open_for: float, half_open_probes: int) -> None:
+        """New settings (a reload) for a breaker that keeps its state and its counts.
+
+        An open period already running ends when it was due to. A run of failures already at or
+        past a lowered threshold opens the breaker on its next failure, not at once: the reload
+        itself is no evidence about the app.
+        """
         if threshold < 0:
             raise ValueError(f"breaker threshold must be >= 0 (0 disables it), not {threshold!r}")
         if not (math.isfinite(open_for) and open_for >= 0.0):
@@ -104,13 +123,8 @@ class CircuitBreaker:
         self._threshold = threshold
         self._open_for = float(open_for)
         self._half_open_probes = half_open_probes
-        self._clock = clock
-        self._on_transition = on_transition
-        self._state = BreakerState.CLOSED
-        self._failures = 0  # CLOSED: the current run of consecutive failures
-        self._probe_at = 0.0  # OPEN: the clock reading from which a probe may go
-        self._probes = 0  # HALF_OPEN: probe slots taken; set afresh on entering it
-        self._successes = 0  # HALF_OPEN: probe successes so far
+        if threshold:
+            self._failures = min(self._failures, threshold - 1)
 
     @property
     def state(self) -> BreakerState:
@@ -146,7 +160,7 @@ class CircuitBreaker:
         elif state is BreakerState.HALF_OPEN and self._probes:
             self._probes -= 1
             self._successes += 1
-            if self._successes == self._half_open_probes:
+            if self._successes >= self._half_open_probes:  # >=: the number may have been lowered
                 self._transition(BreakerState.CLOSED)
 
     def record_failure(self) -> None:

@@ -21,10 +21,16 @@ class ConcurrencyLimit:
     __slots__ = ("_in_flight", "_limit")
 
     def __init__(self, limit: int) -> None:
+        self._limit = 0
+        self._in_flight = 0
+        self.set_limit(limit)
+
+    def set_limit(self, limit: int) -> None:
+        """A new limit (a reload). The requests in flight keep their places and release them as
+        usual; above a lowered limit, new ones are shed until enough have finished."""
         if limit < 0:
             raise ValueError(f"concurrency limit must be >= 0 (0 = unlimited), not {limit!r}")
         self._limit = limit
-        self._in_flight = 0
 
     def try_acquire(self) -> bool:
         """Take a place if one is free; ``False`` means shed this request."""

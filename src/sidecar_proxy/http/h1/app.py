@@ -11,12 +11,21 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from typing import Protocol, cast
+from typing import Final, Protocol, cast
 
 import httptools
 
-from sidecar_proxy.http import fields as F
-from sidecar_proxy.http.fields import RequestHead, ResponseHead
+from sidecar_proxy.http.fields import (
+    RESP_CONNECTION,
+    RESP_CONTENT_LENGTH,
+    RESP_REQUEST_ID,
+    RESP_RETRY_AFTER,
+    RESP_TRANSFER_ENCODING,
+    RESP_UPGRADE,
+    RESPONSE_FIELDS,
+    RequestHead,
+    ResponseHead,
+)
 from sidecar_proxy.http.framing import CRLF, chunk_size_line, last_chunk
 from sidecar_proxy.http.headers import end_to_end
 from sidecar_proxy.http.legs import AppEvents, Trailers
@@ -39,14 +48,24 @@ class Home(Protocol):
     def forget(self, conn: H1AppConnection) -> None: ...
 
 
-class AppState(enum.Enum):
-    IDLE = "idle"  # unbound: fresh, or in the pool
-    WAITING = "waiting"  # bound; the request is (being) sent, no response byte yet
-    HEAD = "head"  # inside a response head
-    BODY = "body"  # inside a response body (or its trailers)
-    DONE = "done"  # the bound exchange's response is complete; release follows
-    TUNNEL = "tunnel"  # after a 101: raw bytes both ways
-    CLOSED = "closed"  # closed, or unfit for reuse: never pooled again
+class AppState(enum.IntEnum):
+    IDLE = 0  # unbound: fresh, or in the pool
+    WAITING = 1  # bound; the request is (being) sent, no response byte yet
+    HEAD = 2  # inside a response head
+    BODY = 3  # inside a response body (or its trailers)
+    DONE = 4  # the bound exchange's response is complete; release follows
+    TUNNEL = 5  # after a 101: raw bytes both ways
+    CLOSED = 6  # closed, or unfit for reuse: never pooled again
+
+
+# The members as module constants: see sidecar_proxy.http.phase for why.
+IDLE: Final = AppState.IDLE
+WAITING: Final = AppState.WAITING
+HEAD: Final = AppState.HEAD
+BODY: Final = AppState.BODY
+DONE: Final = AppState.DONE
+TUNNEL: Final = AppState.TUNNEL
+CLOSED: Final = AppState.CLOSED
 
 
 class H1AppConnection(asyncio.Protocol):
@@ -74,8 +93,8 @@ class H1AppConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self.events: AppEvents | None = None
-        self._state = AppState.IDLE
-        self._resp: ResponseHead | None = None  # the response being parsed
+        self._state = IDLE
+        self._resp = ResponseHead()  # the response being parsed, or the last one
         self._trailers: Trailers | None = None
         self._head_request = False  # the request was HEAD: its response has no body
         self._chunked = False  # the request body is sent chunked
@@ -94,7 +113,7 @@ class H1AppConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._state = AppState.CLOSED
+        self._state = CLOSED
         events = self.events
         if events is not None:
             self.events = None
@@ -104,20 +123,20 @@ class H1AppConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         events = self.events
-        if events is not None and self._state is not AppState.DONE:
+        if events is not None and self._state is not DONE:
             events.app_eof(self)
         return False  # close our side too: an app that half-closes is done with us
 
     @property
     def tunneling(self) -> bool:
-        return self._state is AppState.TUNNEL
+        return self._state is TUNNEL
 
     def usable(self) -> bool:
         t = self.transport
-        return self._state is AppState.IDLE and t is not None and not t.is_closing()
+        return self._state is IDLE and t is not None and not t.is_closing()
 
     def close(self) -> None:
-        self._state = AppState.CLOSED
+        self._state = CLOSED
         if self.transport is not None:
             self.transport.close()
 
@@ -125,7 +144,7 @@ class H1AppConnection(asyncio.Protocol):
 
     def bind(self, events: AppEvents) -> None:
         self.events = events
-        self._state = AppState.WAITING
+        self._state = WAITING
         if self.reset_parser:
             self._parser = httptools.HttpResponseParser(self)
             self.reset_parser = False
@@ -191,24 +210,24 @@ class H1AppConnection(asyncio.Protocol):
         waits until ``feed_data`` returns: bytes after the response in the same read must mark
         the connection unfit before anyone can take it from the pool.
         """
-        resp = self._resp
         self.events = None
-        if not complete or (resp is not None and not resp.keep_alive):
+        # IDLE: never bound (a connection that came after its requester gave up); else the
+        # app's response said whether it keeps the connection.
+        if not complete or (self._state is not IDLE and not self._resp.keep_alive):
             self.close()
             return
         self.reset_parser = self._head_request
-        self._state = AppState.DONE
+        self._state = DONE
         if self._feeding:
             self._release_pending = True
         else:
             self._release()
 
     def _release(self) -> None:
-        if self.write_paused or self._state is not AppState.DONE:
+        if self.write_paused or self._state is not DONE:
             self.close()
             return
-        self._state = AppState.IDLE
-        self._resp = None
+        self._state = IDLE
         self.pool.release(self)
 
     def abandon(self) -> None:
@@ -216,7 +235,7 @@ class H1AppConnection(asyncio.Protocol):
         self.close()
 
     def start_tunnel(self) -> None:
-        self._state = AppState.TUNNEL
+        self._state = TUNNEL
 
     def send_raw(self, data: bytes) -> None:
         if self.transport is not None:
@@ -229,20 +248,10 @@ class H1AppConnection(asyncio.Protocol):
         if events is None:
             self.close()  # bytes from an idle connection: the app is confused, drop it
             return
-        try:
-            self._received(events, data)
-        except IllegalTransition:
-            # A bug of ours, not the app's: say so loudly and cut this connection (the exchange
-            # hears of it through connection_lost); every other exchange goes on.
-            log.exception("exchange aborted")
-            self._feeding = False
-            self.close()
-
-    def _received(self, events: AppEvents, data: bytes) -> None:
-        if self._state is AppState.TUNNEL:
+        if self._state is TUNNEL:
             events.tunnel_data_from_app(data)
             return
-        in_body = self._state is AppState.BODY
+        in_body = self._state is BODY
         self.body_in_read = 0
         self._feeding = True
         try:
@@ -259,8 +268,13 @@ class H1AppConnection(asyncio.Protocol):
         except httptools.HttpParserCallbackError as exc:
             self._feeding = False
             self._release_pending = False
-            if isinstance(exc.__context__, IllegalTransition):
-                raise exc.__context__ from None
+            cause = exc.__context__
+            if isinstance(cause, IllegalTransition):
+                # A bug of ours, not the app's: say so loudly and cut this connection (the
+                # exchange hears of it through connection_lost); every other one goes on.
+                log.error("exchange aborted", exc_info=cause)
+                self.close()
+                return
             self._protocol_error(str(exc))
             return
         except httptools.HttpParserError as exc:
@@ -270,7 +284,7 @@ class H1AppConnection(asyncio.Protocol):
             return
         self._feeding = False
         state = self._state
-        if state is AppState.HEAD:
+        if state is HEAD:
             # httptools holds an unfinished head until it is complete: bound it like the
             # client's (an upper bound: every read that ended inside it counts whole).
             self.head_bytes += len(data)
@@ -278,7 +292,7 @@ class H1AppConnection(asyncio.Protocol):
                 self._release_pending = False
                 self._protocol_error("response head too large")
                 return
-        elif in_body and state is AppState.BODY:
+        elif in_body and state is BODY:
             # Chunk framing and trailers are not body; bounded the same way, since httptools
             # holds an unfinished trailer field whole.
             extra = len(data) - self.body_in_read
@@ -303,64 +317,76 @@ class H1AppConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.head_bytes = 0
-        if self.events is None or self._state is not AppState.WAITING:
-            self._state = AppState.CLOSED  # a second response to one request
+        if self.events is None or self._state is not WAITING:
+            self._state = CLOSED  # a second response to one request
             return
-        self._state = AppState.HEAD
+        self._state = HEAD
         self._resp = ResponseHead()
         self._trailers = None
 
     def on_status(self, reason: bytes) -> None:
-        if self._state is AppState.HEAD and self._resp is not None:
+        if self._state is HEAD:
             self._resp.reason = reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._state is not HEAD:
+            if self._state is BODY:  # trailers after a chunked body
+                self._trailer(name, value)
+            return
         resp = self._resp
-        if resp is None:
-            return
-        state = self._state
-        if state is AppState.BODY:  # trailers after a chunked body
-            trailers = self._trailers
-            if trailers is None:
-                trailers = self._trailers = []
-            elif len(trailers) >= self.pool.max_header_count:
-                raise ValueError("too many trailer fields")  # a protocol error of the app's
-            trailers.append((name, value))
-            return
-        if state is not AppState.HEAD:
-            return
         low = name.lower()
-        kind = F.RESPONSE_FIELDS.get(low)
-        if kind is not None and not _classify(resp, kind, value):
-            return
+        kind = RESPONSE_FIELDS.get(low)
+        if kind is not None:
+            if kind == RESP_REQUEST_ID:
+                resp.has_request_id = True
+            elif kind == RESP_RETRY_AFTER:
+                resp.retry_after = value
+            else:  # framing and hop-by-hop fields are the proxy's to set
+                if kind == RESP_CONTENT_LENGTH:
+                    resp.content_length = value  # llhttp has validated the digits
+                elif kind == RESP_CONNECTION:
+                    resp.connection = _added(resp.connection, value)
+                elif kind == RESP_TRANSFER_ENCODING:
+                    resp.transfer_encoding = _added(resp.transfer_encoding, value)
+                elif kind == RESP_UPGRADE:
+                    resp.upgrade = value
+                return
         resp.lines.append(name + b": " + value + CRLF)
         resp.names.append(low)
+
+    def _trailer(self, name: bytes, value: bytes) -> None:
+        trailers = self._trailers
+        if trailers is None:
+            trailers = self._trailers = []
+        elif len(trailers) >= self.pool.max_header_count:
+            raise ValueError("too many trailer fields")  # a protocol error of the app's
+        trailers.append((name, value))
 
     def on_headers_complete(self) -> None:
         resp = self._resp
         events = self.events
-        if self._state is not AppState.HEAD or resp is None or events is None:
+        if self._state is not HEAD or events is None:
             return
         p = self._parser
         resp.status = p.get_status_code()
         resp.keep_alive = p.should_keep_alive()
-        self._state = AppState.BODY
+        self._state = BODY
         events.response_head(self, resp)
 
     def on_body(self, body: bytes) -> None:
         self.body_in_read += len(body)
-        if self._state is AppState.BODY and self.events is not None:
+        if self._state is BODY and self.events is not None:
             self.events.response_body(body)
         else:
-            self._state = AppState.CLOSED  # body bytes after we considered the response complete
+            self._state = CLOSED  # body bytes after we considered the response complete
 
     def on_message_complete(self) -> None:
         events = self.events
-        if self._state is not AppState.BODY or events is None:
+        if self._state is not BODY or events is None:
             return
-        status = self._resp.status if self._resp is not None else 0
+        status = self._resp.status
         if 100 <= status < 200 and status != 101:
-            self._state = AppState.WAITING  # a 1xx is over; the final response follows
+            self._state = WAITING  # a 1xx is over; the final response follows
             events.response_end(self, None)
             return
         events.response_end(self, self._trailers)
@@ -378,26 +404,9 @@ class H1AppConnection(asyncio.Protocol):
             self.events.app_write_paused(False)
 
 
-def _classify(resp: ResponseHead, kind: int, value: bytes) -> bool:
-    """Note a field the proxy reads or rewrites; True when it is forwarded as it is."""
-    if kind == F.RESP_REQUEST_ID:
-        resp.has_request_id = True
-        return True
-    if kind == F.RESP_RETRY_AFTER:
-        resp.retry_after = value
-        return True
-    if kind == F.RESP_CONTENT_LENGTH:
-        resp.content_length = value  # llhttp has validated the digits; forwarded as they are
-    elif kind == F.RESP_CONNECTION:
-        if resp.connection is None:
-            resp.connection = [value]
-        else:
-            resp.connection.append(value)
-    elif kind == F.RESP_TRANSFER_ENCODING:
-        if resp.transfer_encoding is None:
-            resp.transfer_encoding = [value]
-        else:
-            resp.transfer_encoding.append(value)
-    elif kind == F.RESP_UPGRADE:
-        resp.upgrade = value
-    return False  # framing and hop-by-hop fields are the proxy's to set
+def _added(values: list[bytes] | None, value: bytes) -> list[bytes]:
+    """Append to a list that is only made once something arrives for it."""
+    if values is None:
+        return [value]
+    values.append(value)
+    return values

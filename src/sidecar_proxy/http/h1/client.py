@@ -30,10 +30,26 @@ from typing import Final, cast
 
 import httptools
 
-from sidecar_proxy.http import fields as F
 from sidecar_proxy.http.context import ProxyContext
 from sidecar_proxy.http.exchange import Exchange, new_record
-from sidecar_proxy.http.fields import RequestHead, ResponseHead
+from sidecar_proxy.http.fields import (
+    REQ_B3_TRACE_ID,
+    REQ_CONNECTION,
+    REQ_CONTENT_LENGTH,
+    REQ_HOST,
+    REQ_IDEMPOTENCY_KEY,
+    REQ_REQUEST_ID,
+    REQ_TRACEPARENT,
+    REQ_TRANSFER_ENCODING,
+    REQ_UPGRADE,
+    REQ_USER_AGENT,
+    REQ_X_FORWARDED_FOR,
+    REQ_X_FORWARDED_HOST,
+    REQ_X_FORWARDED_PROTO,
+    REQUEST_FIELDS,
+    RequestHead,
+    ResponseHead,
+)
 from sidecar_proxy.http.framing import CRLF, chunk_size_line, last_chunk
 from sidecar_proxy.http.h2.frames import preface_kind
 from sidecar_proxy.http.h2.server import take_over
@@ -65,19 +81,27 @@ _LINGER_BYTES = 8 * 1024 * 1024
 _SUPPORTED_VERSIONS = frozenset({"1.0", "1.1"})
 
 
-class ClientState(enum.Enum):
-    """What the connection is doing; decides which deadline :meth:`on_tick` checks."""
+class ClientState(enum.IntEnum):
+    """What the connection is doing; decides which deadline :meth:`on_tick` checks. The closing
+    states come last, so ``state >= LINGERING`` asks "closing?" in one comparison."""
 
-    IDLE = "idle"  # between requests: client_idle_timeout
-    HEAD = "head"  # inside a request head: client_header_timeout (slowloris -> 408)
-    BODY = "body"  # inside a request body: client_body_timeout since the last byte
-    BUSY = "busy"  # request read, response in progress: the exchange's own deadline applies
-    TUNNEL = "tunnel"  # upgraded: raw bytes both ways, no deadline
-    LINGERING = "lingering"  # half-closed, reading and discarding for a bounded time
-    CLOSED = "closed"  # closed, or closing with nothing more to read
+    IDLE = 0  # between requests: client_idle_timeout
+    HEAD = 1  # inside a request head: client_header_timeout (slowloris -> 408)
+    BODY = 2  # inside a request body: client_body_timeout since the last byte
+    BUSY = 3  # request read, response in progress: the exchange's own deadline applies
+    TUNNEL = 4  # upgraded: raw bytes both ways, no deadline
+    LINGERING = 5  # half-closed, reading and discarding for a bounded time
+    CLOSED = 6  # closed, or closing with nothing more to read
 
 
-_CLOSING = frozenset({ClientState.LINGERING, ClientState.CLOSED})
+# The members as module constants: see sidecar_proxy.http.phase for why.
+IDLE: Final = ClientState.IDLE
+HEAD: Final = ClientState.HEAD
+BODY: Final = ClientState.BODY
+BUSY: Final = ClientState.BUSY
+TUNNEL: Final = ClientState.TUNNEL
+LINGERING: Final = ClientState.LINGERING
+CLOSED: Final = ClientState.CLOSED
 
 
 class _Reject(Exception):
@@ -131,7 +155,7 @@ class H1ClientConnection(asyncio.Protocol):
         self.cur: RequestHead | None = None  # the head being parsed
         self.parsing: Exchange | None = None  # the request whose body is being parsed
         self.write_paused = False
-        self._state = ClientState.IDLE
+        self._state = IDLE
         self._read_block = 0
         self._head_bytes = 0
         self._body_seen = 0
@@ -168,7 +192,7 @@ class H1ClientConnection(asyncio.Protocol):
         self._deadline = ctx.loop.time() + ctx.settings.client_header_timeout
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._state = ClientState.CLOSED
+        self._state = CLOSED
         ctx = self.ctx
         ctx.connections.discard(self)
         ctx.metrics.connection_closed()
@@ -184,33 +208,30 @@ class H1ClientConnection(asyncio.Protocol):
 
     @property
     def closing(self) -> bool:
-        return self._state in _CLOSING
+        return self._state >= LINGERING
 
     def close_transport(self) -> None:
-        if self._state in _CLOSING:
+        if self._state >= LINGERING:
             return
         t = self.transport
-        if t is not None and (
-            self._state in (ClientState.HEAD, ClientState.BODY)
-            or self._read_block & _PAUSE_REJECTED
-        ):
+        if t is not None and (self._state in (HEAD, BODY) or self._read_block & _PAUSE_REJECTED):
             # The client may still be sending (a body we answered early, bytes after a rejected
             # request). Closing with them unread makes the kernel reset the connection, which can
             # destroy the answer just written. RFC 9112 §9.6: half-close, read and discard for a
             # while, then close; nginx's lingering_close does the same.
-            self._state = ClientState.LINGERING
+            self._state = LINGERING
             t.write_eof()
             self._linger_until = self.ctx.loop.time() + _LINGER_SECONDS
             self._linger_left = _LINGER_BYTES
             t.resume_reading()
             return
-        self._state = ClientState.CLOSED
+        self._state = CLOSED
         if t is not None:
             t.close()
 
     def close_if_idle(self) -> bool:
         """Drain: close a keep-alive connection that has no request in progress."""
-        if not self.queue and self._state is ClientState.IDLE:
+        if not self.queue and self._state is IDLE:
             self.close_transport()
             return True
         return False
@@ -218,15 +239,6 @@ class H1ClientConnection(asyncio.Protocol):
     # == bytes in ==================================================================================
 
     def data_received(self, data: bytes) -> None:
-        try:
-            self._received(data)
-        except IllegalTransition:
-            # A bug of ours, not the client's: say so loudly, cut this connection, and keep
-            # serving every other one.
-            log.exception("exchange aborted")
-            self.abort()
-
-    def _received(self, data: bytes) -> None:
         if self._sniffed is not None:
             data = self._sniffed + data
             kind = preface_kind(data)
@@ -237,23 +249,23 @@ class H1ClientConnection(asyncio.Protocol):
             if kind and self.transport is not None:
                 # HTTP/2 with prior knowledge (RFC 9113 §3.3): the HTTP/2 leg takes over
                 self.ctx.connections.discard(self)
-                self._state = ClientState.CLOSED
+                self._state = CLOSED
                 transport, self.transport = self.transport, None
                 take_over(self.ctx, transport, data)
                 return
         state = self._state
-        if state is ClientState.LINGERING:
+        if state is LINGERING:
             self._linger_left -= len(data)  # lingering close: discard, within bounds
             if self._linger_left <= 0 and self.transport is not None:
                 self.transport.close()
             return
-        if state is ClientState.TUNNEL:
+        if state is TUNNEL:
             if self.queue:
                 self.queue[0].tunnel_data(data)
             return
         if self._read_block & _PAUSE_REJECTED:
             return
-        if len(data) <= _SLICE or state is ClientState.BODY:
+        if len(data) <= _SLICE or state is BODY:
             self._feed(data)
             return
         # A large read outside a body may hold thousands of pipelined requests. Parse it a slice
@@ -262,7 +274,7 @@ class H1ClientConnection(asyncio.Protocol):
         pos, size = 0, len(data)
         while pos < size:
             # a body streams on whole
-            end = size if self._state is ClientState.BODY else pos + _SLICE
+            end = size if self._state is BODY else pos + _SLICE
             self._feed(data[pos:end])
             pos = end
             if pos >= size:
@@ -270,7 +282,7 @@ class H1ClientConnection(asyncio.Protocol):
             blocked = self._read_block
             if blocked & _PAUSE_REJECTED:
                 return
-            if self._state is ClientState.TUNNEL:
+            if self._state is TUNNEL:
                 self.queue[0].tunnel_data(data[pos:])
                 return
             if blocked & _PAUSE_UPGRADE and self.parsing is not None:
@@ -284,14 +296,14 @@ class H1ClientConnection(asyncio.Protocol):
     def _resume_stash(self) -> None:
         """The queue drained: parse the bytes held back, before any new read."""
         data, self._stash = self._stash, b""
-        if data and self._state not in _CLOSING:
+        if data and self._state < LINGERING:
             self.data_received(data)
         if not self._stash:
             self._resume(_PAUSE_STASHED)
 
     def _feed(self, data: bytes) -> None:
-        head_before = self.cur if self._state is ClientState.HEAD else None
-        in_body = self._state is ClientState.BODY
+        head_before = self.cur if self._state is HEAD else None
+        in_body = self._state is BODY
         self._body_in_read = 0
         try:
             self._parser.feed_data(data)
@@ -302,14 +314,17 @@ class H1ClientConnection(asyncio.Protocol):
             if isinstance(cause, _Reject):
                 self._reject(cause.status, cause.detail)
             elif isinstance(cause, IllegalTransition):
-                raise cause from None
+                # A bug of ours, not the client's: say so loudly, cut this connection, and keep
+                # serving every other one.
+                log.error("exchange aborted", exc_info=cause)
+                self.abort()
             else:
                 raise
         except httptools.HttpParserError as exc:
             detail = _parser_detail(exc)
             self._reject(505 if "HTTP version" in detail else 400, detail)
             return
-        if self._state is ClientState.HEAD:
+        if self._state is HEAD:
             # httptools holds an unfinished head until it is complete, so bound what one may
             # take. An unfinished head holds no blank line, so within this read it starts after
             # the last CRLFCRLF: an upper bound that never charges it for earlier requests.
@@ -320,7 +335,7 @@ class H1ClientConnection(asyncio.Protocol):
             s = self.ctx.settings
             if self._head_bytes > s.max_header_bytes + s.max_url_bytes:
                 self._reject(431, "request header section too large")
-        elif in_body and self._state is ClientState.BODY:
+        elif in_body and self._state is BODY:
             # What a chunked body sends that is not body (chunk framing, extensions, trailers)
             # is bounded like a head: httptools holds an unfinished trailer field whole.
             extra = len(data) - self._body_in_read
@@ -331,10 +346,10 @@ class H1ClientConnection(asyncio.Protocol):
     # == httptools callbacks =======================================================================
 
     def on_message_begin(self) -> None:
-        if self._state in _CLOSING:
+        if self._state >= LINGERING:
             raise _Reject(0, "connection closing")  # stop parsing; nothing more is answered
         self.cur = RequestHead()
-        self._state = ClientState.HEAD
+        self._state = HEAD
         self._head_bytes = 0
         self._deadline = self.ctx.loop.time() + self.ctx.settings.client_header_timeout
 
@@ -366,12 +381,40 @@ class H1ClientConnection(asyncio.Protocol):
         if cur.header_count > s.max_header_count:
             raise _Reject(431, "too many request header fields")
         low = name.lower()
-        kind = F.REQUEST_FIELDS.get(low)
+        kind = REQUEST_FIELDS.get(low)
         if kind is None:  # most fields: forwarded as they are
             cur.lines.append(name + b": " + value + CRLF)
             cur.names.append(low)
             return
-        if not F.classify_request_field(cur, kind, value):
+        if kind == REQ_HOST:
+            cur.host_count += 1
+            cur.host = value
+            cur.host_line = len(cur.lines)
+        elif kind == REQ_USER_AGENT:
+            cur.user_agent = value
+        elif kind == REQ_TRACEPARENT:
+            cur.traceparent = value
+        elif kind == REQ_B3_TRACE_ID:
+            cur.b3_trace_id = value
+        elif kind == REQ_IDEMPOTENCY_KEY:
+            cur.idempotency_key = True
+        else:  # not forwarded as it is: framing, hop-by-hop, or re-added by the exchange
+            if kind == REQ_CONTENT_LENGTH:
+                cur.content_length = int(value)  # llhttp has checked digits and duplicates
+            elif kind == REQ_TRANSFER_ENCODING:
+                cur.transfer_encoding.append(value)
+            elif kind == REQ_CONNECTION:
+                cur.connection.append(value)
+            elif kind == REQ_UPGRADE:
+                cur.upgrade = value
+            elif kind == REQ_REQUEST_ID:
+                cur.request_id = value
+            elif kind == REQ_X_FORWARDED_FOR:
+                cur.xff = cur.xff + b", " + value if cur.xff else value
+            elif kind == REQ_X_FORWARDED_PROTO:
+                cur.forwarded_proto = value
+            elif kind == REQ_X_FORWARDED_HOST:
+                cur.forwarded_host = value
             return
         cur.lines.append(name + b": " + value + CRLF)
         cur.names.append(low)
@@ -387,19 +430,20 @@ class H1ClientConnection(asyncio.Protocol):
         if not cur.method:
             cur.method = parser.get_method()
         problem = self._check(cur)
-        ex = Exchange(ctx, self, cur, new_record(cur, self.remote_addr))
+        has_body = cur.chunked or bool(cur.content_length)
+        ex = Exchange(ctx, self, cur, new_record(cur, self.remote_addr), has_body)
         self.parsing = ex
         self.queue.append(ex)
         ctx.recorder.started()
         self._trailers = []
         self._head_bytes = 0  # from here on it counts the trailer section, if any
         self._overhead = 0
-        if cur.has_body:
-            self._state = ClientState.BODY
+        if has_body:
+            self._state = BODY
             self._body_seen = 0
             self._last_body = ctx.loop.time()
         else:
-            self._state = ClientState.BUSY
+            self._state = BUSY
         if problem is not None:
             self._pause(_PAUSE_REJECTED)  # before its answer, which must then close
             ex.reject(*problem)
@@ -427,9 +471,9 @@ class H1ClientConnection(asyncio.Protocol):
         ex = self.parsing
         if ex is None:
             return
-        if self._state is ClientState.BODY:
-            self._state = ClientState.BUSY
-        if not ex.request_complete:
+        if self._state is BODY:
+            self._state = BUSY
+        if not ex.req_done:
             ex.request_end(self._trailers)
 
     # == checks ====================================================================================
@@ -483,7 +527,7 @@ class H1ClientConnection(asyncio.Protocol):
         if status == 0:
             return  # the exchange that carries the rejection already has it
         ex = self.parsing
-        if ex is not None and not ex.request_complete and not ex.finished:
+        if ex is not None and not ex.req_done and not ex.finished:
             ex.reject(status, detail)  # the request whose body was being read is the bad one
             return
         cur = self.cur or RequestHead()
@@ -493,7 +537,7 @@ class H1ClientConnection(asyncio.Protocol):
                 cur.method = self._parser.get_method()
             except httptools.HttpParserError:
                 cur.method = b""
-        ex = Exchange(self.ctx, self, cur, new_record(cur, self.remote_addr))
+        ex = Exchange(self.ctx, self, cur, new_record(cur, self.remote_addr), body_follows=False)
         ex.reject(status, detail)
         self.parsing = ex
         self.queue.append(ex)
@@ -522,11 +566,11 @@ class H1ClientConnection(asyncio.Protocol):
         head = ex.head
         return (
             head.keep_alive
-            and ex.request_complete
-            and not self.ctx.draining
+            and ex.req_done
+            and not self.ctx.goodbye  # shutdown has begun: every response says goodbye
             and not head.upgrade
             and not (self._read_block & _PAUSE_REJECTED and ex is self.parsing)
-            and self._state not in _CLOSING
+            and self._state < LINGERING
         )
 
     def send_interim(self, status: int, resp: ResponseHead) -> None:
@@ -624,7 +668,7 @@ class H1ClientConnection(asyncio.Protocol):
         self.close_transport()
 
     def start_tunnel(self) -> None:
-        self._state = ClientState.TUNNEL
+        self._state = TUNNEL
         self._resume(_PAUSE_UPGRADE)
 
     def send_raw(self, data: bytes) -> None:
@@ -647,7 +691,7 @@ class H1ClientConnection(asyncio.Protocol):
                 if queued is ex:
                     del queue[i]
                     break
-        if self.parsing is ex and ex.request_complete:
+        if self.parsing is ex and ex.req_done:
             self.parsing = None
         keep = self._keep
         self._keep = self._chunked_out = self._sent_final = False
@@ -655,9 +699,9 @@ class H1ClientConnection(asyncio.Protocol):
         # connection yet) ended with it; a keep-alive client must be read again.
         self._resume(_PAUSE_FOR_APP)
         state = self._state
-        if state in _CLOSING or self.transport is None:
+        if state >= LINGERING or self.transport is None:
             return
-        if state is ClientState.TUNNEL or not keep:
+        if state is TUNNEL or not keep:
             self.close_transport()
             return
         if queue:
@@ -669,12 +713,12 @@ class H1ClientConnection(asyncio.Protocol):
         if self.ctx.draining:
             self.close_transport()
             return
-        if state is ClientState.BUSY:
-            self._state = ClientState.IDLE
+        if state is BUSY:
+            self._state = IDLE
             self._deadline = self.ctx.loop.time() + self.ctx.settings.client_idle_timeout
 
     def _start_next(self) -> None:
-        if self._state in _CLOSING or not self.queue:
+        if self._state >= LINGERING or not self.queue:
             return
         if len(self.queue) == 1:
             self._resume(_PAUSE_PIPELINE)
@@ -692,7 +736,7 @@ class H1ClientConnection(asyncio.Protocol):
             self._read_block &= ~reason
             if reason == _PAUSE_PIPELINE and self._stash:
                 self.ctx.loop.call_soon(self._resume_stash)
-            if not self._read_block and self.transport is not None and self._state not in _CLOSING:
+            if not self._read_block and self.transport is not None and self._state < LINGERING:
                 self.transport.resume_reading()
 
     def pause_writing(self) -> None:
@@ -715,30 +759,26 @@ class H1ClientConnection(asyncio.Protocol):
         bookkeeping together, and the deadlines almost never fire.
         """
         state = self._state
-        if state in _CLOSING:
-            if (
-                state is ClientState.LINGERING
-                and now >= self._linger_until
-                and self.transport is not None
-            ):
+        if state >= LINGERING:
+            if state is LINGERING and now >= self._linger_until and self.transport is not None:
                 self.transport.close()
             return
         if self.queue:
             self.queue[0].on_tick(now)
-        if state is ClientState.BUSY or state is ClientState.TUNNEL:
+        if state is BUSY or state is TUNNEL:
             return  # waiting on the app: the exchange's deadline governs
-        if state is ClientState.BODY:
+        if state is BODY:
             deadline = self._last_body + self.ctx.settings.client_body_timeout
         else:
             deadline = self._deadline
         if now < deadline:
             return
-        if state is ClientState.IDLE:
+        if state is IDLE:
             self.close_transport()
         else:
             self._reject(
                 408,
-                "request header timeout" if state is ClientState.HEAD else "request body timeout",
+                "request header timeout" if state is HEAD else "request body timeout",
             )
 
 

@@ -56,6 +56,36 @@ class Malformed(Exception):
     """A field list RFC 9113 calls malformed (§8.1.1): a stream error PROTOCOL_ERROR."""
 
 
+def _classify(head: RequestHead, kind: int, value: bytes) -> bool:
+    """Note a request field the proxy reads or rewrites (``kind`` from ``REQUEST_FIELDS``, Host
+    and the connection-specific ones taken care of before); True when it is forwarded as it is.
+    The HTTP/1.1 leg does the same inline in its parser callback, where a call per field counts."""
+    if kind == H.REQ_USER_AGENT:
+        head.user_agent = value
+    elif kind == H.REQ_TRACEPARENT:
+        head.traceparent = value
+    elif kind == H.REQ_B3_TRACE_ID:
+        head.b3_trace_id = value
+    elif kind == H.REQ_IDEMPOTENCY_KEY:
+        head.idempotency_key = True
+    else:  # not forwarded as it is: the length, hop-by-hop, or re-added by the exchange
+        if kind == H.REQ_CONTENT_LENGTH:
+            length = _length(value)
+            if head.content_length is not None and head.content_length != length:
+                raise Malformed("conflicting content-length fields")
+            head.content_length = length
+        elif kind == H.REQ_REQUEST_ID:
+            head.request_id = value
+        elif kind == H.REQ_X_FORWARDED_FOR:
+            head.xff = head.xff + b", " + value if head.xff else value
+        elif kind == H.REQ_X_FORWARDED_PROTO:
+            head.forwarded_proto = value
+        elif kind == H.REQ_X_FORWARDED_HOST:
+            head.forwarded_host = value
+        return False
+    return True
+
+
 def _length(value: bytes) -> int:
     """A content-length value: plain digits, and not absurdly many (RFC 9110 §8.6)."""
     if not value.isdigit() or len(value) > 18:
@@ -79,92 +109,26 @@ def request_head(
     (a status and a reason) when it cannot be forwarded."""
     head = RequestHead()
     head.version = "2.0"
-    scheme = authority = b""
-    seen_regular = False
-    pseudo = 0
-    cookies: list[bytes] = []
-    size = 0
-    problem: tuple[int, str] | None = None
-    lines = head.lines
-    names = head.names
-    for name, value, _ in fields:
-        size += len(name) + len(value) + 4  # counted as HTTP/1.1 counts a line
-        if name[:1] == b":":
-            if seen_regular:
-                raise Malformed("a pseudo-header field after a regular one")
-            if name not in _REQUEST_PSEUDO:
-                raise Malformed("an unknown pseudo-header field")
-            pseudo += 1
-            if name == b":method":
-                if head.method:
-                    raise Malformed("two :method fields")
-                head.method = value
-            elif name == b":path":
-                if head.target:
-                    raise Malformed("two :path fields")
-                if not value:
-                    raise Malformed("an empty :path")
-                head.target = value
-            elif name == b":scheme":
-                if scheme:
-                    raise Malformed("two :scheme fields")
-                scheme = value
-            else:
-                if authority:
-                    raise Malformed("two :authority fields")
-                authority = value
-            continue
-        seen_regular = True
-        head.header_count += 1
-        if name in _CONNECTION_SPECIFIC:
-            raise Malformed("a connection-specific field")
-        kind = H.REQUEST_FIELDS.get(name)
-        if kind is None:
-            if name == b"cookie":
-                cookies.append(value)
-                continue
-            lines.append(name + b": " + value + b"\r\n")
-            names.append(name)
-            continue
-        if name == b"te":
-            if value != b"trailers":
-                raise Malformed("te other than trailers")
-            lines.append(b"te: trailers\r\n")
-            names.append(name)
-            continue
-        if kind == H.REQ_HOST:
-            head.host_count += 1
-            if not authority:
-                authority = value  # §8.3.1: :authority wins when both are present
-            continue  # the Host line is written from it below
-        if kind == H.REQ_CONTENT_LENGTH:
-            length = _length(value)
-            if head.content_length is not None and head.content_length != length:
-                raise Malformed("conflicting content-length fields")
-        if H.classify_request_field(head, kind, value):
-            lines.append(name + b": " + value + b"\r\n")
-            names.append(name)
-    _check_fields(fields, pseudo)
-    if _METHOD.fullmatch(head.method or b"-") is None or _BAD_TARGET.search(head.target):
-        raise Malformed("a :method or :path that cannot go into a request line")
-    if cookies:
-        lines.append(b"cookie: " + b"; ".join(cookies) + b"\r\n")
-        names.append(b"cookie")
-    head.header_bytes = size
-    if not head.method:
-        raise Malformed("no :method")
-    if head.method == b"CONNECT":
-        problem = (501, "CONNECT is not supported by a reverse proxy")
-    elif not scheme or not head.target:
-        raise Malformed("no :scheme or :path")
-    elif head.target[:1] != b"/" and not (head.target == b"*" and head.method == b"OPTIONS"):
-        raise Malformed("a :path that is neither absolute nor the asterisk for OPTIONS")
+    pseudo: dict[bytes, bytes] = {}
+    for name, value, _ in fields:  # RFC 9113 §8.3: pseudo-header fields first, each once
+        if name[:1] != b":":
+            break
+        if name not in _REQUEST_PSEUDO or name in pseudo:
+            raise Malformed("an unknown or repeated pseudo-header field")
+        pseudo[name] = value
+    count = len(pseudo)
+    head.method = pseudo.get(b":method", b"")
+    head.target = pseudo.get(b":path", b"")
+    host = _regular_fields(head, fields, count)
+    _check_fields(fields, count)
+    authority = pseudo.get(b":authority") or host  # §8.3.1: :authority wins over Host
+    problem = _request_line(head, pseudo.get(b":scheme", b""))
     if authority:
         head.host = authority
         head.host_count = 1
-        head.host_line = len(lines)
-        lines.append(b"host: " + authority + b"\r\n")
-        names.append(b"host")
+        head.host_line = len(head.lines)
+        head.lines.append(b"host: " + authority + b"\r\n")
+        head.names.append(b"host")
         if not valid_host(authority):
             problem = problem or (400, "invalid :authority")
     if end_stream:
@@ -174,11 +138,62 @@ def request_head(
             head.content_length = 0
     elif head.content_length is None:
         head.chunked = True  # the length is not known ahead: HTTP/1.1 carries it chunked
-    if size > max_bytes:
+    if head.header_bytes > max_bytes:
         problem = (431, "request header section too large")
     elif head.header_count > max_count:
         problem = (431, "too many request header fields")
     return head, problem
+
+
+def _request_line(head: RequestHead, scheme: bytes) -> tuple[int, str] | None:
+    """What RFC 9113 §8.3.1 asks of :method, :scheme and :path, and of what an HTTP/1.1 request
+    line can carry; the answer for a CONNECT."""
+    method, target = head.method, head.target
+    if not method or _METHOD.fullmatch(method) is None or _BAD_TARGET.search(target):
+        raise Malformed("no :method, or a :method or :path no request line can carry")
+    if method == b"CONNECT":
+        return 501, "CONNECT is not supported by a reverse proxy"
+    if not scheme or not target:
+        raise Malformed("no :scheme or :path")
+    if target[:1] != b"/" and not (target == b"*" and method == b"OPTIONS"):
+        raise Malformed("a :path that is neither absolute nor the asterisk for OPTIONS")
+    return None
+
+
+def _regular_fields(head: RequestHead, fields: list[Field], start: int) -> bytes:
+    """The fields after the pseudo-header ones, into ``head``; the Host field's value."""
+    lines = head.lines
+    names = head.names
+    host = b""
+    cookies: list[bytes] = []
+    size = 0
+    for name, value, _ in fields[start:]:
+        size += len(name) + len(value) + 4  # counted as HTTP/1.1 counts a line
+        if name[:1] == b":":
+            raise Malformed("a pseudo-header field after a regular one")
+        if name in _CONNECTION_SPECIFIC:
+            raise Malformed("a connection-specific field")
+        kind = H.REQUEST_FIELDS.get(name)
+        if kind is None:
+            if name == b"cookie":
+                cookies.append(value)
+                continue
+        elif name == b"te":
+            if value != b"trailers":
+                raise Malformed("te other than trailers")
+        elif kind == H.REQ_HOST:
+            host = host or value
+            continue  # the Host line is written from :authority or it by the caller
+        elif not _classify(head, kind, value):
+            continue
+        lines.append(name + b": " + value + b"\r\n")
+        names.append(name)
+    if cookies:  # §8.2.3: crumbs go to HTTP/1.1 as one field
+        lines.append(b"cookie: " + b"; ".join(cookies) + b"\r\n")
+        names.append(b"cookie")
+    head.header_count = len(fields) - start
+    head.header_bytes = size + sum(len(f[0]) + len(f[1]) + 4 for f in fields[:start])
+    return host
 
 
 def trailer_fields(fields: list[Field]) -> Trailers:

@@ -10,11 +10,12 @@ Each stream is an :class:`H2ClientStream`, which is a :class:`~sidecar_proxy.htt
 of its own: streams are answered independently, so an exchange starts as soon as its head is
 complete, and a stream's flow control is its own (see :mod:`.connection`).
 
-Drain (RFC 9113 §6.8): :meth:`H2ServerConnection.drain` sends GOAWAY with the largest stream id
-and a PING; when the PING comes back (one round trip, so every stream the client opened before
-it saw the GOAWAY has arrived), or after ``_DRAIN_RTT`` at most, the real last stream id follows.
-Streams up to it are served to their end; later ones are ignored, and the client retries them
-elsewhere. The connection closes when its last stream is done.
+Drain (RFC 9113 §6.8), from the moment shutdown begins (``ctx.goodbye``, seen at the next tick):
+:meth:`H2ServerConnection.drain` sends GOAWAY with the largest stream id and a PING; when the
+PING comes back (one round trip, so every stream the client opened before it saw the GOAWAY has
+arrived), or after ``_DRAIN_RTT`` at most, the real last stream id follows. Streams up to it are
+served to their end; later ones are ignored, and the client retries them elsewhere. The
+connection closes when its last stream is done.
 """
 
 from __future__ import annotations
@@ -59,14 +60,18 @@ def server_limits(s: Settings) -> Limits:
     )
 
 
-def new_exchange(conn: H2ServerConnection, leg: H2ClientStream, head: RequestHead) -> ClientEvents:
+def new_exchange(
+    conn: H2ServerConnection, leg: H2ClientStream, head: RequestHead, body_follows: bool
+) -> ClientEvents:
     ctx = conn.ctx
-    ex = Exchange(ctx, leg, head, new_record(head, conn.remote_addr))
+    ex = Exchange(ctx, leg, head, new_record(head, conn.remote_addr), body_follows)
     ctx.recorder.started()
     return ex
 
 
-ExchangeFactory = Callable[["H2ServerConnection", "H2ClientStream", RequestHead], ClientEvents]
+ExchangeFactory = Callable[
+    ["H2ServerConnection", "H2ClientStream", RequestHead, bool], ClientEvents
+]
 
 
 def take_over(ctx: ProxyContext, transport: asyncio.BaseTransport, data: bytes) -> None:
@@ -171,7 +176,7 @@ class H2ServerConnection(H2Connection):
         limit = s.max_request_body_bytes
         if problem is None and limit and length is not None and length > limit:
             problem = (413, "request body too large")
-        ex = self._new_exchange(self, st, head)
+        ex = self._new_exchange(self, st, head, not end_stream)
         st.ex = ex
         if problem is not None:
             ex.reject(*problem)
@@ -239,7 +244,9 @@ class H2ServerConnection(H2Connection):
         if (self._preface or not self.streams) and now >= self._deadline and self._drain_step != 1:
             self.close()  # no preface in time, or idle too long
             return
-        if self._drain_step == 1 and now >= self._deadline:
+        if self.ctx.goodbye and not self._drain_step:
+            self.drain()  # shutdown has begun: as HTTP/1.1 responses say Connection: close
+        elif self._drain_step == 1 and now >= self._deadline:
             self._final_goaway()
         s = self.ctx.settings
         if self.hb_sid and now - self.hb_started >= s.client_header_timeout:

@@ -1,4 +1,4 @@
-"""Reading the access log a proxy under test writes to a pipe."""
+"""An access log written into a pipe the test reads back, line by line as JSON."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import orjson
 
 
 def read_log(fd: int, want: int, timeout: float = 3.0) -> list[dict[str, object]]:
-    """At least ``want`` lines from the non-blocking pipe ``fd``, parsed (fewer on timeout)."""
+    """Read the non-blocking pipe ``fd`` until ``want`` lines have come, or ``timeout``."""
     data = b""
     deadline = time.monotonic() + timeout
     while data.count(b"\n") < want and time.monotonic() < deadline:
