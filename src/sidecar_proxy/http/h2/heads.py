@@ -110,15 +110,18 @@ def request_head(
     head = RequestHead()
     head.version = "2.0"
     pseudo: dict[bytes, bytes] = {}
+    size = 0
     for name, value, _ in fields:  # RFC 9113 §8.3: pseudo-header fields first, each once
         if name[:1] != b":":
             break
         if name not in _REQUEST_PSEUDO or name in pseudo:
             raise Malformed("an unknown or repeated pseudo-header field")
         pseudo[name] = value
+        size += len(name) + len(value) + 4
     count = len(pseudo)
     head.method = pseudo.get(b":method", b"")
     head.target = pseudo.get(b":path", b"")
+    head.header_bytes = size
     host = _regular_fields(head, fields, count)
     _check_fields(fields, count)
     authority = pseudo.get(b":authority") or host  # §8.3.1: :authority wins over Host
@@ -192,7 +195,7 @@ def _regular_fields(head: RequestHead, fields: list[Field], start: int) -> bytes
         lines.append(b"cookie: " + b"; ".join(cookies) + b"\r\n")
         names.append(b"cookie")
     head.header_count = len(fields) - start
-    head.header_bytes = size + sum(len(f[0]) + len(f[1]) + 4 for f in fields[:start])
+    head.header_bytes += size
     return host
 
 
