@@ -217,3 +217,19 @@ def test_random_frames_never_crash(frames: list[tuple[int, int, int, bytes]]) ->
     pair.loop.run_soon()
     pair.conn.connection_lost(None)
     assert all(ex.finished for ex in pair.exchanges)
+
+
+def test_headers_on_a_lower_stream_id() -> None:
+    # §5.1.1: an id the client skipped is a connection error PROTOCOL_ERROR; §5.1: one it used
+    # and closed is STREAM_CLOSED; one we reset is ignored (the client had not seen the reset)
+    for first, second, code in ((5, 3, F.PROTOCOL_ERROR), (1, 1, F.STREAM_CLOSED)):
+        pair = ready()
+        pair.conn.data_received(headers(first, block(pair)))
+        pair.exchanges[-1].respond()
+        pair.conn.data_received(headers(second, block(pair)))
+        assert goaway_code(pair) == code, (first, second)
+    pair = ready(h2_max_concurrent_streams=1)
+    pair.conn.data_received(headers(1, block(pair), end=False) + headers(3, block(pair)))
+    assert F.rst_stream(3, F.REFUSED_STREAM) in pair.transport.take()
+    pair.conn.data_received(F.frame(F.DATA, F.END_STREAM, 3, b"late"))
+    assert goaway_code(pair) is None and not pair.transport.closed

@@ -53,9 +53,10 @@ log = logging.getLogger("sidecar_proxy.h2")
 _HIGH: Final = 64 * 1024
 _LOW: Final = 16 * 1024
 
-# Closed streams remembered, to tell a frame on a closed stream (a stream error) from one on a
-# stream that never existed (a connection error) (RFC 9113 §5.1, §5.1.1).
-_CLOSED_MEMORY: Final = 256
+# Streams this side reset, remembered so that frames the peer sent before it saw the reset are
+# ignored rather than answered with an error (RFC 9113 §5.1, "closed"); the oldest half is
+# forgotten past this many.
+_RESET_MEMORY: Final = 256
 
 
 class ConnectionFault(Exception):
@@ -193,12 +194,12 @@ class H2Connection(asyncio.Protocol):
 
     __slots__ = (
         "_buf",
-        "_closed_ids",
         "_control",
         "_hb_bad",
         "_hb_bytes",
         "_hb_end_stream",
         "_hb_parts",
+        "_reset_ids",
         "_resets",
         "_settings_seen",
         "_write_scheduled",
@@ -238,7 +239,7 @@ class H2Connection(asyncio.Protocol):
         self.encoder: Encoder = new_encoder()
         self.decoder: Decoder = new_decoder(limits.header_list_bytes)
         self.streams: dict[int, Stream] = {}
-        self._closed_ids: dict[int, bool] = {}  # id -> we reset it (later frames are ignored)
+        self._reset_ids: dict[int, None] = {}  # streams we reset (later frames are ignored)
         self.peer_initial_window = F.DEFAULT_WINDOW
         self.peer_max_frame = F.DEFAULT_FRAME_SIZE
         self.peer_max_streams = 2**31  # until the peer says otherwise (RFC 9113 §6.5.2)
@@ -431,15 +432,18 @@ class H2Connection(asyncio.Protocol):
     def _closed_or_idle(self, sid: int) -> bool | None:
         """For a stream not open: True if we reset it, False if it closed otherwise, None if it
         never existed (idle)."""
-        was_reset = self._closed_ids.get(sid)
-        if was_reset is not None:
-            return was_reset
+        if sid in self._reset_ids:
+            return True
         if self.is_peer_stream(sid):
             if sid > self.last_peer_stream():
                 return None
         elif sid >= self.next_own_stream():
             return None
-        return False  # closed long enough ago to be forgotten
+        return False
+
+    def was_opened(self, sid: int) -> bool:
+        """Whether the peer opened this stream id, below its latest (it may skip ids)."""
+        return True
 
     def next_own_stream(self) -> int:
         return 2**31  # a side that opens streams overrides this
@@ -563,12 +567,11 @@ class H2Connection(asyncio.Protocol):
             if not self.is_peer_stream(sid):
                 raise ConnectionFault(F.PROTOCOL_ERROR, "HEADERS on a stream the peer cannot open")
             if sid <= self.last_peer_stream():
-                reset_by_us = self._closed_ids.get(sid)
-                if reset_by_us is None:
+                if sid in self._reset_ids:
+                    return  # we reset it; the peer had not seen that yet
+                if not self.was_opened(sid):
                     raise ConnectionFault(F.PROTOCOL_ERROR, "stream id lower than an earlier one")
-                if not reset_by_us:
-                    raise ConnectionFault(F.STREAM_CLOSED, "HEADERS on a closed stream")
-                return
+                raise ConnectionFault(F.STREAM_CLOSED, "HEADERS on a closed stream")
             if self_dependent:
                 self.refuse(sid, F.PROTOCOL_ERROR)
                 return
@@ -608,7 +611,6 @@ class H2Connection(asyncio.Protocol):
             return
         self.count_reset()
         self.drop(st)
-        self._closed_ids[sid] = False
         st.on_reset(F.u32_full(payload))
 
     def _settings(self, flags: int, sid: int, payload: bytes) -> None:
@@ -709,12 +711,19 @@ class H2Connection(asyncio.Protocol):
             return
         self.out.append(F.rst_stream(st.id, code))
         self.drop(st)
-        self._closed_ids[st.id] = True
+        self._remember_reset(st.id)
+
+    def _remember_reset(self, sid: int) -> None:
+        ids = self._reset_ids
+        ids[sid] = None
+        if len(ids) > _RESET_MEMORY:
+            for old in list(ids)[: _RESET_MEMORY // 2]:
+                del ids[old]
 
     def reset_unopened(self, sid: int, code: int) -> None:
         """Reset a stream that is not open (closed, or refused before it started)."""
         self.out.append(F.rst_stream(sid, code))
-        self._closed_ids[sid] = True
+        self._remember_reset(sid)
         self.count_reset()
 
     def _reset_any(self, sid: int, code: int) -> None:
@@ -735,10 +744,6 @@ class H2Connection(asyncio.Protocol):
             # received while paused and never to be drained: the connection's credit comes back
             self.consumed(None, st.held)
             st.held = 0
-        closed = self._closed_ids
-        closed[st.id] = False
-        if len(closed) > _CLOSED_MEMORY:
-            del closed[next(iter(closed))]
         if not self.streams:
             self.on_idle()
 

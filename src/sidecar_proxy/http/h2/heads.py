@@ -34,9 +34,10 @@ from sidecar_proxy.http.legs import Trailers
 # is checked in two passes rather than two regex calls per field, which cost a fifth of a
 # request's conversion: the names joined, with every token character deleted, must leave just
 # the colons of the pseudo-header names; the values joined by LF (itself forbidden in a value,
-# so a count tells one inside a value) must hold no NUL or CR, and no whitespace next to an LF.
+# so a count tells one inside a value) must hold no NUL or CR, and no whitespace next to an LF
+# or at either end: substring tests, each one pass in C, cheaper than one regex here.
 _TOKEN: Final = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
-_BAD_VALUES: Final = re.compile(rb"[\x00\r]|(?:^|\n)[ \t]|[ \t](?:\n|$)")
+_BLANK: Final = (b" ", b"\t")
 # what may not appear in a method or a target written into an HTTP/1.1 request line
 _BAD_TARGET: Final = re.compile(rb"[\x00-\x20\x7f]")
 _METHOD: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -98,7 +99,17 @@ def _check_fields(fields: list[Field], pseudo: int) -> None:
     if b"".join([f[0] for f in fields]).translate(None, _TOKEN) != b":" * pseudo:
         raise Malformed("invalid field name")
     values = b"\n".join([f[1] for f in fields])
-    if values.count(b"\n") != len(fields) - 1 or _BAD_VALUES.search(values) is not None:
+    if (
+        values.count(b"\n") != len(fields) - 1
+        or b"\r" in values
+        or b"\x00" in values
+        or b"\n " in values
+        or b" \n" in values
+        or b"\n\t" in values
+        or b"\t\n" in values
+        or values[:1] in _BLANK
+        or values[-1:] in _BLANK
+    ):
         raise Malformed("invalid field value")
 
 

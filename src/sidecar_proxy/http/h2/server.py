@@ -89,6 +89,7 @@ class H2ServerConnection(H2Connection):
     __slots__ = (
         "_deadline",
         "_drain_step",
+        "_gaps",
         "_last_id",
         "_new_exchange",
         "_preface",
@@ -107,6 +108,9 @@ class H2ServerConnection(H2Connection):
         self.xff_line = b""
         self._preface = F.PREFACE  # what is still to come of it
         self._last_id = 0
+        # ids the client skipped (RFC 9113 §5.1.1 lets it), as (first, last) ranges: HEADERS on
+        # one later is a connection error, not a frame on a closed stream; a few are kept
+        self._gaps: list[tuple[int, int]] = []
         self._drain_step = 0  # 1: GOAWAY with the largest id sent; 2: the real last id sent
         # the preface and SETTINGS within the header timeout; later, the idle timeout
         self._deadline = self.clock() + ctx.settings.client_header_timeout
@@ -153,8 +157,20 @@ class H2ServerConnection(H2Connection):
     def last_peer_stream(self) -> int:
         return self._last_id
 
-    def new_peer_stream(self, stream_id: int, fields: list[Field], end_stream: bool) -> None:
+    def was_opened(self, sid: int) -> bool:
+        return not any(first <= sid <= last for first, last in self._gaps)
+
+    def _advance(self, stream_id: int) -> None:
+        expected = self._last_id + 2 if self._last_id else 1
+        if stream_id > expected:
+            gaps = self._gaps
+            gaps.append((expected, stream_id - 2))
+            if len(gaps) > 16:
+                del gaps[0]
         self._last_id = stream_id
+
+    def new_peer_stream(self, stream_id: int, fields: list[Field], end_stream: bool) -> None:
+        self._advance(stream_id)
         if self._drain_step == 2 and stream_id > self.goaway_sent:
             return  # after our last GOAWAY: ignored, the client retries it (RFC 9113 §6.8)
         if len(self.streams) >= self.limits.max_streams:
@@ -183,7 +199,8 @@ class H2ServerConnection(H2Connection):
         ex.start()
 
     def refuse(self, sid: int, code: int) -> None:
-        self._last_id = max(self._last_id, sid)
+        if sid > self._last_id:
+            self._advance(sid)
         self.reset_unopened(sid, code)
 
     def on_goaway(self, last_stream_id: int, code: int) -> None:
