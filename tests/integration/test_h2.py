@@ -139,15 +139,19 @@ def test_full_app_connections_open_another(
     assert 2 <= app.connections <= 6
 
 
-def test_refused_stream_is_retried_even_for_a_delete(
+def test_refused_stream_is_retried_even_for_a_post(
     start_h2app: Callable[..., H2App], start_proxy: Callable[..., ProxyServer]
 ) -> None:
     app = start_h2app(refuse=1)
     proxy = start_proxy(app.port, upstream_protocol="h2c", retry_on=frozenset({"connect-failure"}))
-    got = curl(proxy.port, "/once", "-X", "POST")
-    assert got.stdout == ""  # the app's echo of an empty body, on the second attempt
-    assert "200" in curl(proxy.port, "/twice", "-X", "POST", "-w", "%{http_code}").stdout
-    assert len(app.requests) == 2
+    got = curl(proxy.port, "/once", "-d", "the body")
+    assert got.stdout == "the body"  # the app's echo, from the second attempt
+    assert len(app.requests) == 1  # the refused stream was never processed
+    # a body past RETRY_BUFFER_LIMIT is not kept, so a refused POST with one cannot go again
+    app.refuse = 1
+    big = start_proxy(app.port, upstream_protocol="h2c", retry_buffer_limit=1024)
+    got = curl(big.port, "/big", "-d", "x" * 5000, "-w", "%{http_code}")
+    assert got.stdout.endswith("502")
 
 
 def test_streams_past_goaway_are_retried_on_a_new_connection(

@@ -94,6 +94,7 @@ class Exchange:
         "ctx",
         "deadline",
         "head",
+        "held",
         "kept_bytes",
         "last_activity",
         "last_failure",
@@ -132,9 +133,11 @@ class Exchange:
         self.req_trailers: Trailers = []
         self.chunks: list[bytes] = []
         self.written = 0  # chunks the current attempt has sent
-        self.replayable = not head.upgrade and ctx.retry.replay_safe(
-            rec.method, head.idempotency_key
-        )
+        # Every chunk so far is still here (within retry_buffer_limit), whatever the method: an
+        # attempt the app never saw (a refused HTTP/2 stream) may then go again whole.
+        self.held = not head.upgrade
+        # ...and the request may also be replayed after the app did see it
+        self.replayable = self.held and ctx.retry.replay_safe(rec.method, head.idempotency_key)
         self.kept_bytes = 0
         # the current attempt
         self.app: AppLeg | None = None
@@ -316,10 +319,11 @@ class Exchange:
             return  # answered early (413, 503, ...): the rest of the body is not needed
         self.rec.bytes_in += len(data)
         self.chunks.append(data)
-        if self.replayable:
+        if self.held:
             self.kept_bytes += len(data)
             if self.kept_bytes > self.ctx.settings.retry_buffer_limit:
-                self.replayable = False  # too large to replay: stream it, never retry it
+                # too large to replay: stream it, never retry it
+                self.held = self.replayable = False
         app = self.app
         if app is not None:
             for chunk in self._unsent([]):
@@ -343,7 +347,7 @@ class Exchange:
         can no longer be replayed."""
         chunks = self.chunks
         out += chunks[self.written :]
-        if self.replayable:
+        if self.held:
             self.written = len(chunks)
         else:
             chunks.clear()
@@ -461,10 +465,9 @@ class Exchange:
         self.app = None
         app.abandon()
         # Nothing reached the app, so any request may go again, as after a refused connection,
-        # if its body is still here to send: one that is not replay-safe was dropped as it went
-        # out, and is then retried only as a reset would be.
-        whole = self.replayable or not self.rec.bytes_in
-        self._attempt_failed(Failure.CONNECT if whole else Failure.RESET)
+        # while its whole body is still here; past retry_buffer_limit it is retried only as a
+        # reset would be.
+        self._attempt_failed(Failure.CONNECT if self.held else Failure.RESET)
 
     def app_protocol_error(self, app: AppLeg, reason: str) -> None:
         if app is not self.app or self.phase is DONE:
