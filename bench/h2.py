@@ -271,7 +271,7 @@ def codec(args: argparse.Namespace) -> None:
 
     server = H2ServerConnection(ctx, answer)
     server_wire = _Wire()
-    server.connection_made(server_wire)
+    server.adopt(server_wire, b"X-Forwarded-Proto: http\r\n", None)
     pool = H2AppPool(loop, settings, lambda reused: None)
     client = H2AppConnection(pool)
     client_wire = _Wire()

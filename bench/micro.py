@@ -1,5 +1,5 @@
 """Micro-benchmark of the per-request observability cost: ``Recorder.started()`` +
-``Recorder.finished()`` on a realistic proxied request.
+``Recorder.finished()`` on a realistic proxied request, without and with the SLO windows.
 
 Metrics cannot be switched off in the sidecar, so the end-to-end runs cannot show their cost by
 difference the way they show the access log's (ACCESS_LOG=false); this measures it directly.
@@ -22,6 +22,7 @@ from sidecar_proxy.observe.metrics import Metrics
 from sidecar_proxy.observe.paths import PathLabeler
 from sidecar_proxy.observe.record import Record
 from sidecar_proxy.observe.recorder import Recorder
+from sidecar_proxy.observe.slo import SloWindows
 
 _NUMBER = 20_000
 _REPEAT = 5
@@ -70,13 +71,15 @@ def measure() -> dict[str, float]:
     # the figure. Drops are still counted and reported.
     access_log = AccessLog(write_fd, max_buffer=1 << 30, on_drop=on_drop)
     try:
-        cases: list[tuple[str, AccessLog | None, bool]] = [
-            ("metrics only (ACCESS_LOG=false)", None, False),
-            ("metrics + access log to a pipe", access_log, False),
-            ("metrics + access log, traced request", access_log, True),
+        cases: list[tuple[str, AccessLog | None, bool, bool]] = [
+            ("metrics only (ACCESS_LOG=false)", None, False, False),
+            ("metrics + SLO_AVAILABILITY + SLO_LATENCY", None, False, True),
+            ("metrics + access log to a pipe", access_log, False, False),
+            ("metrics + access log, traced request", access_log, True, False),
         ]
-        for name, log, traced in cases:
-            recorder = Recorder(Metrics(), PathLabeler(100), log)
+        for name, log, traced, slo in cases:
+            windows = SloWindows(99.9, 0.3, 99.0) if slo else None
+            recorder = Recorder(Metrics(windows), PathLabeler(100), log)
             ex = _exchange(traced)
 
             def one(recorder: Recorder = recorder, ex: Record = ex) -> None:

@@ -106,6 +106,23 @@ def write_proxy(prefix: Path, port: int, upstream_port: int) -> Path:
     return conf
 
 
+def write_tls_proxy(prefix: Path, port: int, upstream_port: int, cert: Path, key: Path) -> Path:
+    """:func:`write_proxy` terminating TLS with the sidecar's policy: TLS 1.2 and 1.3, ECDHE
+    with AEAD ciphers for 1.2, the same certificate. Sessions are left at nginx's defaults."""
+    conf = write_proxy(prefix, port, upstream_port)
+    text = conf.read_text().replace(
+        f"    listen {HOST}:{port} backlog=4096;\n",
+        f"    listen {HOST}:{port} ssl backlog=4096;\n"
+        f"    ssl_certificate {cert};\n"
+        f"    ssl_certificate_key {key};\n"
+        "    ssl_protocols TLSv1.2 TLSv1.3;\n"
+        "    ssl_ciphers ECDHE+AESGCM:ECDHE+CHACHA20;\n"
+        "    ssl_prefer_server_ciphers on;\n",
+    )
+    conf.write_text(text)
+    return conf
+
+
 def argv(prefix: Path, conf: Path) -> list[str]:
     # -e: the error log before the configuration is read (default /var/log/nginx/error.log).
     return [nginx_binary(), "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]

@@ -79,8 +79,21 @@ def parse(text: str) -> WrkResult:
     )
 
 
-def run(port: int, path: str, connections: int, duration: float, core: int | None) -> WrkResult:
-    """One wrk run with one thread (one core's worth of load generator, pinned to ``core``)."""
+def run(
+    port: int,
+    path: str,
+    connections: int,
+    duration: float,
+    core: int | None,
+    *,
+    scheme: str = "http",
+    headers: tuple[str, ...] = (),
+) -> WrkResult:
+    """One wrk run with one thread (one core's worth of load generator, pinned to ``core``).
+
+    ``headers`` are sent with every request; ``Connection: close`` makes each request open
+    (and, over https, handshake) a connection of its own.
+    """
     wrk = shutil.which("wrk")
     if wrk is None:
         raise WrkError("wrk not found: run `bash scripts/install-test-tools.sh` (make bench)")
@@ -92,7 +105,8 @@ def run(port: int, path: str, connections: int, duration: float, core: int | Non
         "--latency",
         "--timeout",
         "5s",
-        f"http://{HOST}:{port}{path}",
+        *(arg for header in headers for arg in ("-H", header)),
+        f"{scheme}://{HOST}:{port}{path}",
     ]
     done = subprocess.run(
         pinned(core, argv), capture_output=True, text=True, timeout=duration + 30, check=False

@@ -26,7 +26,8 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, TextIO
 
 from sidecar_proxy import __version__
@@ -37,6 +38,7 @@ from sidecar_proxy.lifecycle.client import admin_url, quit_sidecar, reachable, w
 
 if TYPE_CHECKING:
     from sidecar_proxy.server import SettingsSource
+from sidecar_proxy.tls.material import CertInfo, MaterialError, check_files
 
 PROG = "sidecar-proxy"
 
@@ -70,9 +72,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for warning in loaded.warnings:
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
+    # The TLS files are settings too: unusable ones stop every command the same way.
+    try:
+        certs = check_files(loaded.settings)
+    except MaterialError as exc:
+        print(f"{PROG}: configuration error: {exc}", file=sys.stderr)
+        return 2
 
     if args.command == "check-config":
-        (print_json if args.json else print_table)(loaded, sys.stdout)
+        (print_json if args.json else print_table)(loaded, certs, sys.stdout)
         return 0
     if args.command == "wait-ready":
         return wait_ready_command(loaded.settings, args.timeout)
@@ -165,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def print_table(loaded: LoadedSettings, out: TextIO) -> None:
+def print_table(loaded: LoadedSettings, certs: Sequence[CertInfo], out: TextIO) -> None:
+    """The settings table, then one line per loaded certificate."""
     rows = [("SETTING", "VALUE", "SOURCE")] + [
         (name, value, loaded.sources[name]) for name, value in _formatted(loaded.settings).items()
     ]
@@ -173,12 +182,18 @@ def print_table(loaded: LoadedSettings, out: TextIO) -> None:
     value_width = max(len(row[1]) for row in rows)
     for name, value, source in rows:
         out.write(f"{name:<{name_width}}  {value:<{value_width}}  {source}\n")
+    if certs:
+        out.write("\nCERTIFICATES\n")
+    for cert in certs:
+        sans = f"  {', '.join(cert.sans)}" if cert.sans else ""
+        out.write(f"{cert.setting}  {cert.subject}  {_expiry(cert)}{sans}\n")
 
 
-def print_json(loaded: LoadedSettings, out: TextIO) -> None:
-    """``{setting: {"value": native, "text": as in the table, "source": ...}}``."""
+def print_json(loaded: LoadedSettings, certs: Sequence[CertInfo], out: TextIO) -> None:
+    """``{setting: {"value": native, "text": as in the table, "source": ...}}``; a setting that
+    names certificate files has ``"certificates"`` too, each with its subject, SANs and expiry."""
     text = _formatted(loaded.settings)
-    document = {
+    document: dict[str, dict[str, object]] = {
         field.name: {
             "value": field.kind.to_json(getattr(loaded.settings, field.name)),
             "text": text[field.name],
@@ -186,7 +201,23 @@ def print_json(loaded: LoadedSettings, out: TextIO) -> None:
         }
         for field in FIELDS
     }
+    for cert in certs:
+        entries = document[cert.setting].setdefault("certificates", [])
+        assert isinstance(entries, list)
+        entries.append(
+            {
+                "subject": cert.subject,
+                "sans": list(cert.sans),
+                "not_after": cert.not_after.isoformat().replace("+00:00", "Z"),
+            }
+        )
     out.write(json.dumps(document, indent=2) + "\n")
+
+
+def _expiry(cert: CertInfo) -> str:
+    when = cert.not_after.strftime("%Y-%m-%dT%H:%M:%SZ")
+    days = (cert.not_after.timestamp() - time.time()) / 86400
+    return f"expires {when} (EXPIRED)" if days < 0 else f"expires {when} (in {days:.0f} days)"
 
 
 def _formatted(settings: Settings) -> Mapping[str, str]:

@@ -40,6 +40,11 @@ from sidecar_proxy.observe.logs import configure_logging, set_log_level
 from sidecar_proxy.observe.metrics import Metrics
 from sidecar_proxy.observe.paths import PathLabeler
 from sidecar_proxy.observe.recorder import Recorder
+from sidecar_proxy.observe.slo import SloWindows
+from sidecar_proxy.tls.accept import ServerTLS
+from sidecar_proxy.tls.material import MaterialError
+from sidecar_proxy.tls.reload import POLL_SECONDS, Reloader
+from sidecar_proxy.tls.upstream import UpstreamTLS
 
 log = logging.getLogger("sidecar_proxy.server")
 
@@ -62,7 +67,7 @@ class ProxyServer:
         self.settings = settings
         self._access_log_fd = access_log_fd
         self._reload_from = reload_from
-        self.metrics = Metrics()
+        self.metrics = Metrics(_slo_windows(settings))
         self.health = HealthState(app_ready=settings.app_ready_check == "none")
         self.access_log: AccessLog | None = None
         self.recorder: Recorder | None = None
@@ -73,23 +78,38 @@ class ProxyServer:
         self._server: asyncio.base_events.Server | None = None
         self._flusher: asyncio.TimerHandle | None = None
         self._app_check: AppReadyCheck | None = None
+        self.tls: ServerTLS | None = None
+        self.upstream_tls: UpstreamTLS | None = None
+        self._reloaders: dict[str, Reloader] = {}
+        self._tls_poller: asyncio.TimerHandle | None = None
         self.port = 0
         self.admin_port = 0
 
     async def start(self) -> None:
+        """Start serving; raises :class:`MaterialError` for unusable TLS files, and OSError
+        when the ports cannot be bound."""
         s = self.settings
         loop = self._loop = asyncio.get_running_loop()
+        self._start_tls()
         self.recorder = recorder = Recorder(
             self.metrics, PathLabeler(s.metrics_path_label_limit), None
         )
         self._use_access_log(s.access_log)
-        ctx = ProxyContext(loop, s, self.metrics, recorder, self.health)
+        ctx = ProxyContext(
+            loop, s, self.metrics, recorder, self.health, upstream_tls=self.upstream_tls
+        )
         ctx.start_ticking()
         self.ctx = ctx
+        tls = self.tls
+        factory: Callable[[], asyncio.Protocol] = (
+            (lambda: H1ClientConnection(ctx))
+            if tls is None
+            else tls.acceptor(lambda: H1ClientConnection(ctx, tls))
+        )
         # The proxy port first: /ready on the admin port must never answer 200 for a process
         # that then fails to listen.
         self._server = await loop.create_server(
-            lambda: H1ClientConnection(ctx),
+            factory,
             s.listen_host,
             s.listen_port,
             backlog=2048,
@@ -125,6 +145,8 @@ class ProxyServer:
                 "listen": f"{s.listen_host}:{self.port}",
                 "upstream": f"{s.upstream_host}:{s.upstream_port}",
                 "admin": f"{s.metrics_host}:{self.admin_port}",
+                "tls": tls is not None,
+                "upstream_tls": self.upstream_tls is not None,
                 "version": __version__,
             },
         )
@@ -137,6 +159,37 @@ class ProxyServer:
             self.access_log = AccessLog(self._access_log_fd, on_drop=self.metrics.access_log_drop)
             self._flusher = self._loop.call_later(FLUSH_INTERVAL, self._flush_access_log)
         self.recorder.set_access_log(self.access_log if on else None)
+
+    def _start_tls(self) -> None:
+        s = self.settings
+        if s.tls_cert_file:
+            self.tls = ServerTLS(s, self.metrics.tls_handshake_error)
+            self._reloaders["proxy port"] = self.tls.reloader
+        if s.upstream_tls:
+            self.upstream_tls = UpstreamTLS(s)
+            self._reloaders["app connections"] = self.upstream_tls.reloader
+        for reloader in self._reloaders.values():
+            self.metrics.tls_loaded(reloader.current.certs)
+        if self._reloaders:
+            loop = asyncio.get_running_loop()
+            self._tls_poller = loop.call_later(POLL_SECONDS, self._poll_tls)
+
+    def _poll_tls(self) -> None:
+        """Pick up rotated TLS files (see tls/reload.py); log and count what happened."""
+        for name, reloader in self._reloaders.items():
+            outcome = reloader.poll()
+            failing = sum(r.failing for r in self._reloaders.values())
+            if outcome.loaded is not None:
+                self.metrics.tls_loaded(outcome.loaded.certs)
+                self.metrics.tls_reload(True, failing)
+                log.info("TLS files reloaded", extra={"for": name})
+            elif outcome.error is not None:
+                self.metrics.tls_reload(False, failing)
+                log.error(
+                    "TLS files rejected, the previous ones stay in use",
+                    extra={"for": name, "error": outcome.error},
+                )
+        self._tls_poller = asyncio.get_running_loop().call_later(POLL_SECONDS, self._poll_tls)
 
     def _flush_access_log(self) -> None:
         if self.access_log is not None:
@@ -241,10 +294,22 @@ class ProxyServer:
         if self._flusher is not None:
             self._flusher.cancel()
             self._flusher = None
+        if self._tls_poller is not None:
+            self._tls_poller.cancel()
+            self._tls_poller = None
+        if self.tls is not None:
+            self.tls.close()
         if self.admin is not None:
             self.admin.stop()
         if self.access_log is not None:
             self.access_log.close(timeout=2.0)
+
+
+def _slo_windows(s: Settings) -> SloWindows | None:
+    """The SLO windows when an SLO is set; with none set nothing is kept or counted."""
+    if not (s.slo_availability or s.slo_latency):
+        return None
+    return SloWindows(s.slo_availability, s.slo_latency, s.slo_latency_objective)
 
 
 def run(
@@ -292,6 +357,11 @@ async def _main(
         before_start()
     try:
         await server.start()
+    except MaterialError as exc:
+        # The CLI checked the files already; they changed in between.
+        log.error("unusable TLS files", extra={"error": str(exc)})
+        await server.close()
+        return 2
     except OSError as exc:
         log.error("cannot listen", extra={"error": str(exc)})
         await server.close()

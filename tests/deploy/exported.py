@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from prometheus_client import generate_latest
 
-from sidecar_proxy.observe.metrics import RequestSeries
+from sidecar_proxy.observe.metrics import RequestSeries, SloSeries
 
 MetricType = Literal["counter", "gauge", "histogram"]
 
@@ -38,6 +38,7 @@ METRICS: dict[str, Exported] = {
     "sidecar_circuit_breaker_state": _m("gauge"),
     # Added by sidecar-proxy.
     "sidecar_circuit_breaker_transitions_total": _m("counter", "to"),
+    "sidecar_circuit_breaker_opened_total": _m("counter", "reason"),
     "sidecar_upstream_response_seconds": _m("histogram", "method"),
     "sidecar_retries_total": _m("counter"),
     "sidecar_retries_budget_exhausted_total": _m("counter"),
@@ -51,6 +52,12 @@ METRICS: dict[str, Exported] = {
     "sidecar_app_ready": _m("gauge"),
     "sidecar_config_reloads_total": _m("counter", "result"),
     "sidecar_build_info": _m("gauge", "version", "python"),
+    "sidecar_tls_handshake_errors_total": _m("counter", "reason"),
+    "sidecar_tls_certificate_expiry_timestamp_seconds": _m("gauge", "file"),
+    "sidecar_tls_reloads_total": _m("counter", "result"),
+    "sidecar_tls_reload_failing": _m("gauge"),
+    "sidecar_slo_burn_rate": _m("gauge", "slo", "window"),
+    "sidecar_slo_error_budget_remaining": _m("gauge", "slo"),
 }
 
 # The seed's histogram buckets, which sidecar_request_duration_seconds keeps.
@@ -64,6 +71,7 @@ REJECT_REASONS = frozenset({"shed", "circuit_open", "rate_limit"})
 RELOAD_RESULTS = frozenset({"success", "failure"})  # sidecar_config_reloads_total{result}
 BREAKER_STATES = {0: "Closed", 1: "Open", 2: "Half-Open"}  # sidecar_circuit_breaker_state
 BREAKER_TRANSITIONS = frozenset({"closed", "open", "half_open"})  # ..._transitions_total{to}
+BREAKER_OPEN_REASONS = frozenset({"failures", "slow_calls"})  # ..._opened_total{reason}
 
 # Prometheus adds these to every scraped series (the pod scrape job in
 # deploy/prometheus/prometheus.yml adds namespace and pod too), so queries may select on them.
@@ -122,12 +130,12 @@ def from_registry(registry: Any) -> dict[str, Exported]:
     declared = from_exposition(generate_latest(registry).decode())
     # prometheus_client keeps the declared label names only on the collector (a private
     # attribute, stable since its first releases); the public exposition shows them only once
-    # a series exists. The sidecar's own per-request collector declares them in LABEL_NAMES.
+    # a series exists. The sidecar's own collectors declare them in LABEL_NAMES.
     collectors = registry._names_to_collectors
 
     def label_names(name: str) -> tuple[str, ...]:
         collector = collectors[name]
-        if isinstance(collector, RequestSeries):
+        if isinstance(collector, RequestSeries | SloSeries):
             return collector.LABEL_NAMES.get(name, ())
         names: tuple[str, ...] = collector._labelnames
         return names

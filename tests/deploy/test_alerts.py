@@ -25,6 +25,10 @@ EXPECTED = {
     "SidecarHighLatencyP99": ("10m", "warning"),
     "SidecarRetryBudgetExhausted": ("5m", "warning"),
     "SidecarLoadShedding": ("5m", "warning"),
+    "SidecarTLSCertificateExpiresSoon": ("10m", "warning"),
+    "SidecarTLSReloadFailing": ("10m", "warning"),
+    "SidecarErrorBudgetBurn": ("2m", "critical"),
+    "SidecarErrorBudgetBurnSlow": ("15m", "warning"),
 }
 
 
@@ -72,6 +76,38 @@ MUTATIONS = {
     ),
     "any rejection is shedding": ('{reason="shed"}', ""),
     "severity changed": ("severity: critical", "severity: page"),
+    "expiry window widened": ("< 7 * 86400", "< 9 * 86400"),
+    "expiry window narrowed": ("< 7 * 86400", "< 5 * 86400"),
+    "reload alert on any value": (
+        "sidecar_tls_reload_failing > 0",
+        "sidecar_tls_reload_failing >= 0",
+    ),
+    "reload alert waits less": (
+        "sidecar_tls_reload_failing > 0\n        for: 10m",
+        "sidecar_tls_reload_failing > 0\n        for: 3m",
+    ),
+    "fast burn threshold raised": ('{window="1h"}) > 14.4', '{window="1h"}) > 20'),
+    "fast burn on the long window alone": (
+        '{window="1h"}) > 14.4\n            and',
+        '{window="1h"}) > 14.4\n            or',
+    ),
+    "fast burn's second pair raised": ('{window="6h"}) > 6', '{window="6h"}) > 8'),
+    "fast burn's second pair on the long window alone": (
+        '{window="6h"}) > 6\n            and',
+        '{window="6h"}) > 6\n            or',
+    ),
+    "page waits longer": ("for: 2m", "for: 10m"),
+    "slow burn threshold raised": ('{window="1d"}) > 3', '{window="1d"}) > 5'),
+    "slow burn on the long window alone": (
+        '{window="1d"}) > 3\n            and',
+        '{window="1d"}) > 3\n            or',
+    ),
+    "slow burn's second pair raised": ('{window="3d"}) > 1\n', '{window="3d"}) > 2\n'),
+    "slow burn's second pair on the long window alone": (
+        '{window="3d"}) > 1\n            and',
+        '{window="3d"}) > 1\n            or',
+    ),
+    "ticket sooner": ("for: 15m", "for: 5m"),
 }
 
 

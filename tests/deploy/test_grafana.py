@@ -145,6 +145,24 @@ def test_the_new_panels() -> None:
         ), metric
 
 
+def test_the_slo_panels() -> None:
+    burn = panel_with(r"sidecar_slo_burn_rate")
+    [target] = burn["targets"]
+    assert burn["type"] == "timeseries"
+    assert re.match(r"max by \(slo, window\) \(sidecar_slo_burn_rate\{", target["expr"])
+    assert legend_labels(target["legendFormat"]) == {"slo", "window"}
+    # The dashed threshold lines are exactly the burn rates the alerts fire at.
+    steps = burn["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert steps[0]["value"] is None
+    alerts = (REPO / "deploy" / "prometheus" / "alerts.yml").read_text()
+    fired_at = re.findall(r'sidecar_slo_burn_rate\{window="\w+"\}\) > ([\d.]+)', alerts)
+    assert {s["value"] for s in steps[1:]} == {float(v) for v in fired_at}
+    assert burn["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"] == {"mode": "dashed"}
+    left = panel_with(r"sidecar_slo_error_budget_remaining")
+    assert left["targets"][0]["expr"].startswith("min by (slo) (")
+    assert left["fieldConfig"]["defaults"]["unit"] == "percentunit"
+
+
 def test_every_exported_metric_is_on_the_dashboard() -> None:
     shown = {base_metric(m) for _, e in exprs() for m in scan(e).metrics}
     assert shown >= set(METRICS), set(METRICS) - shown

@@ -7,6 +7,7 @@ import subprocess
 import urllib.request
 
 from exported import (
+    BREAKER_OPEN_REASONS,
     BREAKER_TRANSITIONS,
     METRICS,
     REJECT_REASONS,
@@ -64,6 +65,8 @@ def test_label_values_the_alerts_and_dashboard_match_on() -> None:
     assert label_values(text, "sidecar_config_reloads_total", "result") == RELOAD_RESULTS
     transitions = label_values(text, "sidecar_circuit_breaker_transitions_total", "to")
     assert transitions == BREAKER_TRANSITIONS
+    reasons = label_values(text, "sidecar_circuit_breaker_opened_total", "reason")
+    assert reasons == BREAKER_OPEN_REASONS
 
 
 def test_a_running_sidecar_serves_the_list() -> None:

@@ -12,7 +12,9 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from support.certs import CA, key_pem, new_key
 from support.process import free_port, run_cli
+from support.tls import Pki, make_pki
 
 from sidecar_proxy import __version__
 from sidecar_proxy.config import FIELDS
@@ -343,3 +345,53 @@ def test_demo_unknown_route_is_json_404(conn: http.client.HTTPConnection) -> Non
     response, body = request(conn, "POST", "/users/1", body=b"ignored")
     assert response.status == 404
     assert request(conn, "HEAD", "/users/1")[1] == b""
+
+
+# --- TLS files -----------------------------------------------------------------------------
+
+
+def tls_env(pki: Pki) -> dict[str, str]:
+    return {"TLS_CERT_FILE": pki.cert_file, "TLS_KEY_FILE": pki.key_file}
+
+
+def test_check_config_shows_the_certificates(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path)
+    client_ca = CA("Client CA").write(pki.directory, "client-ca")
+    env = tls_env(pki) | {"TLS_CLIENT_CA_FILE": client_ca, "TLS_CLIENT_AUTH": "require"}
+    result = run_cli("check-config", env=env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split("\nCERTIFICATES\n")[1].splitlines()
+    assert lines[0].startswith("tls_cert_file  CN=proxy,O=sidecar-proxy tests  expires ")
+    assert "(in 30 days)" in lines[0] or "(in 29 days)" in lines[0]
+    assert lines[0].endswith("URI:spiffe://cluster.local/ns/shop/sa/proxy, DNS:localhost")
+    assert lines[1].startswith("tls_client_ca_file  CN=Client CA,O=sidecar-proxy tests  expires")
+
+    document = json.loads(run_cli("check-config", "--json", env=env).stdout)
+    (cert,) = document["tls_cert_file"]["certificates"]
+    assert cert["subject"] == "CN=proxy,O=sidecar-proxy tests"
+    assert cert["not_after"] == pki.server.cert.not_valid_after_utc.isoformat().replace(
+        "+00:00", "Z"
+    )
+
+
+@pytest.mark.parametrize("command", [["check-config"], ["run"], ["demo"]])
+def test_a_key_for_another_certificate_stops_every_command(
+    tmp_path: Path, command: list[str]
+) -> None:
+    pki = make_pki(tmp_path)
+    other = tmp_path / "other.key"
+    other.write_bytes(key_pem(new_key()))
+    result = run_cli(*command, env=tls_env(pki) | {"TLS_KEY_FILE": str(other)})
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"{CONFIG_ERROR}TLS_KEY_FILE={str(other)!r}: the key does not match the first "
+        f"certificate of TLS_CERT_FILE={pki.cert_file!r}"
+    ]
+
+
+def test_a_missing_certificate_stops_the_proxy(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path)
+    missing = str(tmp_path / "gone.crt")
+    result = run_cli("run", env=tls_env(pki) | {"TLS_CERT_FILE": missing})
+    assert result.returncode == 2
+    assert result.stderr == f"{CONFIG_ERROR}TLS_CERT_FILE={missing!r}: file not found\n"

@@ -244,3 +244,29 @@ def test_a_stuck_stdout_never_blocks_the_proxy(upstream: Upstream) -> None:
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_slo_burn_rates_from_real_traffic(
+    start_upstream: Callable[..., Upstream], start_proxy: Callable[..., ProxyServer]
+) -> None:
+    async def half_failing(req: Received, w: asyncio.StreamWriter) -> None:
+        if req.target.startswith("/fail"):
+            w.write(response(500, b"broken"))
+        elif req.target.startswith("/missing"):
+            w.write(response(404, b"nope"))
+        else:
+            w.write(response(200, b"fine"))
+
+    up = start_upstream(half_failing)
+    proxy = start_proxy(up.port, slo_availability=99.0, max_retries=0, circuit_breaker_threshold=0)
+    statuses = [get(proxy.port, path).status for path in ("/ok", "/fail", "/ok", "/fail")]
+    statuses += [get(proxy.port, path).status for path in ("/missing", "/ready")]
+    assert statuses == [200, 500, 200, 500, 404, 200]
+    # Five events (the sidecar's own /ready aside), two of them 5xx: 40 % against a 1 % budget.
+    for window in ("5m", "30m", "1h", "2h", "6h", "1d", "3d"):
+        rate = value(proxy, "sidecar_slo_burn_rate", slo="availability", window=window)
+        assert rate == pytest.approx(40.0), window
+    left = value(proxy, "sidecar_slo_error_budget_remaining", slo="availability")
+    assert left == pytest.approx(-39.0)
+    # The latency SLO is off: no series for it.
+    assert not [labels for name, labels in samples(proxy) if ("slo", "latency") in labels]

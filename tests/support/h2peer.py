@@ -187,7 +187,7 @@ class H2Pair:
         self.ctx = new_context(cast(asyncio.AbstractEventLoop, self.loop), self.settings)
         self.transport = FakeTransport()
         self.conn = H2ServerConnection(self.ctx, new_exchange)
-        self.conn.connection_made(self.transport)
+        self.conn.adopt(self.transport, b"X-Forwarded-Proto: http\r\n", None)
         config = h2.config.H2Configuration(client_side=True, header_encoding=None)
         self.client = h2.connection.H2Connection(config)
         self.client.initiate_connection()

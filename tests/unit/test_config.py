@@ -313,6 +313,52 @@ def test_float_out_of_range() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("env", "value", "expected"),
+    [
+        ("CIRCUIT_BREAKER_SLOW_CALL_RATE", "0", "expected a number > 0 and <= 1"),
+        ("CIRCUIT_BREAKER_SLOW_CALL_RATE", "1.01", "expected a number > 0 and <= 1"),
+        ("CIRCUIT_BREAKER_SLOW_CALL_RATE", "nan", "expected a number > 0 and <= 1"),
+        ("CIRCUIT_BREAKER_WINDOW", "0", "expected an integer 1-10000"),
+        ("CIRCUIT_BREAKER_WINDOW", "10001", "expected an integer 1-10000"),
+        ("CIRCUIT_BREAKER_SLOW_CALL_DURATION", "-1s", "must not be negative"),
+        ("SLO_AVAILABILITY", "100", "expected a number >= 0 and < 100"),
+        ("SLO_AVAILABILITY", "-1", "expected a number >= 0 and < 100"),
+        ("SLO_AVAILABILITY", "99.9%", "expected a number >= 0 and < 100"),
+        ("SLO_LATENCY_OBJECTIVE", "0", "expected a number > 0 and < 100"),
+        ("SLO_LATENCY_OBJECTIVE", "100", "expected a number > 0 and < 100"),
+        ("SLO_LATENCY", "-300ms", "must not be negative"),
+    ],
+)
+def test_bad_slow_call_and_slo_settings(env: str, value: str, expected: str) -> None:
+    assert error(env={env: value}) == f"{env}={value!r}: {expected}"
+
+
+def test_slow_call_settings() -> None:
+    assert Settings().circuit_breaker_slow_call_duration == 0.0  # off by default
+    s = load(
+        env={
+            "CIRCUIT_BREAKER_SLOW_CALL_DURATION": "2s",
+            "CIRCUIT_BREAKER_SLOW_CALL_RATE": "1",
+            "CIRCUIT_BREAKER_WINDOW": "50",
+        }
+    ).settings
+    assert (
+        s.circuit_breaker_slow_call_duration,
+        s.circuit_breaker_slow_call_rate,
+        s.circuit_breaker_window,
+    ) == (2.0, 1.0, 50)
+
+
+def test_slo_settings() -> None:
+    s = Settings()
+    assert (s.slo_availability, s.slo_latency, s.slo_latency_objective) == (0.0, 0.0, 99.0)
+    s = load(
+        env={"SLO_AVAILABILITY": "99.95", "SLO_LATENCY": "300ms", "SLO_LATENCY_OBJECTIVE": "95"}
+    ).settings
+    assert (s.slo_availability, s.slo_latency, s.slo_latency_objective) == (99.95, 0.3, 95.0)
+
+
 def test_size_out_of_range_and_malformed() -> None:
     message = error(env={"MAX_HEADER_BYTES": "2MiB"})
     assert message.startswith("MAX_HEADER_BYTES='2MiB': expected a size 1KiB-1MiB")
@@ -404,6 +450,13 @@ def test_per_try_timeout_above_request_timeout() -> None:
     assert error(flags={"per_try_timeout": "10s"}, env={"REQUEST_TIMEOUT": "5s"}) == (
         "--per-try-timeout='10s' exceeds REQUEST_TIMEOUT='5s': "
         "per_try_timeout must be at most request_timeout"
+    )
+
+
+def test_slow_call_duration_not_under_request_timeout() -> None:
+    assert error(env={"CIRCUIT_BREAKER_SLOW_CALL_DURATION": "30s"}) == (
+        "CIRCUIT_BREAKER_SLOW_CALL_DURATION='30s' is not under request_timeout=30s (default): "
+        "circuit_breaker_slow_call_duration must be less than request_timeout"
     )
 
 

@@ -60,4 +60,24 @@ def test_what_a_restart_needs_is_what_the_running_proxy_cannot_rebuild() -> None
         "h2_max_reset_rate",
         "h2_max_control_frame_rate",
         "h2_send_stall_timeout",
+        # TLS: the files' contents reload by themselves (tls/reload.py); which files, and the
+        # policy built around them, are read once
+        "tls_cert_file",
+        "tls_key_file",
+        "tls_min_version",
+        "tls_client_ca_file",
+        "tls_client_auth",
+        "tls_allowed_identities",
+        "upstream_tls",
+        "upstream_ca_file",
+        "upstream_server_name",
+        "upstream_cert_file",
+        "upstream_key_file",
+        # the slow-call rule and the SLO windows are set up at start-up
+        "circuit_breaker_slow_call_duration",
+        "circuit_breaker_slow_call_rate",
+        "circuit_breaker_window",
+        "slo_availability",
+        "slo_latency",
+        "slo_latency_objective",
     }

@@ -21,11 +21,11 @@ from prometheus_client.samples import Exemplar
 from sidecar_proxy import __version__
 from sidecar_proxy.observe import record as X
 from sidecar_proxy.observe.accesslog import AccessLog
-from sidecar_proxy.observe.metrics import BUCKETS, EXEMPLAR_INTERVAL, Metrics
+from sidecar_proxy.observe.metrics import BREAKER_OPEN_REASONS, BUCKETS, EXEMPLAR_INTERVAL, Metrics
 from sidecar_proxy.observe.paths import PathLabeler
 from sidecar_proxy.observe.record import Record
 from sidecar_proxy.observe.recorder import Recorder
-from sidecar_proxy.policy.breaker import BreakerState, CircuitBreaker
+from sidecar_proxy.policy.breaker import BreakerState, CircuitBreaker, OpenReason
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 REQUEST_ID = "3f2a9c1e-7d4b-4c1a-9e2f-8b6d5a4c3b21"
@@ -132,6 +132,7 @@ def test_exactly_the_documented_metrics(metrics: Metrics) -> None:
         "sidecar_upstream_errors": "counter",
         "sidecar_circuit_breaker_state": "gauge",
         "sidecar_circuit_breaker_transitions": "counter",
+        "sidecar_circuit_breaker_opened": "counter",
         "sidecar_upstream_response_seconds": "histogram",
         "sidecar_retries": "counter",
         "sidecar_retries_budget_exhausted": "counter",
@@ -145,6 +146,12 @@ def test_exactly_the_documented_metrics(metrics: Metrics) -> None:
         "sidecar_app_ready": "gauge",
         "sidecar_config_reloads": "counter",
         "sidecar_build_info": "gauge",
+        "sidecar_tls_handshake_errors": "counter",
+        "sidecar_tls_certificate_expiry_timestamp_seconds": "gauge",
+        "sidecar_tls_reloads": "counter",
+        "sidecar_tls_reload_failing": "gauge",
+        "sidecar_slo_burn_rate": "gauge",
+        "sidecar_slo_error_budget_remaining": "gauge",
     }
     # The seed's help strings.
     assert families["sidecar_requests"].documentation == (
@@ -193,6 +200,9 @@ def test_known_label_values_exist_at_zero(metrics: Metrics) -> None:
     assert samples[("sidecar_app_ready", frozenset())] == 1  # no check: the app counts as ready
     for state in ("closed", "open", "half_open"):
         key = ("sidecar_circuit_breaker_transitions_total", frozenset({("to", state)}))
+        assert samples[key] == 0
+    for reason in OpenReason:
+        key = ("sidecar_circuit_breaker_opened_total", frozenset({("reason", reason.value)}))
         assert samples[key] == 0
     assert samples[("sidecar_circuit_breaker_state", frozenset())] == 0
 
@@ -388,34 +398,37 @@ def test_breaker_gauge_follows_a_real_breaker(metrics: Metrics) -> None:
     now = [0.0]
     breaker = CircuitBreaker(2, 10.0, 1, lambda: now[0], metrics.on_breaker_transition)
     state = "sidecar_circuit_breaker_state"
-    breaker.record_failure()
-    breaker.record_failure()
+    breaker.record_failure(now[0])
+    breaker.record_failure(now[0])
     assert breaker.state is BreakerState.OPEN
     assert value(metrics, state) == 1
     now[0] = 11.0
     assert breaker.allow()
     assert value(metrics, state) == 2
-    breaker.record_success()
+    breaker.record_success(now[0])
     assert value(metrics, state) == 0
     transitions = "sidecar_circuit_breaker_transitions_total"
     assert value(metrics, transitions, to="open") == 1
     assert value(metrics, transitions, to="half_open") == 1
     assert value(metrics, transitions, to="closed") == 1
+    assert value(metrics, "sidecar_circuit_breaker_opened_total", reason="failures") == 1
 
 
 def test_breaker_transition_values(metrics: Metrics) -> None:
-    for old, new, gauge in (
-        (BreakerState.CLOSED, BreakerState.OPEN, 1),
-        (BreakerState.OPEN, BreakerState.HALF_OPEN, 2),
-        (BreakerState.HALF_OPEN, BreakerState.OPEN, 1),
-        (BreakerState.OPEN, BreakerState.HALF_OPEN, 2),
-        (BreakerState.HALF_OPEN, BreakerState.CLOSED, 0),
+    for old, new, reason, gauge in (
+        (BreakerState.CLOSED, BreakerState.OPEN, OpenReason.SLOW_CALLS, 1),
+        (BreakerState.OPEN, BreakerState.HALF_OPEN, None, 2),
+        (BreakerState.HALF_OPEN, BreakerState.OPEN, OpenReason.FAILURES, 1),
+        (BreakerState.OPEN, BreakerState.HALF_OPEN, None, 2),
+        (BreakerState.HALF_OPEN, BreakerState.CLOSED, None, 0),
     ):
-        metrics.on_breaker_transition(old, new)
+        metrics.on_breaker_transition(old, new, reason)
         assert value(metrics, "sidecar_circuit_breaker_state") == gauge
     assert value(metrics, "sidecar_circuit_breaker_transitions_total", to="open") == 2
     assert value(metrics, "sidecar_circuit_breaker_transitions_total", to="half_open") == 2
     assert value(metrics, "sidecar_circuit_breaker_transitions_total", to="closed") == 1
+    assert value(metrics, "sidecar_circuit_breaker_opened_total", reason="failures") == 1
+    assert value(metrics, "sidecar_circuit_breaker_opened_total", reason="slow_calls") == 1
 
 
 def test_connections(metrics: Metrics) -> None:
@@ -447,6 +460,8 @@ def test_access_log_line(metrics: Metrics, pipe_log: PipeLog) -> None:
     ex.bytes_out = 345
     ex.attempts = 2
     ex.flags = [X.UPSTREAM_RESET, X.RETRIES_EXHAUSTED]
+    ex.tls_version = "TLSv1.3"
+    ex.client_identity = "spiffe://cluster.local/ns/shop/sa/checkout"
     recorder.finished(ex)
     recorder.started()
     recorder.finished(make_exchange(status=503, ttfb=None))
@@ -469,6 +484,8 @@ def test_access_log_line(metrics: Metrics, pipe_log: PipeLog) -> None:
         "user_agent": "curl/8.5.0",
         "attempts": 2,
         "flags": "UC,URX",
+        "tls_version": "TLSv1.3",
+        "client_identity": "spiffe://cluster.local/ns/shop/sa/checkout",
     }
     assert list(first) == [  # the documented order, which orjson keeps
         "time",
@@ -487,8 +504,11 @@ def test_access_log_line(metrics: Metrics, pipe_log: PipeLog) -> None:
         "user_agent",
         "attempts",
         "flags",
+        "tls_version",
+        "client_identity",
     ]
     assert isinstance(first["duration_ms"], float)
+    assert (second["tls_version"], second["client_identity"]) == ("", "")
     assert second["upstream_ttfb_ms"] is None
     assert second["flags"] == ""
     assert second["query"] is False
@@ -525,3 +545,7 @@ def test_timestamps_are_rfc3339_utc_millis(metrics: Metrics, pipe_log: PipeLog) 
         "2024-05-01T12:00:00.000Z",
     ]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", str(stamps[4]))
+
+
+def test_breaker_open_reasons_are_the_breakers() -> None:
+    assert tuple(r.value for r in OpenReason) == BREAKER_OPEN_REASONS

@@ -91,6 +91,23 @@ class HostKind(Kind[str]):
         return host
 
 
+# How "not set" is written for an optional value: nothing, or the empty quotes that format()
+# prints so check-config output can be pasted into a shell or a manifest.
+_UNSET = ("", "''", '""')
+
+
+class ServerNameKind(HostKind):
+    """A host name or IP address to expect in a peer's certificate; empty means "not set"."""
+
+    metavar = "NAME"
+
+    def parse(self, text: str) -> str:
+        return "" if text in _UNSET else super().parse(text)
+
+    def format(self, value: str) -> str:
+        return value or "''"
+
+
 def _integer(text: str) -> int | None:
     """Strict decimal integer: no ``+``, spaces or ``_`` (Python's ``int()`` takes all three)."""
     return int(text) if re.fullmatch(r"-?[0-9]+", text) else None
@@ -134,11 +151,23 @@ class PortKind(IntKind):
 
 
 class FloatKind(Kind[float]):
+    """A number within ``[low, high]``; ``low_open``/``high_open`` leave that end out, for
+    ranges such as a rate that must be above 0 or a percentage that must stay below 100."""
+
     metavar = "NUMBER"
 
-    def __init__(self, low: float, high: float) -> None:
+    def __init__(
+        self, low: float, high: float, *, low_open: bool = False, high_open: bool = False
+    ) -> None:
         self.low, self.high = low, high
-        self.expected = f"expected a number {self.format(low)}-{self.format(high)}"
+        self.low_open, self.high_open = low_open, high_open
+        if low_open or high_open:
+            self.expected = (
+                f"expected a number {'>' if low_open else '>='} {self.format(low)} "
+                f"and {'<' if high_open else '<='} {self.format(high)}"
+            )
+        else:
+            self.expected = f"expected a number {self.format(low)}-{self.format(high)}"
 
     def parse(self, text: str) -> float:
         if not re.fullmatch(r"-?([0-9]+\.?[0-9]*|\.[0-9]+)", text):
@@ -151,7 +180,10 @@ class FloatKind(Kind[float]):
         return self._check(float(value))
 
     def _check(self, value: float) -> float:
-        if not self.low <= value <= self.high:  # also refuses NaN
+        # Each comparison is false for NaN, so NaN is refused whichever ends are open.
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        if not (above and below):
             raise ValueError(self.expected)
         return value
 
@@ -346,6 +378,56 @@ class CidrListKind(_ListKind[str]):
         return [
             str(n.network_address) if n.prefixlen == n.max_prefixlen else str(n) for n in networks
         ]
+
+
+class FileKind(Kind[str]):
+    """A file path; empty means "not set". Only the text is checked here: whether the file
+    exists and holds what it should is for whoever reads it (the TLS files are checked by
+    :func:`sidecar_proxy.tls.material.check_files`, with the same one-line errors)."""
+
+    metavar = "FILE"
+    expected = "expected a file path without control characters"
+
+    def parse(self, text: str) -> str:
+        if text in _UNSET:
+            return ""
+        if any(ord(c) < 0x20 for c in text):
+            raise ValueError(self.expected)
+        return text
+
+    def format(self, value: str) -> str:
+        return value or "''"
+
+
+class IdentityListKind(_ListKind[str]):
+    """Client identities: URI SANs (``spiffe://...``, any ``scheme://``) or DNS SANs, each
+    matched exactly or, with one trailing ``*``, as a prefix."""
+
+    expected = (
+        "expected a comma-separated list of URI SANs (spiffe://trust-domain/path) or DNS "
+        "names, each optionally ending in *"
+    )
+
+    def token(self, token: str) -> Iterable[str]:
+        stem = token.removesuffix("*")
+        if not stem or "*" in stem or re.search(r"[\s,]", stem):
+            raise ValueError(f"bad identity {token!r}; {self.expected}")
+        if "://" in stem:
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*://.*", stem):
+                raise ValueError(f"bad identity {token!r}; {self.expected}")
+            return (token,)
+        if not re.fullmatch(r"[A-Za-z0-9.-]+", stem):
+            raise ValueError(f"bad identity {token!r}; {self.expected}")
+        return (token.lower(),)  # DNS names compare case-insensitively (RFC 4343)
+
+    def parse(self, text: str) -> frozenset[str]:
+        return frozenset() if text.strip() in _UNSET else super().parse(text)
+
+    def format(self, value: frozenset[str]) -> str:
+        return ",".join(sorted(value)) if value else "''"
+
+    def to_json(self, value: frozenset[str]) -> list[str]:
+        return sorted(value)
 
 
 def _status(token: str, low: int, high: int) -> int | None:

@@ -220,6 +220,47 @@ def _check_relations(settings: Settings, origins: Mapping[str, _Origin]) -> None
             f"{describe('rate_limit_burst')} without {describe('rate_limit_rps')}: "
             "rate_limit_burst needs a rate_limit_rps above 0"
         )
+    if settings.circuit_breaker_slow_call_duration >= settings.request_timeout:
+        # request_timeout ends every wait for a response head: a call could only be that slow
+        # by a slow upload, which is the client's time, not the app's.
+        raise ConfigError(
+            f"{describe('circuit_breaker_slow_call_duration')} is not under "
+            f"{describe('request_timeout')}: circuit_breaker_slow_call_duration must be "
+            "less than request_timeout"
+        )
+    _check_tls(settings, origins, describe)
+
+
+def _check_tls(
+    settings: Settings, origins: Mapping[str, _Origin], describe: Callable[[str], str]
+) -> None:
+    """TLS settings that would silently do nothing, or half a certificate/key pair."""
+    for cert, key in (
+        ("tls_cert_file", "tls_key_file"),
+        ("upstream_cert_file", "upstream_key_file"),
+    ):
+        if bool(getattr(settings, cert)) != bool(getattr(settings, key)):
+            raise ConfigError(f"{describe(cert)} and {describe(key)}: set both or neither")
+    # Each of these means something only when the other setting is on; given explicitly (and
+    # not as its default) without it, the user expects protection they would not get.
+    defaults = Settings()
+    needs = {
+        "tls_min_version": ("tls_cert_file", settings.tls_cert_file != ""),
+        "tls_client_auth": ("tls_cert_file", settings.tls_cert_file != ""),
+        "tls_client_ca_file": ("tls_client_auth", settings.tls_client_auth != "none"),
+        "tls_allowed_identities": ("tls_client_auth", settings.tls_client_auth != "none"),
+        "upstream_ca_file": ("upstream_tls", settings.upstream_tls),
+        "upstream_server_name": ("upstream_tls", settings.upstream_tls),
+        "upstream_cert_file": ("upstream_tls", settings.upstream_tls),
+    }
+    for name, (needed, on) in needs.items():
+        if name in origins and not on and getattr(settings, name) != getattr(defaults, name):
+            raise ConfigError(f"{describe(name)} has no effect while {describe(needed)}")
+    if settings.tls_client_auth != "none" and not settings.tls_client_ca_file:
+        raise ConfigError(
+            f"{describe('tls_client_auth')} needs tls_client_ca_file: the CA certificates "
+            "client certificates are verified against"
+        )
 
 
 def _advice(settings: Settings) -> tuple[str, ...]:

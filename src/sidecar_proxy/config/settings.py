@@ -27,12 +27,15 @@ from sidecar_proxy.config.kinds import (
     CidrListKind,
     DurationKind,
     EnumKind,
+    FileKind,
     FloatKind,
     HostKind,
+    IdentityListKind,
     IntKind,
     Kind,
     PortKind,
     RetryOnKind,
+    ServerNameKind,
     SizeKind,
     StatusListKind,
 )
@@ -46,6 +49,7 @@ DURATION = DurationKind(allow_zero=True)
 POSITIVE_DURATION = DurationKind(allow_zero=False)
 COUNT = IntKind(0)
 BOOL = BoolKind()
+FILE = FileKind()
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +162,7 @@ class Settings:
         "CIRCUIT_BREAKER_THRESHOLD",
         COUNT,
         "5",
-        "consecutive failures that open the breaker; 0 disables it",
+        "consecutive failures that open the breaker; 0 = failures never do",
         live=True,
     )
     circuit_breaker_timeout: float = _setting(
@@ -181,6 +185,24 @@ class Settings:
         "5xx",
         "app responses that count as failures: codes 500-599 or 5xx",
         live=True,
+    )
+    circuit_breaker_slow_call_duration: float = _setting(
+        "CIRCUIT_BREAKER_SLOW_CALL_DURATION",
+        DURATION,
+        "0",
+        "attempts slower than this to the response head are slow calls; 0 = off; < request_timeout",
+    )
+    circuit_breaker_slow_call_rate: float = _setting(
+        "CIRCUIT_BREAKER_SLOW_CALL_RATE",
+        FloatKind(0, 1, low_open=True),
+        "0.5",
+        "share of slow calls in the window that opens the breaker",
+    )
+    circuit_breaker_window: int = _setting(
+        "CIRCUIT_BREAKER_WINDOW",
+        IntKind(1, 10_000),
+        "20",
+        "recent calls the slow-call rate is judged over (no verdict before that many)",
     )
     max_in_flight: int = _setting(
         "MAX_IN_FLIGHT",
@@ -326,6 +348,24 @@ class Settings:
         "200",
         "distinct path label values before the rest are counted as 'other'",
     )
+    slo_availability: float = _setting(
+        "SLO_AVAILABILITY",
+        FloatKind(0, 100, high_open=True),
+        "0",
+        "availability objective, percent of requests not answered 5xx (e.g. 99.9); 0 = off",
+    )
+    slo_latency: float = _setting(
+        "SLO_LATENCY",
+        DURATION,
+        "0",
+        "latency objective: requests answered within this are fast (e.g. 300ms); 0 = off",
+    )
+    slo_latency_objective: float = _setting(
+        "SLO_LATENCY_OBJECTIVE",
+        FloatKind(0, 100, low_open=True, high_open=True),
+        "99",
+        "percent of requests that must be answered within slo_latency",
+    )
     attempts_header: bool = _setting(
         "ATTEMPTS_HEADER", BOOL, "false", "add X-Sidecar-Attempts to responses", live=True
     )
@@ -387,6 +427,52 @@ class Settings:
         POSITIVE_DURATION,
         "30s",
         "longest an HTTP/2 response may wait on a flow-control window the client keeps at zero",
+    )
+    tls_cert_file: str = _setting(
+        "TLS_CERT_FILE",
+        FILE,
+        "",
+        "PEM certificate chain (leaf first) the proxy port serves; set with tls_key_file to "
+        "make the proxy port TLS-only",
+    )
+    tls_key_file: str = _setting("TLS_KEY_FILE", FILE, "", "PEM private key of tls_cert_file")
+    tls_min_version: str = _setting(
+        "TLS_MIN_VERSION", EnumKind("1.2", "1.3"), "1.2", "oldest TLS version accepted"
+    )
+    tls_client_ca_file: str = _setting(
+        "TLS_CLIENT_CA_FILE", FILE, "", "PEM CA certificates that client certificates must chain to"
+    )
+    tls_client_auth: str = _setting(
+        "TLS_CLIENT_AUTH",
+        EnumKind("none", "optional", "require"),
+        "none",
+        "ask clients for a certificate: none, optional (verified if sent) or require",
+    )
+    tls_allowed_identities: frozenset[str] = _setting(
+        "TLS_ALLOWED_IDENTITIES",
+        IdentityListKind(),
+        "",
+        "client URI SANs (spiffe://...) or DNS SANs let in, a trailing * matches any rest; "
+        "others get 403; empty = any verified client",
+    )
+    upstream_tls: bool = _setting("UPSTREAM_TLS", BOOL, "false", "speak TLS to the app")
+    upstream_ca_file: str = _setting(
+        "UPSTREAM_CA_FILE",
+        FILE,
+        "",
+        "PEM CA certificates the app's certificate must chain to; empty = the system's",
+    )
+    upstream_server_name: str = _setting(
+        "UPSTREAM_SERVER_NAME",
+        ServerNameKind(),
+        "",
+        "name sent as SNI and checked against the app's certificate; empty = upstream_host",
+    )
+    upstream_cert_file: str = _setting(
+        "UPSTREAM_CERT_FILE", FILE, "", "PEM client certificate chain presented to the app"
+    )
+    upstream_key_file: str = _setting(
+        "UPSTREAM_KEY_FILE", FILE, "", "PEM private key of upstream_cert_file"
     )
 
 

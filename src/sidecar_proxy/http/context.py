@@ -18,7 +18,7 @@ from sidecar_proxy.http.legs import AppPool
 from sidecar_proxy.http.phase import IllegalTransition
 from sidecar_proxy.http.pool import H1Pool
 from sidecar_proxy.policy.backoff import Backoff
-from sidecar_proxy.policy.breaker import BreakerState, CircuitBreaker
+from sidecar_proxy.policy.breaker import BreakerState, CircuitBreaker, OpenReason
 from sidecar_proxy.policy.budget import RetryBudget
 from sidecar_proxy.policy.ratelimit import RateLimit
 from sidecar_proxy.policy.retry import RetryPolicy
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from sidecar_proxy.lifecycle.health import HealthState
     from sidecar_proxy.observe.metrics import Metrics
     from sidecar_proxy.observe.recorder import Recorder
+    from sidecar_proxy.tls.upstream import UpstreamTLS
 
 log = logging.getLogger("sidecar_proxy.breaker")
 bug_log = logging.getLogger("sidecar_proxy.exchange")
@@ -38,14 +39,24 @@ bug_log = logging.getLogger("sidecar_proxy.exchange")
 TICK = 0.05
 
 
-def app_pool(loop: asyncio.AbstractEventLoop, settings: Settings, metrics: Metrics) -> AppPool:
+def app_pool(
+    loop: asyncio.AbstractEventLoop,
+    settings: Settings,
+    metrics: Metrics,
+    upstream_tls: UpstreamTLS | None = None,
+) -> AppPool:
     """The app pool the settings ask for: HTTP/1.1 connections, or h2c streams."""
     if settings.upstream_protocol == "h2c":
         return H2AppPool(loop, settings, metrics.on_upstream_connection)
-    return new_pool(loop, settings, metrics)
+    return new_pool(loop, settings, metrics, upstream_tls)
 
 
-def new_pool(loop: asyncio.AbstractEventLoop, settings: Settings, metrics: Metrics) -> H1Pool:
+def new_pool(
+    loop: asyncio.AbstractEventLoop,
+    settings: Settings,
+    metrics: Metrics,
+    upstream_tls: UpstreamTLS | None = None,
+) -> H1Pool:
     """The HTTP/1.1 app pool."""
     return H1Pool(
         loop,
@@ -57,6 +68,7 @@ def new_pool(loop: asyncio.AbstractEventLoop, settings: Settings, metrics: Metri
         max_head_bytes=settings.max_header_bytes,
         max_header_count=settings.max_header_count,
         on_connection=metrics.on_upstream_connection,
+        tls=upstream_tls,
     )
 
 
@@ -101,6 +113,7 @@ class ProxyContext:
         health: HealthState,
         *,
         pool: AppPool | None = None,
+        upstream_tls: UpstreamTLS | None = None,
     ) -> None:
         self.loop = loop
         self.settings = settings
@@ -108,13 +121,16 @@ class ProxyContext:
         self.recorder = recorder
         self.health = health
         # Tests give a pool of fake legs; a proxy makes the one its settings ask for.
-        self.pool: AppPool = pool or app_pool(loop, settings, metrics)
+        self.pool: AppPool = pool or app_pool(loop, settings, metrics, upstream_tls)
         self.breaker = CircuitBreaker(
             settings.circuit_breaker_threshold,
             settings.circuit_breaker_timeout,
             settings.circuit_breaker_half_open_requests,
             loop.time,
             on_transition=self._breaker_transition,
+            slow_call_duration=settings.circuit_breaker_slow_call_duration,
+            slow_call_rate=settings.circuit_breaker_slow_call_rate,
+            window=settings.circuit_breaker_window,
         )
         self.limiter = ConcurrencyLimit(settings.max_in_flight)
         self.budget = self._budget(settings)
@@ -206,10 +222,15 @@ class ProxyContext:
             self.ticker.cancel()
             self.ticker = None
 
-    def _breaker_transition(self, old: BreakerState, new: BreakerState) -> None:
-        self.metrics.on_breaker_transition(old, new)
+    def _breaker_transition(
+        self, old: BreakerState, new: BreakerState, reason: OpenReason | None
+    ) -> None:
+        self.metrics.on_breaker_transition(old, new, reason)
         level = logging.WARNING if new is BreakerState.OPEN else logging.INFO
-        log.log(level, "circuit breaker " + new.name.lower(), extra={"from": old.name.lower()})
+        extra = {"from": old.name.lower()}
+        if reason is not None:
+            extra["reason"] = reason.value
+        log.log(level, "circuit breaker " + new.name.lower(), extra=extra)
 
 
 def _budget_settings(s: Settings) -> tuple[float, int, float]:

@@ -50,6 +50,7 @@ from sidecar_proxy.observe.tracecontext import trace_id
 from sidecar_proxy.policy.backoff import parse_retry_after
 from sidecar_proxy.policy.breaker import BreakerState
 from sidecar_proxy.policy.retry import REASON_BUDGET, REASON_EXHAUSTED, Failure
+from sidecar_proxy.tls.identity import Peer
 
 log = logging.getLogger("sidecar_proxy.exchange")
 
@@ -64,8 +65,11 @@ _FAILURES = {
     Failure.TIMEOUT: (504, R.ERR_TIMEOUT, R.UPSTREAM_TIMEOUT, "the app did not answer in time"),
 }
 
+# the flag of a request the client leg rejected, by status; any other status is DPE
+_REJECTION_FLAGS = {408: R.DOWNSTREAM_TIMEOUT, 403: R.CLIENT_IDENTITY_DENIED}
 
-def new_record(head: RequestHead, remote_addr: str) -> Record:
+
+def new_record(head: RequestHead, remote_addr: str, tls_peer: Peer | None) -> Record:
     """The record of a request whose head a client leg has just parsed."""
     # Not loop.time(): uvloop's is libuv's cached millisecond clock, too coarse for the
     # 1 ms histogram bucket. Timers still use loop.time(); only measurements use this.
@@ -78,6 +82,9 @@ def new_record(head: RequestHead, remote_addr: str) -> Record:
     rid = head.request_id
     rec.request_id = rid.decode("ascii") if valid_request_id(rid) else new_request_id()
     rec.trace_id, rec.traced = trace_id(head.traceparent, head.b3_trace_id, rec.request_id)
+    if tls_peer is not None:
+        rec.tls_version = tls_peer.version
+        rec.client_identity = tls_peer.identity
     return rec
 
 
@@ -87,6 +94,7 @@ class Exchange:
     __slots__ = (
         "admitted",
         "app",
+        "attempt_at",
         "attempt_no",
         "chunks",
         "client",
@@ -145,6 +153,7 @@ class Exchange:
         self.attempt_no = 0
         self.timer: asyncio.TimerHandle | None = None  # per-try timeout, or the backoff
         self.admitted = False  # holds a breaker permit that still needs a verdict
+        self.attempt_at = 0.0  # loop time the breaker admitted the current attempt
         self.limited = False  # holds a concurrency slot
         self.last_failure: tuple[int, str] | None = None  # what a retry was for
         self.deadline = 0.0  # for the app's response head; checked by on_tick
@@ -182,9 +191,7 @@ class Exchange:
         """The client leg found the request malformed, too large or too slow."""
         if self.phase is DONE:
             return
-        self.rec.flags.append(
-            R.DOWNSTREAM_TIMEOUT if status == 408 else R.DOWNSTREAM_PROTOCOL_ERROR
-        )
+        self.rec.flags.append(_REJECTION_FLAGS.get(status, R.DOWNSTREAM_PROTOCOL_ERROR))
         if self.phase is QUEUED:
             self.rejected = (status, detail)  # answered in its turn (see start)
         elif self.committed and not self.client.retract():
@@ -243,6 +250,7 @@ class Exchange:
             )
             return
         self.admitted = True
+        self.attempt_at = ctx.loop.time()
         rec.attempts += 1
         self.attempt_no += 1
         self.resp = None
@@ -302,12 +310,14 @@ class Exchange:
         if trust and h.forwarded_proto:
             xfp = b"X-Forwarded-Proto: " + h.forwarded_proto + CRLF
         else:
-            xfp = b"X-Forwarded-Proto: http\r\n"
+            xfp = client.proto_line
         fhost = h.forwarded_host if trust and h.forwarded_host else h.host
         if fhost:
             lines = [xff, xfp, b"X-Forwarded-Host: " + fhost + CRLF, self.rid_line]
         else:
             lines = [xff, xfp, self.rid_line]
+        if client.xfcc_line:  # a verified client certificate
+            lines.append(client.xfcc_line)
         if not h.host_count:  # HTTP/1.0 without Host; an empty Host is forwarded as it is
             lines.insert(0, b"Host: %b:%d\r\n" % (s.upstream_host.encode(), s.upstream_port))
         return lines
@@ -522,9 +532,9 @@ class Exchange:
             return
         self.admitted = False
         if failed:
-            self.ctx.breaker.record_failure()
+            self.ctx.breaker.record_failure(self.attempt_at)
         else:
-            self.ctx.breaker.record_success()
+            self.ctx.breaker.record_success(self.attempt_at)
 
     def _retry(self, failure: Failure | None, status: int | None) -> bool:
         """Ask the policy whether to try again; if so, drop this attempt and schedule the next."""

@@ -48,6 +48,9 @@ REQUEST_FIELDS: Final[dict[bytes, int]] = {
     b"x-forwarded-for": REQ_X_FORWARDED_FOR,
     b"x-forwarded-proto": REQ_X_FORWARDED_PROTO,
     b"x-forwarded-host": REQ_X_FORWARDED_HOST,
+    # Only the sidecar vouches for a client certificate: an incoming one is always a forgery
+    # (Envoy's SANITIZE); the verified one is added by the exchange.
+    b"x-forwarded-client-cert": REQ_HOP,
 }
 
 # What the app leg does with a response field (absent: forward it).

@@ -49,6 +49,17 @@ class ClientLeg(Protocol):
         ...
 
     @property
+    def proto_line(self) -> bytes:
+        """``X-Forwarded-Proto: http|https\r\n``: how the client reached the proxy."""
+        ...
+
+    @property
+    def xfcc_line(self) -> bytes:
+        """``X-Forwarded-Client-Cert: ...\r\n`` for a verified client certificate, else
+        empty."""
+        ...
+
+    @property
     def write_paused(self) -> bool:
         """The client reads slower than the app sends: a stalled body is not the app's fault."""
         ...

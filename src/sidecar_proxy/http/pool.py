@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from sidecar_proxy.http.h1.app import H1AppConnection
 from sidecar_proxy.http.legs import ConnectCallback
+from sidecar_proxy.tls.upstream import UpstreamTLS
 
 
 class H1Pool:
@@ -36,6 +37,7 @@ class H1Pool:
         "max_idle",
         "on_connection",
         "port",
+        "tls",
     )
 
     def __init__(
@@ -50,6 +52,7 @@ class H1Pool:
         max_head_bytes: int,
         max_header_count: int,
         on_connection: Callable[[bool], None],
+        tls: UpstreamTLS | None = None,
     ) -> None:
         self.loop = loop
         self.host = host
@@ -61,6 +64,7 @@ class H1Pool:
         self.max_head_bytes = max_head_bytes
         self.max_header_count = max_header_count
         self.on_connection = on_connection  # metrics hook: True when reused
+        self.tls = tls
         self._idle: list[H1AppConnection] = []
         self._closed = False
         self._sweeper: asyncio.TimerHandle | None = None
@@ -91,9 +95,15 @@ class H1Pool:
 
     async def _connect(self, done: ConnectCallback) -> None:
         try:
+            # the connect timeout bounds the TLS handshake too
             async with asyncio.timeout(self.connect_timeout):
+                tls = self.tls
                 _, conn = await self.loop.create_connection(
-                    lambda: H1AppConnection(self), self.host, self.port
+                    lambda: H1AppConnection(self),
+                    self.host,
+                    self.port,
+                    ssl=tls.context() if tls is not None else None,
+                    server_hostname=tls.server_name if tls is not None else None,
                 )
         except (OSError, TimeoutError) as exc:
             done(None, exc)

@@ -29,7 +29,7 @@ import math
 import platform
 import time
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Final
 
@@ -47,6 +47,9 @@ from prometheus_client.utils import floatToGoString
 
 from sidecar_proxy import __version__
 from sidecar_proxy.observe import record
+from sidecar_proxy.observe.slo import SloWindows
+from sidecar_proxy.tls.accept import HANDSHAKE_ERRORS
+from sidecar_proxy.tls.material import CertInfo
 
 # The seed's request-duration buckets, also used for the upstream response time so the two can
 # be compared bucket by bucket.
@@ -55,6 +58,8 @@ BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # sidecar_circuit_breaker_transitions_total{to} values, indexed by the breaker state's
 # sidecar_circuit_breaker_state value (the seed's encoding: 0 closed, 1 open, 2 half-open).
 BREAKER_STATES = ("closed", "open", "half_open")
+# sidecar_circuit_breaker_opened_total{reason} values: the breaker's OpenReason values.
+BREAKER_OPEN_REASONS = ("failures", "slow_calls")
 
 UPSTREAM_ERROR_TYPES = (
     record.ERR_CONNECTION,
@@ -64,6 +69,7 @@ UPSTREAM_ERROR_TYPES = (
     record.ERR_RESET,
     record.ERR_PROTOCOL,
 )
+TLS_RELOAD_RESULTS = ("success", "failure")
 REJECT_SHED = "shed"
 REJECT_CIRCUIT_OPEN = "circuit_open"
 REJECT_RATE_LIMIT = "rate_limit"
@@ -195,14 +201,64 @@ class RequestSeries(Collector):
         return families
 
 
-class Metrics:
-    """The sidecar's metrics; ``registry`` is what the admin server exposes."""
+_BURN_RATE = (
+    "sidecar_slo_burn_rate",
+    "Error-budget burn rate over the window: the bad share of requests divided by the budget",
+)
+_BUDGET_LEFT = (
+    "sidecar_slo_error_budget_remaining",
+    "Share of the 30-day error budget left, over what this process has seen (negative: overspent)",
+)
 
-    def __init__(self) -> None:
+
+class SloSeries(Collector):
+    """The SLO gauges, computed from :class:`~sidecar_proxy.observe.slo.SloWindows` when scraped.
+
+    The families are always declared; they have samples only for the SLOs that are on.
+    ``clock`` must be the clock the recorder stamps requests with (``time.monotonic``).
+    """
+
+    LABEL_NAMES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
+        {_BURN_RATE[0]: ("slo", "window"), _BUDGET_LEFT[0]: ("slo",)}
+    )
+
+    def __init__(self, windows: SloWindows | None, clock: Callable[[], float]) -> None:
+        self._windows = windows
+        self._clock = clock
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families(self._windows)
+
+    def _families(self, windows: SloWindows | None = None) -> list[Metric]:
+        labels = self.LABEL_NAMES
+        burn = GaugeMetricFamily(*_BURN_RATE, labels=labels[_BURN_RATE[0]])
+        left = GaugeMetricFamily(*_BUDGET_LEFT, labels=labels[_BUDGET_LEFT[0]])
+        if windows is not None:
+            burn_rates, budgets = windows.report(self._clock())
+            for slo, window, rate in burn_rates:
+                burn.add_metric((slo, window), rate)
+            for slo, remaining in budgets:
+                left.add_metric((slo,), remaining)
+        return [burn, left]
+
+
+class Metrics:
+    """The sidecar's metrics; ``registry`` is what the admin server exposes.
+
+    ``slo`` are the SLO windows the recorder feeds and the scrape reports; ``None`` when no SLO
+    is set, and then the SLO gauges have no samples.
+    """
+
+    def __init__(self, slo: SloWindows | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = RequestSeries()
         r.register(self.requests)
+        self.slo = slo
+        r.register(SloSeries(slo, time.monotonic))
         self.upstream_errors = Counter(
             "sidecar_upstream_errors_total",
             "Total number of upstream errors",
@@ -218,6 +274,12 @@ class Metrics:
             "sidecar_circuit_breaker_transitions_total",
             "Circuit breaker state changes, by the state entered",
             ("to",),
+            registry=r,
+        )
+        self.circuit_breaker_opened = Counter(
+            "sidecar_circuit_breaker_opened_total",
+            "Circuit breaker openings, by what opened it (failures or slow_calls)",
+            ("reason",),
             registry=r,
         )
         self.retries = Counter(
@@ -253,6 +315,30 @@ class Metrics:
             ("result",),
             registry=r,
         )
+        self.tls_handshake_errors = Counter(
+            "sidecar_tls_handshake_errors",
+            "TLS handshakes on the proxy port that failed, by reason",
+            ("reason",),
+            registry=r,
+        )
+        self.tls_certificate_expiry = Gauge(
+            "sidecar_tls_certificate_expiry_timestamp_seconds",
+            "When each loaded certificate file expires, in Unix seconds (a CA bundle: its soonest)",
+            ("file",),
+            registry=r,
+        )
+        self.tls_reloads = Counter(
+            "sidecar_tls_reloads",
+            "Changes of the TLS files acted on: loaded (success) or rejected, the old material "
+            "kept (failure)",
+            ("result",),
+            registry=r,
+        )
+        self.tls_reload_failing = Gauge(
+            "sidecar_tls_reload_failing",
+            "Sets of TLS files whose current version was rejected; older material serves",
+            registry=r,
+        )
         build_info = Gauge(
             "sidecar_build_info",
             "Build information; the value is always 1",
@@ -265,22 +351,31 @@ class Metrics:
             self.upstream_errors.labels(error_type)
         for reason in (REJECT_SHED, REJECT_CIRCUIT_OPEN, REJECT_RATE_LIMIT):
             self.requests_rejected.labels(reason)
+        self._handshake_errors = {
+            reason: self.tls_handshake_errors.labels(reason) for reason in HANDSHAKE_ERRORS
+        }
+        self._tls_reloads = tuple(self.tls_reloads.labels(result) for result in TLS_RELOAD_RESULTS)
         self._transitions = tuple(
             self.circuit_breaker_transitions.labels(s) for s in BREAKER_STATES
         )
         self.app_ready.set(1)
         self._reloads = {ok: self.config_reloads.labels(RELOAD_RESULTS[ok]) for ok in (True, False)}
+        for reason in BREAKER_OPEN_REASONS:
+            self.circuit_breaker_opened.labels(reason)
 
-    def on_breaker_transition(self, old: int, new: int) -> None:
-        """The breaker moved from state ``old`` to ``new``, given as gauge values (0, 1, 2).
+    def on_breaker_transition(self, old: int, new: int, reason: str | None) -> None:
+        """The breaker moved from state ``old`` to ``new``, given as gauge values (0, 1, 2);
+        ``reason`` is why it opened, on transitions to open, else ``None``.
 
-        The breaker's ``IntEnum`` states are those values. It calls this synchronously on every
-        transition, so the gauge is never stale (the seed set it only on requests it let through,
-        so it read "closed" while the breaker was open). ``old`` completes the callback's
-        signature; the metrics only need ``new``.
+        The breaker's ``IntEnum`` states are those values and its ``StrEnum`` reasons these
+        strings. It calls this synchronously on every transition, so the gauge is never stale
+        (the seed set it only on requests it let through, so it read "closed" while the breaker
+        was open). ``old`` completes the callback's signature; the metrics only need ``new``.
         """
         self.circuit_breaker_state.set(new)
         self._transitions[new].inc()
+        if reason is not None:
+            self.circuit_breaker_opened.labels(reason).inc()
 
     def on_upstream_connection(self, reused: bool) -> None:
         """A request to the app got a connection: a pooled one (``reused``) or a new one."""
@@ -308,3 +403,21 @@ class Metrics:
     def access_log_drop(self, lines: int) -> None:
         """``on_drop`` callback for :class:`~sidecar_proxy.observe.accesslog.AccessLog`."""
         self.access_log_dropped.inc(lines)
+
+    def tls_handshake_error(self, reason: str) -> None:
+        """A TLS handshake failed; ``reason`` is one of ``tls.accept.HANDSHAKE_ERRORS``."""
+        self._handshake_errors[reason].inc()
+
+    def tls_loaded(self, certs: Iterable[CertInfo]) -> None:
+        """Certificates were loaded (at start-up or by a reload): their files' expiry."""
+        soonest: dict[str, float] = {}
+        for cert in certs:
+            ts = cert.not_after.timestamp()
+            soonest[cert.path] = min(ts, soonest.get(cert.path, ts))
+        for path, ts in soonest.items():
+            self.tls_certificate_expiry.labels(path).set(ts)
+
+    def tls_reload(self, ok: bool, failing: int) -> None:
+        """A reload was tried; ``failing`` sets of files are now rejected."""
+        self._tls_reloads[0 if ok else 1].inc()
+        self.tls_reload_failing.set(failing)

@@ -25,6 +25,7 @@ RETRIES_EXHAUSTED = "URX"  # the last attempt failed too and retries ran out
 RETRY_BUDGET_EXHAUSTED = "RBX"  # a retry was wanted but the retry budget refused it
 DOWNSTREAM_TIMEOUT = "DT"  # the client was too slow sending the request
 LOCAL_REPLY = "LR"  # answered by the sidecar itself (health probe on the proxy port)
+CLIENT_IDENTITY_DENIED = "CID"  # the client certificate's identity is not allowed in (403)
 
 # Label values of sidecar_upstream_errors_total{type}. The first three are the seed's.
 ERR_CONNECTION = "connection_error"
@@ -44,6 +45,7 @@ class Record:
         "attempts",
         "bytes_in",
         "bytes_out",
+        "client_identity",
         "end",
         "flags",
         "has_query",
@@ -56,6 +58,7 @@ class Record:
         "start",
         "start_wall",
         "status",
+        "tls_version",
         "trace_id",
         "traced",
         "ttfb",
@@ -84,3 +87,5 @@ class Record:
         self.retries_refused = 0  # retries the budget refused
         self.flags: list[str] = []
         self.upstream_errors: list[str] = []  # one entry per failed attempt, ERR_* values
+        self.tls_version = ""  # "TLSv1.3"; "" on a plain-HTTP listener
+        self.client_identity = ""  # first URI SAN, else first DNS SAN, of the client certificate

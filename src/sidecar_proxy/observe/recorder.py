@@ -20,11 +20,17 @@ Access-log fields: ``time`` (RFC 3339 UTC, milliseconds, when the request head w
 ``query`` (whether there was one; query strings carry tokens and personal data, so they are not
 logged), ``status``, ``duration_ms``, ``upstream_ttfb_ms`` (null when the app never answered),
 ``bytes_in``, ``bytes_out``, ``request_id``, ``trace_id``, ``remote_addr``, ``user_agent``,
-``attempts``, ``flags``. ``flags`` holds the Envoy-style response flags joined with ``,``, and is
-``""`` when there are none: Envoy writes ``-`` in its text format, but in JSON an empty string is
-the natural "nothing", and it is falsy for every log query language. The data path decodes
-request bytes as latin-1, so every string is encodable as-is (orjson refuses only lone
-surrogates, which latin-1 never produces).
+``attempts``, ``flags``, ``tls_version`` and ``client_identity`` (both ``""`` without TLS, the
+second also without a client certificate). ``flags`` holds the Envoy-style response flags joined
+with ``,``, and is ``""`` when there are none: Envoy writes ``-`` in its text format, but in JSON
+an empty string is the natural "nothing", and it is falsy for every log query language. The data
+path decodes request bytes as latin-1, so every string is encodable as-is (orjson refuses only
+lone surrogates, which latin-1 never produces).
+
+With an SLO set, each request also goes to :meth:`~sidecar_proxy.observe.slo.SloWindows.record`
+(the health probes the sidecar answers itself aside): its end, its status, and its latency, the
+time to the app's response head or, when there was none, the whole duration. With none set the
+check is one attribute test.
 
 ``sidecar_upstream_errors_total`` counts ``ex.upstream_errors`` as given: one entry per failed
 attempt, plus the ``circuit_open`` entry the data path adds when the breaker refuses a request
@@ -52,7 +58,13 @@ from sidecar_proxy.observe.metrics import (
     Metrics,
 )
 from sidecar_proxy.observe.paths import PathLabeler, method_label
-from sidecar_proxy.observe.record import BREAKER_OPEN, LOAD_SHED, RATE_LIMITED, Record
+from sidecar_proxy.observe.record import (
+    BREAKER_OPEN,
+    LOAD_SHED,
+    LOCAL_REPLY,
+    RATE_LIMITED,
+    Record,
+)
 
 _LOG_OPTIONS = orjson.OPT_APPEND_NEWLINE
 
@@ -71,6 +83,7 @@ class Recorder:
         "_retries_refused",
         "_series",
         "_shed",
+        "_slo",
         "_timestamps",
     )
 
@@ -86,6 +99,7 @@ class Recorder:
         self._breaker_rejected = metrics.requests_rejected.labels(REJECT_CIRCUIT_OPEN)
         self._rate_limited = metrics.requests_rejected.labels(REJECT_RATE_LIMIT)
         self._errors: dict[str, Counter] = {}
+        self._slo = metrics.slo
 
     def set_access_log(self, access_log: AccessLog | None) -> None:
         """Write access-log lines to ``access_log`` from now on, or none (a reload)."""
@@ -134,6 +148,9 @@ class Recorder:
                 self._rate_limited.inc()
         series.request_bytes += ex.bytes_in
         series.response_bytes += ex.bytes_out
+        slo = self._slo
+        if slo is not None and not (flags and LOCAL_REPLY in flags):
+            slo.record(now, status, duration if ttfb is None else ttfb)
 
         access_log = self._access_log
         if access_log is None:
@@ -155,6 +172,8 @@ class Recorder:
             "user_agent": ex.user_agent,
             "attempts": attempts,
             "flags": ",".join(flags),
+            "tls_version": ex.tls_version,
+            "client_identity": ex.client_identity,
         }
         access_log.write(orjson.dumps(entry, option=_LOG_OPTIONS))
 

@@ -9,7 +9,7 @@ randomness from an injected function, so the tests drive them exactly, without s
 """
 
 from sidecar_proxy.policy.backoff import Backoff, parse_retry_after
-from sidecar_proxy.policy.breaker import BreakerState, CircuitBreaker
+from sidecar_proxy.policy.breaker import BreakerState, CircuitBreaker, OpenReason
 from sidecar_proxy.policy.budget import RetryBudget
 from sidecar_proxy.policy.clock import Clock
 from sidecar_proxy.policy.retry import IDEMPOTENT_METHODS, Decision, Failure, RetryPolicy
@@ -24,6 +24,7 @@ __all__ = [
     "ConcurrencyLimit",
     "Decision",
     "Failure",
+    "OpenReason",
     "RetryBudget",
     "RetryPolicy",
     "parse_retry_after",

@@ -62,6 +62,8 @@ from sidecar_proxy.http.headers import (
 from sidecar_proxy.http.legs import ClientEvents, Trailers
 from sidecar_proxy.http.phase import IllegalTransition
 from sidecar_proxy.http.replies import local_reply, status_line
+from sidecar_proxy.tls.accept import ServerTLS
+from sidecar_proxy.tls.identity import Peer
 
 log = logging.getLogger("sidecar_proxy.exchange")
 
@@ -79,6 +81,7 @@ _LINGER_SECONDS = 2.0
 _LINGER_BYTES = 8 * 1024 * 1024
 
 _SUPPORTED_VERSIONS = frozenset({"1.0", "1.1"})
+_FORBIDDEN = (403, "the client certificate's identity is not allowed")
 
 
 class ClientState(enum.IntEnum):
@@ -102,6 +105,9 @@ BUSY: Final = ClientState.BUSY
 TUNNEL: Final = ClientState.TUNNEL
 LINGERING: Final = ClientState.LINGERING
 CLOSED: Final = ClientState.CLOSED
+
+_PROTO_HTTP = b"X-Forwarded-Proto: http\r\n"
+_PROTO_HTTPS = b"X-Forwarded-Proto: https\r\n"
 
 
 class _Reject(Exception):
@@ -138,14 +144,22 @@ class H1ClientConnection(asyncio.Protocol):
         "forwarded_for_line",
         "parsing",
         "peer",
+        "proto_line",
         "queue",
         "remote_addr",
+        "tls",
+        "tls_peer",
         "transport",
         "write_paused",
+        "xfcc_line",
     )
 
-    def __init__(self, ctx: ProxyContext) -> None:
+    def __init__(self, ctx: ProxyContext, tls: ServerTLS | None = None) -> None:
         self.ctx = ctx
+        self.tls = tls
+        self.tls_peer: Peer | None = None
+        self.proto_line = _PROTO_HTTP
+        self.xfcc_line = b""
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
         self.remote_addr = ""
@@ -185,6 +199,10 @@ class H1ClientConnection(asyncio.Protocol):
         self.peer = self.remote_addr.encode()
         # what nearly every request forwards: no incoming X-Forwarded-For, just this client
         self.forwarded_for_line = b"X-Forwarded-For: " + self.peer + CRLF
+        if self.tls is not None:
+            tls_peer = self.tls_peer = self.tls.peer(transport)
+            self.xfcc_line = tls_peer.xfcc_line
+            self.proto_line = _PROTO_HTTPS
         ctx = self.ctx
         ctx.connections.add(self)
         ctx.metrics.connection_opened()
@@ -214,11 +232,17 @@ class H1ClientConnection(asyncio.Protocol):
         if self._state >= LINGERING:
             return
         t = self.transport
-        if t is not None and (self._state in (HEAD, BODY) or self._read_block & _PAUSE_REJECTED):
+        if (
+            t is not None
+            and (self._state in (HEAD, BODY) or self._read_block & _PAUSE_REJECTED)
+            and t.can_write_eof()
+        ):
             # The client may still be sending (a body we answered early, bytes after a rejected
             # request). Closing with them unread makes the kernel reset the connection, which can
             # destroy the answer just written. RFC 9112 §9.6: half-close, read and discard for a
-            # while, then close; nginx's lingering_close does the same.
+            # while, then close; nginx's lingering_close does the same. A TLS transport cannot
+            # half-close; its close() sends close_notify and reads on until the client's, bounded
+            # by the TLS listener's shutdown timeout, which serves the same end.
             self._state = LINGERING
             t.write_eof()
             self._linger_until = self.ctx.loop.time() + _LINGER_SECONDS
@@ -251,7 +275,7 @@ class H1ClientConnection(asyncio.Protocol):
                 self.ctx.connections.discard(self)
                 self._state = CLOSED
                 transport, self.transport = self.transport, None
-                take_over(self.ctx, transport, data)
+                take_over(self.ctx, transport, data, self.proto_line, self.tls_peer)
                 return
         state = self._state
         if state is LINGERING:
@@ -429,9 +453,10 @@ class H1ClientConnection(asyncio.Protocol):
         cur.keep_alive = parser.should_keep_alive()
         if not cur.method:
             cur.method = parser.get_method()
-        problem = self._check(cur)
+        peer = self.tls_peer
+        problem = _FORBIDDEN if peer is not None and not peer.allowed else self._check(cur)
         has_body = cur.chunked or bool(cur.content_length)
-        ex = Exchange(ctx, self, cur, new_record(cur, self.remote_addr), has_body)
+        ex = Exchange(ctx, self, cur, new_record(cur, self.remote_addr, self.tls_peer), has_body)
         self.parsing = ex
         self.queue.append(ex)
         ctx.recorder.started()
@@ -537,7 +562,13 @@ class H1ClientConnection(asyncio.Protocol):
                 cur.method = self._parser.get_method()
             except httptools.HttpParserError:
                 cur.method = b""
-        ex = Exchange(self.ctx, self, cur, new_record(cur, self.remote_addr), body_follows=False)
+        ex = Exchange(
+            self.ctx,
+            self,
+            cur,
+            new_record(cur, self.remote_addr, self.tls_peer),
+            body_follows=False,
+        )
         ex.reject(status, detail)
         self.parsing = ex
         self.queue.append(ex)

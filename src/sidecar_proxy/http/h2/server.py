@@ -40,8 +40,11 @@ from sidecar_proxy.http.h2.heads import (
 )
 from sidecar_proxy.http.h2.hpack import Field
 from sidecar_proxy.http.legs import ClientEvents, Trailers
+from sidecar_proxy.tls.identity import Peer
 
 _DRAIN_PING: Final = b"drain\x00\x00\x00"
+# as the HTTP/1.1 leg answers every request of a client whose certificate is not let in
+_FORBIDDEN: Final = (403, "the client certificate's identity is not allowed")
 _DRAIN_RTT: Final = 1.0  # the longest a drain waits for its PING to come back
 
 
@@ -64,7 +67,7 @@ def new_exchange(
     conn: H2ServerConnection, leg: H2ClientStream, head: RequestHead, body_follows: bool
 ) -> ClientEvents:
     ctx = conn.ctx
-    ex = Exchange(ctx, leg, head, new_record(head, conn.remote_addr), body_follows)
+    ex = Exchange(ctx, leg, head, new_record(head, conn.remote_addr, conn.tls_peer), body_follows)
     ctx.recorder.started()
     return ex
 
@@ -74,14 +77,22 @@ ExchangeFactory = Callable[
 ]
 
 
-def take_over(ctx: ProxyContext, transport: asyncio.BaseTransport, data: bytes) -> None:
-    """An HTTP/1.1 client leg saw the preface in ``data``: from now on this is HTTP/2.
+def take_over(
+    ctx: ProxyContext,
+    transport: asyncio.BaseTransport,
+    data: bytes,
+    proto_line: bytes,
+    tls_peer: Peer | None,
+) -> None:
+    """An HTTP/1.1 client leg saw the preface in ``data`` (with prior knowledge, or after ALPN
+    chose h2): from now on this is HTTP/2. The leg passes on what it knows of the connection:
+    its ``X-Forwarded-Proto`` line and, over TLS, the client's identity.
 
     The HTTP/1.1 leg has counted the connection as opened and forgets it; this connection takes
     its place among the context's connections and will count it closed."""
     conn = H2ServerConnection(ctx)
     transport.set_protocol(conn)
-    conn.adopt(transport)
+    conn.adopt(transport, proto_line, tls_peer)
     conn.data_received(data)
 
 
@@ -95,7 +106,10 @@ class H2ServerConnection(H2Connection):
         "_preface",
         "ctx",
         "peer",
+        "proto_line",
         "remote_addr",
+        "tls_peer",
+        "xfcc_line",
         "xff_line",
     )
 
@@ -106,6 +120,9 @@ class H2ServerConnection(H2Connection):
         self.remote_addr = ""
         self.peer = b""
         self.xff_line = b""
+        self.proto_line = b""
+        self.tls_peer: Peer | None = None
+        self.xfcc_line = b""
         self._preface = F.PREFACE  # what is still to come of it
         self._last_id = 0
         # ids the client skipped (RFC 9113 §5.1.1 lets it), as (first, last) ranges: HEADERS on
@@ -117,15 +134,18 @@ class H2ServerConnection(H2Connection):
 
     # == lifecycle ===============================================================================
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.ctx.metrics.connection_opened()
-        self.adopt(transport)
-
-    def adopt(self, transport: asyncio.BaseTransport) -> None:
+    def adopt(
+        self, transport: asyncio.BaseTransport, proto_line: bytes, tls_peer: Peer | None
+    ) -> None:
+        """Take a connection the HTTP/1.1 leg accepted (see :func:`take_over`)."""
         peer = transport.get_extra_info("peername")
         self.remote_addr = peer[0] if peer else ""
         self.peer = self.remote_addr.encode()
         self.xff_line = b"X-Forwarded-For: " + self.peer + b"\r\n"
+        self.proto_line = proto_line
+        self.tls_peer = tls_peer
+        if tls_peer is not None:
+            self.xfcc_line = tls_peer.xfcc_line
         self.ctx.connections.add(self)
         self.start(as_transport(transport))
 
@@ -190,7 +210,10 @@ class H2ServerConnection(H2Connection):
         elif length is not None:
             st.length_left = length
         limit = s.max_request_body_bytes
-        if problem is None and limit and length is not None and length > limit:
+        tls_peer = self.tls_peer
+        if tls_peer is not None and not tls_peer.allowed:
+            problem = _FORBIDDEN
+        elif problem is None and limit and length is not None and length > limit:
             problem = (413, "request body too large")
         ex = self._new_exchange(self, st, head, not end_stream)
         st.ex = ex
@@ -363,6 +386,14 @@ class H2ClientStream(Stream):
     @property
     def forwarded_for_line(self) -> bytes:
         return self.server_conn.xff_line
+
+    @property
+    def proto_line(self) -> bytes:
+        return self.server_conn.proto_line
+
+    @property
+    def xfcc_line(self) -> bytes:
+        return self.server_conn.xfcc_line
 
     def send_interim(self, status: int, resp: ResponseHead) -> None:
         conn = self.conn

@@ -1,0 +1,1 @@
+"""Replay copies of request bodies: what a retry sends again when the first attempt failed."""
