@@ -460,6 +460,22 @@ def test_slow_call_duration_not_under_request_timeout() -> None:
     )
 
 
+def test_h2c_to_the_app_cannot_be_tls() -> None:
+    assert error(env={"UPSTREAM_PROTOCOL": "h2c", "UPSTREAM_TLS": "true"}) == (
+        "UPSTREAM_PROTOCOL='h2c' with UPSTREAM_TLS='true': h2c is cleartext HTTP/2; "
+        "use upstream_protocol=http1 for TLS to the app"
+    )
+
+
+def test_bad_http2_values_are_refused() -> None:
+    assert error(env={"UPSTREAM_PROTOCOL": "h2"}).startswith("UPSTREAM_PROTOCOL='h2': expected")
+    assert error(env={"H2_STREAM_WINDOW": "1KiB"}).startswith("H2_STREAM_WINDOW='1KiB': expected")
+    assert error(env={"H2_MAX_CONCURRENT_STREAMS": "0"}).startswith(
+        "H2_MAX_CONCURRENT_STREAMS='0': expected"
+    )
+    assert error(env={"H2_SEND_STALL_TIMEOUT": "0"}).startswith("H2_SEND_STALL_TIMEOUT='0': ")
+
+
 def test_listen_port_equals_metrics_port(tmp_path: Path) -> None:
     config = write(tmp_path, "c.yaml", "metrics_port: 8080\n")
     assert error(config=config) == (
