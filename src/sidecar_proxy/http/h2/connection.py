@@ -69,7 +69,8 @@ class ConnectionFault(Exception):
 
 
 class Limits:
-    """What one side enforces and advertises; made once per proxy, shared by its connections."""
+    """What one side enforces and advertises, from the settings: the client leg makes one per
+    connection (so a reload's values reach new connections), the app pool one for its own."""
 
     __slots__ = (
         "control_rate",
