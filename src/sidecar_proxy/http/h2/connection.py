@@ -70,7 +70,7 @@ class ConnectionFault(Exception):
 
 class Limits:
     """What one side enforces and advertises, from the settings: the client leg makes one per
-    connection (so a reload's values reach new connections), the app pool one for its own."""
+    connection, the app pool one for all of its own."""
 
     __slots__ = (
         "control_rate",
