@@ -72,8 +72,8 @@ MUTATIONS = {
     "gRPC client errors counted": ('grpc_status=~"UNKNOWN|', 'grpc_status=~"NOT_FOUND|UNKNOWN|'),
     "gRPC errors not counted": ("|UNAVAILABLE|", "|"),
     "gRPC error threshold raised": (
-        '> 0.05\n        for: 5m\n        labels:\n          severity: critical\n        annotations:\n          summary: "{{ $value | humanizePercentage }} of gRPC',
-        '> 0.15\n        for: 5m\n        labels:\n          severity: critical\n        annotations:\n          summary: "{{ $value | humanizePercentage }} of gRPC',
+        "sidecar_grpc_requests_total[5m]))\n            > 0.05",
+        "sidecar_grpc_requests_total[5m]))\n            > 0.15",
     ),
     "latency threshold raised": (") > 1\n", ") > 3\n"),
     "latency waits less": ("for: 10m", "for: 2m"),
