@@ -8,7 +8,9 @@ Cases, each h2load at 16 connections x 16 streams for ``--duration`` seconds aft
   (both proxies keep up to ``POOL`` idle app connections);
 * ``sidecar-h2-h1``: the sidecar in front of the app's HTTP/1.1 port;
 * ``nginx-h2-h2``: nginx with ``grpc_pass`` (its only h2c upstream) to the app's h2c port;
-* ``sidecar-h2-h2``: the sidecar with ``UPSTREAM_PROTOCOL=h2c`` to the app's h2c port.
+* ``sidecar-h2-h2``: the sidecar with ``UPSTREAM_PROTOCOL=h2c`` to the app's h2c port;
+* ``sidecar-h1-h1``: the same sidecar as ``sidecar-h2-h1`` over HTTP/1.1, 64 connections one
+  request at a time: what a request costs through the sidecar whatever the client's protocol.
 
 As in ``bench.run``, the proxy under test has core 0 and everything else core 1; CPU per request
 is read from the proxy's schedstat, the figure a shared machine disturbs least.
@@ -88,9 +90,11 @@ def write_confs(prefix: Path, h1: int, h2: int, front_h1: int, front_h2: int) ->
     return [app, front]
 
 
-def h2load(port: int, seconds: float, warmup: float) -> tuple[float, int, int]:
-    """req/s, requests done, and 2xx, from one h2load run."""
-    argv = ["h2load", "-c16", "-m16", "-t1", f"-D{seconds:g}", f"--warm-up-time={warmup:g}"]
+def h2load(port: int, seconds: float, warmup: float, h1: bool = False) -> tuple[float, int, int]:
+    """req/s, requests done, and 2xx, from one h2load run: 16x16 over HTTP/2, or 64 HTTP/1.1
+    connections one request at a time (``h1``, the shape of ``bench.run``'s small scenario)."""
+    shape = ["--h1", "-c64", "-m1"] if h1 else ["-c16", "-m16"]
+    argv = ["h2load", *shape, "-t1", f"-D{seconds:g}", f"--warm-up-time={warmup:g}"]
     argv.append(f"http://{HOST}:{port}/small")
     out = subprocess.run(
         pinned(CORE_LOAD, argv),
@@ -140,11 +144,12 @@ def load(args: argparse.Namespace) -> None:
                                             env=env), port)  # fmt: skip
             time.sleep(1.5)
             cases = [
-                ("direct", h2, None),
-                ("nginx-h2-h1", front_h1, front.pid),
-                ("sidecar-h2-h1", sidecars["h1"][1], sidecars["h1"][0].pid),
-                ("nginx-h2-h2", front_h2, front.pid),
-                ("sidecar-h2-h2", sidecars["h2"][1], sidecars["h2"][0].pid),
+                ("direct", h2, None, False),
+                ("nginx-h2-h1", front_h1, front.pid, False),
+                ("sidecar-h2-h1", sidecars["h1"][1], sidecars["h1"][0].pid, False),
+                ("nginx-h2-h2", front_h2, front.pid, False),
+                ("sidecar-h2-h2", sidecars["h2"][1], sidecars["h2"][0].pid, False),
+                ("sidecar-h1-h1", sidecars["h1"][1], sidecars["h1"][0].pid, True),
             ]
             h1_sidecar, h1_port = sidecars["h1"]
             idle = rss_bytes(h1_sidecar.pid)
@@ -155,9 +160,9 @@ def load(args: argparse.Namespace) -> None:
                   f"{held} idle HTTP/2 connections")  # fmt: skip
             print("| case | req/s | 2xx of done | CPU per request |")
             print("|---|---:|---:|---:|")
-            for name, port, pid in cases:
+            for name, port, pid, h1 in cases:
                 before = cpu_sample(pid) if pid else None
-                rps, done, ok = h2load(port, args.duration, args.warmup)
+                rps, done, ok = h2load(port, args.duration, args.warmup, h1)
                 cpu = ""
                 if pid and before is not None and done:
                     cpu = f"{(cpu_sample(pid).on_cpu - before.on_cpu) / 1e3 / done:.1f} us"

@@ -15,7 +15,8 @@ from typing import Any
 from bench.wrk import WrkResult
 
 SIDECAR = "sidecar-proxy"
-RATIO_PEERS = ("nginx-proxy", "aiohttp-naive", "seed-go", "direct")
+PURE = "sidecar-pure"  # the same source installed as pure Python: the compiler's gain
+RATIO_PEERS = ("nginx-proxy", "aiohttp-naive", "seed-go", "direct", PURE)
 MIB = 1024 * 1024
 
 # (scenario, peer compared with, minimum ratio of the sidecar's headline figure)

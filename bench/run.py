@@ -52,7 +52,7 @@ from bench.procs import (
     rss_bytes,
     wait_ready,
 )
-from bench.report import SIDECAR, Memory, Report, Run, Scenario
+from bench.report import PURE, SIDECAR, Memory, Report, Run, Scenario
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -68,6 +68,7 @@ PEERS = (
     "nginx-proxy",
     "aiohttp-naive",
     SIDECAR,
+    PURE,
     "sidecar-pipe",
     "sidecar-nolog",
     "seed-go",
@@ -79,7 +80,9 @@ NOTES = {
     "(keepalive 100); NO access log, NO metrics",
     "aiohttp-naive": "bench/peers/aiohttp_proxy.py: aiohttp.web + one shared ClientSession, "
     "streamed (StreamResponse, iter_chunked), uvloop; no log, no metrics",
-    SIDECAR: "sidecar-proxy run: access log ON (stdout to /dev/null), metrics ON",
+    SIDECAR: "sidecar-proxy run: access log ON (stdout to /dev/null), metrics ON; the build "
+    "this interpreter's venv has (compiled by make)",
+    PURE: "the same, from the pure-Python install given with --pure (make's .venv-pure)",
     "sidecar-pipe": "sidecar-proxy run: access log ON to a pipe that this script reads "
     "(the cost of real log writes), metrics ON",
     "sidecar-nolog": "sidecar-proxy run with ACCESS_LOG=false; metrics still ON (they cannot "
@@ -155,7 +158,7 @@ class Bench:
             ]
             proc = self.sup.start(name, argv, core=core, env=env, cwd=REPO)
             peer = Peer(name, port, proc)
-        elif name in (SIDECAR, "sidecar-pipe", "sidecar-nolog", "sidecar-baseline"):
+        elif name in (SIDECAR, PURE, "sidecar-pipe", "sidecar-nolog", "sidecar-baseline"):
             port, admin = free_port(), free_port()
             env |= self.seed_env(port, admin) | {
                 "LOG_LEVEL": "warning",
@@ -167,9 +170,9 @@ class Bench:
                 "SHUTDOWN_GRACE_PERIOD": "1s",
             }
             pipe = name == "sidecar-pipe"
-            argv = [str(sidecar_binary()), "run"]
+            argv = [str(self.args.pure if name == PURE else sidecar_binary()), "run"]
             if name == "sidecar-baseline":
-                # The baseline's pure-Python source first on the path, ahead of this install.
+                # The baseline's source first on the path, ahead of this install (pure Python).
                 env["PYTHONPATH"] = str(self.baseline_source())
                 argv = [sys.executable, "-m", "sidecar_proxy", "run"]
             proc = self.sup.start(
@@ -302,6 +305,22 @@ def sidecar_binary() -> Path:
     return Path(found)
 
 
+def builds(args: argparse.Namespace) -> dict[str, str]:
+    """What ``--version`` says of each sidecar build measured: "0.1.0 (compiled, CPython ...)"."""
+    binaries = {SIDECAR: sidecar_binary(), PURE: args.pure}
+    # The peers each binary runs as.
+    peers = {SIDECAR: {SIDECAR, "sidecar-pipe", "sidecar-nolog"}, PURE: {PURE}}
+    found = {}
+    for name, binary in binaries.items():
+        if binary is None or not peers[name] & set(args.peer_list):
+            continue
+        done = subprocess.run(
+            [str(binary), "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
+        found[name] = done.stdout.strip().removeprefix("sidecar-proxy ")
+    return found
+
+
 def rotated(peers: list[str], round_: int, rounds: int) -> list[str]:
     """Round r starts 1/rounds further down the list, so no peer always runs first or last."""
     offset = (round_ * len(peers)) // max(rounds, 1)
@@ -370,6 +389,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         help=f"the seed's Go sidecar (default {DEFAULT_SEED_BINARY} when it exists)",
     )
+    parser.add_argument(
+        "--pure",
+        type=Path,
+        help=f"a pure-Python install's sidecar-proxy script, measured as the {PURE} peer beside "
+        "the compiled build (make bench passes .venv-pure's)",
+    )
     parser.add_argument("--no-micro", action="store_true", help="skip the recorder micro-benchmark")
     parser.add_argument(
         "--baseline",
@@ -388,6 +413,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.seed_binary = DEFAULT_SEED_BINARY
     if args.seed_binary is not None and not os.access(args.seed_binary, os.X_OK):
         parser.error(f"--seed-binary {args.seed_binary}: not an executable file")
+    if args.pure is not None and not os.access(args.pure, os.X_OK):
+        parser.error(f"--pure {args.pure}: not an executable file")
 
     if args.peers:
         peers = [p.strip() for p in args.peers.split(",") if p.strip()]
@@ -398,13 +425,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error("sidecar-baseline needs --baseline REV")
         if "seed-go" in peers and args.seed_binary is None:
             parser.error(f"seed-go needs --seed-binary (or a binary at {DEFAULT_SEED_BINARY})")
+        if PURE in peers and args.pure is None:
+            parser.error(f"{PURE} needs --pure PATH (a pure-Python install's sidecar-proxy)")
     else:
-        peers = [
-            p
-            for p in PEERS
-            if (p != "seed-go" or args.seed_binary is not None)
-            and (p != "sidecar-baseline" or args.baseline)
-        ]
+        optional = {"seed-go": args.seed_binary, PURE: args.pure, "sidecar-baseline": args.baseline}
+        peers = [p for p in PEERS if p not in optional or optional[p] is not None]
     args.peer_list = peers
 
     names = [s.strip() for s in (args.scenarios or ",".join(SCENARIOS)).split(",") if s.strip()]
@@ -433,12 +458,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # 1,000 held connections plus the proxies' upstream sockets exceed a 1,024 default; children
-    # inherit the raised limit.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < 16384:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(16384, hard), hard))
-
+    _raise_file_limit()
     meta = machine()
     meta["command"] = " ".join(
         ["python -m bench.run", *(argv if argv is not None else sys.argv[1:])]
@@ -448,6 +468,9 @@ def main(argv: list[str] | None = None) -> int:
     dirty = " + uncommitted src/ changes" if meta["src_uncommitted_changes"] else ""
     print(f"bench: {meta['cpu']}, {meta['nproc']} cores, {meta['date']}, peers: {peers}")
     print(f"bench: code at {meta['git_head']}{dirty}; load average {meta['loadavg_start'][0]:.2f}")
+    meta["builds"] = builds(args)
+    for name, build in meta["builds"].items():
+        print(f"bench: {name} is sidecar-proxy {build}")
     if pinning_available():
         # This script's own work (reading the log pipe, holding connections) stays off core 0.
         os.sched_setaffinity(0, {CORE_LOAD})
@@ -512,6 +535,14 @@ def main(argv: list[str] | None = None) -> int:
     path = _write_json(meta, args, report, micro, log_check)
     print(f"\nresults: {path.relative_to(REPO)}")
     return 0
+
+
+def _raise_file_limit() -> None:
+    """1,000 held connections plus the proxies' upstream sockets exceed a 1,024 default;
+    children inherit the raised limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < 16384:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(16384, hard), hard))
 
 
 def _progress(run: Run, rounds: int) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +14,29 @@ from support.process import free_port as support_free_port
 from support.proxy import new_proxy
 from support.upstream import Handler, Upstream, ok
 
+from sidecar_proxy.buildinfo import build_info
 from sidecar_proxy.server import ProxyServer
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """An editable install's compiled modules sit in src/ and run instead of their .py files, so
+    after an edit the tests would run the old code until `make build` compiles it again."""
+    src = Path(__file__).resolve().parents[1] / "src"
+    stale = []
+    for name in build_info().compiled_modules:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None or not Path(spec.origin).is_relative_to(src):
+            continue  # an installed wheel: built as a whole, nothing to compare
+        compiled = Path(spec.origin)
+        leaf = "__init__" if spec.submodule_search_locations is not None else name.split(".")[-1]
+        source = compiled.with_name(f"{leaf}.py")
+        if source.exists() and source.stat().st_mtime > compiled.stat().st_mtime:
+            stale.append(name)
+    if stale:
+        pytest.exit(
+            f"compiled modules older than their source: {', '.join(stale)}; run `make build`",
+            returncode=2,
+        )
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, TextIO
 
-from sidecar_proxy import __version__
+from sidecar_proxy.buildinfo import build_info
 from sidecar_proxy.config import FIELDS, ConfigError, LoadedSettings, Settings, load_settings
 from sidecar_proxy.config.kinds import BoolKind, DurationKind
 from sidecar_proxy.config.loader import CONFIG_ENV, CONFIG_FLAG
@@ -93,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser; each subcommand takes every setting flag plus ``--config``."""
+    # "sidecar-proxy 0.1.0 (compiled, CPython 3.11.7)" or "(pure Python, ...)"
+    version = f"{PROG} {build_info().describe()}"
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    common.add_argument("--version", action="version", version=version)
     common.add_argument(
         CONFIG_FLAG,
         metavar="FILE",
@@ -120,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         "metrics and graceful shutdown for the app beside it. "
         "Without a command, `run` is assumed.",
     )
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("--version", action="version", version=version)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser(
         "run",

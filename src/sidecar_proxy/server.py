@@ -27,8 +27,8 @@ from collections.abc import Callable
 
 import uvloop
 
-from sidecar_proxy import __version__
 from sidecar_proxy.admin.server import AdminServer
+from sidecar_proxy.buildinfo import build_info
 from sidecar_proxy.config import ConfigError, LoadedSettings, Settings
 from sidecar_proxy.config.reload import plan_reload
 from sidecar_proxy.http.context import ProxyContext
@@ -147,7 +147,8 @@ class ProxyServer:
                 "admin": f"{s.metrics_host}:{self.admin_port}",
                 "tls": tls is not None,
                 "upstream_tls": self.upstream_tls is not None,
-                "version": __version__,
+                "version": build_info().version,
+                "build": build_info().kind,  # "compiled" or "pure Python"
             },
         )
 

@@ -113,7 +113,7 @@ def stand_in_exposition() -> Callable[[], bytes]:
         extra = {"buckets": SEED_BUCKETS} if metric.type == "histogram" else {}
         labels = sorted(metric.labels)
         made[name] = kinds[metric.type](name, "stand-in", labels, registry=registry, **extra)
-    made["sidecar_build_info"].labels(version="0.1.0", python="3.11.7").set(1)
+    made["sidecar_build_info"].labels(version="0.1.0", python="3.11.7", compiled="true").set(1)
     made["sidecar_circuit_breaker_state"].set(0)
 
     def scrape() -> bytes:

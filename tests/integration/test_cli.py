@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import platform
+import signal
 import socket
 import subprocess
 import time
@@ -13,10 +15,11 @@ from pathlib import Path
 
 import pytest
 from support.certs import CA, key_pem, new_key
-from support.process import free_port, run_cli
+from support.process import free_port, run_cli, run_proxy
 from support.tls import Pki, make_pki
 
 from sidecar_proxy import __version__
+from sidecar_proxy.buildinfo import build_info
 from sidecar_proxy.config import FIELDS
 from sidecar_proxy.demo import start_demo_app
 
@@ -36,9 +39,27 @@ def assert_config_error(result: subprocess.CompletedProcess[str], *parts: str) -
 # --- version and help --------------------------------------------------------------------
 
 
-def test_version() -> None:
+def test_version_says_which_build_runs() -> None:
     result = run_cli("--version")
-    assert (result.returncode, result.stdout) == (0, f"sidecar-proxy {__version__}\n")
+    build = build_info()
+    python = f"{platform.python_implementation()} {platform.python_version()}"
+    assert build.kind in ("compiled", "pure Python")
+    assert (result.returncode, result.stdout) == (
+        0,
+        f"sidecar-proxy {__version__} ({build.kind}, {python})\n",
+    )
+
+
+def test_startup_log_line_says_which_build_runs() -> None:
+    # The app need not exist: the proxy starts and logs "listening" without contacting it.
+    with run_proxy(free_port(), {"LOG_LEVEL": "info"}) as proxy:
+        proxy.proc.send_signal(signal.SIGTERM)
+        assert proxy.proc.wait(10) == 0
+        assert proxy.proc.stderr is not None
+        logged = [json.loads(line) for line in proxy.proc.stderr.read().splitlines()]
+    (listening,) = [entry for entry in logged if entry["message"] == "listening"]
+    assert listening["version"] == __version__
+    assert listening["build"] == build_info().kind
 
 
 def test_top_level_help_lists_commands() -> None:

@@ -78,39 +78,3 @@ def test_upgrade_refused_by_app_is_a_normal_response_then_close(
     # the app was asked for the upgrade
     assert up.received[0].header("Upgrade") == "websocket"
     assert (up.received[0].header("Connection") or "").lower() == "upgrade"
-
-
-def test_raw_bytes_sent_early_wait_for_the_101(
-    loop: LoopThread, start_proxy: Callable[..., ProxyServer]
-) -> None:
-    seen: list[bytes] = []
-
-    async def app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        await asyncio.sleep(0.1)
-        # anything before our 101 would be a request-smuggling vector; nothing may arrive yet
-        try:
-            early = await asyncio.wait_for(reader.read(100), 0.05)
-        except TimeoutError:
-            early = b""
-        seen.append(early)
-        writer.write(
-            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n"
-        )
-        await writer.drain()
-        seen.append(await reader.readexactly(5))
-        writer.write(b"world")
-        await writer.drain()
-
-    server = loop.run(asyncio.start_server(app, "127.0.0.1", 0))
-    proxy = start_proxy(server.sockets[0].getsockname()[1])
-    with connect(proxy.port) as sock:
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\nhello")
-        data = b""
-        while not data.endswith(b"world"):
-            chunk = sock.recv(1024)
-            assert chunk
-            data += chunk
-    assert data.startswith(b"HTTP/1.1 101")
-    assert seen == [b"", b"hello"]
-    loop.call(server.close)

@@ -1,8 +1,10 @@
 """The circuit breaker against a real failing app, and the state gauge a scrape sees meanwhile.
 
-Threshold 3, open for 0.5 s, no retries: every request is one attempt, so three failing requests
-are three consecutive failures. ``sidecar_circuit_breaker_state`` reads 0 closed, 1 open, 2
-half-open; the seed's gauge read 0 the whole time the breaker was open.
+Threshold 3, no retries: every request is one attempt, so three failing requests are three
+consecutive failures. ``sidecar_circuit_breaker_state`` reads 0 closed, 1 open, 2 half-open; the
+seed's gauge read 0 the whole time the breaker was open. The open period, the probes and the
+breaker's refusals are timed on the fake clock in tests/dataplane/test_attempts.py; these keep
+what needs real sockets (a client's reset or close seen by the kernel, a real app's failures).
 """
 
 from __future__ import annotations
@@ -10,17 +12,15 @@ from __future__ import annotations
 import os
 import socket
 import struct
-import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from support.calls import Outcome, build, send
+from support.calls import build, send
 from support.client import connect
-from support.misbehave import OK, Behaviour, Script, always, hang, reset, slow, status
+from support.misbehave import OK, Behaviour, Script, always, hang, reset, status
 from support.scrape import total, value, wait_until
 from support.upstream import Upstream
 
@@ -45,94 +45,8 @@ def gauge(proxy: ProxyServer) -> float:
     return value(proxy.metrics.registry, STATE)
 
 
-def open_breaker(proxy: ProxyServer, up: Upstream) -> float:
-    """THRESHOLD failing requests, each reaching the app; returns when the breaker opened."""
-    for i in range(THRESHOLD):
-        out = send(proxy.port, build("GET", f"/fail/{i}"))
-        assert out.status == 503
-        assert out.response is not None and out.response.body == b"app says 503"
-    opened = time.monotonic()
-    assert len(up.received) == THRESHOLD
-    assert gauge(proxy) == 1
-    return opened
-
-
 def has_received(up: Upstream, n: int) -> Callable[[], bool]:
     return lambda: len(up.received) == n
-
-
-def assert_rejected_without_the_app(proxy: ProxyServer, up: Upstream) -> None:
-    seen = len(up.received)
-    out = send(proxy.port, build("GET", "/refused"))
-    assert out.status == 503
-    assert out.elapsed < 0.1  # at once, not after some attempt timed out
-    retry_after = out.header("Retry-After")
-    assert retry_after is not None and retry_after.isdigit() and int(retry_after) >= 1
-    assert out.response is not None and out.response.body != b"app says 503"
-    time.sleep(0.05)
-    assert len(up.received) == seen  # the app never saw it
-
-
-def test_open_breaker_answers_503_at_once_without_touching_the_app(
-    start_upstream: StartUpstream, start_proxy: StartProxy
-) -> None:
-    up = start_upstream(Script(then=status(503)))
-    proxy = start_proxy(up.port, **BREAKER)
-    assert gauge(proxy) == 0
-
-    open_breaker(proxy, up)
-    for _ in range(3):
-        assert_rejected_without_the_app(proxy, up)
-
-    assert gauge(proxy) == 1  # still open, and a scrape says so
-    registry = proxy.metrics.registry
-    assert value(registry, "sidecar_requests_rejected_total", reason="circuit_open") == 3
-    assert value(registry, "sidecar_circuit_breaker_transitions_total", to="open") == 1
-
-
-def test_probe_after_the_open_period_closes_the_breaker_on_success(
-    start_upstream: StartUpstream, start_proxy: StartProxy
-) -> None:
-    app = Script(then=status(503))
-    up = start_upstream(app)
-    proxy = start_proxy(up.port, **BREAKER)
-    opened = open_breaker(proxy, up)
-
-    app.then = slow(0.4, OK)  # the app recovers, but answers slowly enough to watch the probe
-    time.sleep(max(0.0, opened + OPEN_FOR + 0.05 - time.monotonic()))
-    with ThreadPoolExecutor(1) as pool:
-        probe = pool.submit(send, proxy.port, build("GET", "/probe"))
-        assert wait_until(lambda: len(up.received) == 4), "the probe never reached the app"
-        assert gauge(proxy) == 2  # half-open while the probe is in flight
-        # One probe at a time: the others are still turned away, and the app does not see them.
-        assert_rejected_without_the_app(proxy, up)
-        result: Outcome = probe.result(5)
-
-    assert result.status == 200
-    assert gauge(proxy) == 0
-    out = send(proxy.port, build("GET", "/after"))
-    assert out.status == 200
-    assert len(up.received) == 5  # three failures, the probe, and the request after it
-
-
-def test_failed_probe_reopens_the_breaker(
-    start_upstream: StartUpstream, start_proxy: StartProxy
-) -> None:
-    up = start_upstream(Script(then=status(503)))
-    proxy = start_proxy(up.port, **BREAKER)
-    opened = open_breaker(proxy, up)
-
-    time.sleep(max(0.0, opened + OPEN_FOR + 0.05 - time.monotonic()))
-    out = send(proxy.port, build("GET", "/probe"))
-
-    assert out.status == 503
-    assert out.response is not None and out.response.body == b"app says 503"  # the app's
-    assert len(up.received) == 4  # exactly one probe
-    assert gauge(proxy) == 1
-    assert_rejected_without_the_app(proxy, up)
-    registry = proxy.metrics.registry
-    assert value(registry, "sidecar_circuit_breaker_transitions_total", to="open") == 2
-    assert value(registry, "sidecar_circuit_breaker_transitions_total", to="half_open") == 1
 
 
 @pytest.fixture
@@ -190,34 +104,6 @@ def test_client_hang_up_is_499_and_never_trips_the_breaker(
     app.then = OK
     out = send(proxy.port, build("GET", "/still-closed"))
     assert out.status == 200
-
-
-def test_probe_abandoned_by_its_client_frees_the_probe_slot(
-    start_upstream: StartUpstream, start_proxy: StartProxy
-) -> None:
-    app = Script(then=status(503))
-    up = start_upstream(app)
-    proxy = start_proxy(up.port, request_timeout=5.0, **BREAKER)
-    opened = open_breaker(proxy, up)
-
-    app.then = hang
-    time.sleep(max(0.0, opened + OPEN_FOR + 0.05 - time.monotonic()))
-    sock = connect(proxy.port)
-    sock.sendall(build("GET", "/probe"))
-    assert wait_until(lambda: len(up.received) == 4), "the probe never reached the app"
-    assert gauge(proxy) == 2
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
-    registry = proxy.metrics.registry
-    assert wait_until(lambda: total(registry, "sidecar_requests_total", status="499") == 1)
-
-    # The hang-up says nothing about the app: no verdict, and the probe's place is free again.
-    # A leaked place would refuse every request from now on, with the breaker half-open forever.
-    app.then = OK
-    out = send(proxy.port, build("GET", "/next-probe"))
-    assert out.status == 200
-    assert len(up.received) == 5
-    assert gauge(proxy) == 0
 
 
 def test_429_is_not_a_breaker_failure(

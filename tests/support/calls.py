@@ -4,9 +4,7 @@ proxy closed the connection afterwards (the only way it can report a truncated b
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from threading import Barrier
 
 from support.client import Response, connect, read_responses
 
@@ -56,15 +54,3 @@ def send(port: int, raw: bytes, timeout: float = 5.0) -> Outcome:
         responses, closed = read_responses(sock, 1, timeout)
     elapsed = time.monotonic() - start
     return Outcome(responses[0] if responses else None, elapsed, closed)
-
-
-def send_together(port: int, raws: list[bytes], timeout: float = 5.0) -> list[Outcome]:
-    """Send each request from its own thread, all released at the same instant."""
-    barrier = Barrier(len(raws))
-
-    def one(raw: bytes) -> Outcome:
-        barrier.wait(timeout)
-        return send(port, raw, timeout)
-
-    with ThreadPoolExecutor(len(raws)) as pool:
-        return list(pool.map(one, raws))

@@ -1,16 +1,13 @@
 """App behaviours for resilience tests: every way an app can fail a proxy, as upstream handlers.
 
 Each behaviour is an :data:`~support.upstream.Handler`. :class:`Script` strings them together per
-request (the first requests misbehave one way, the rest another) and stamps the moment each
-request reached the app, so tests can measure the gaps between attempts where they matter: at
-the app.
+request (the first requests misbehave one way, the rest another). Timing rules (backoff, deadlines,
+the breaker's open period) are tested on the fake clock in tests/dataplane/ instead.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from support.upstream import Handler, Received, response
@@ -37,17 +34,6 @@ async def reset(req: Received, w: asyncio.StreamWriter) -> None:
     w.transport.abort()
 
 
-async def reset_mid_body(req: Received, w: asyncio.StreamWriter) -> None:
-    """Send a head promising 1000 bytes and 10 of them, then abort the connection."""
-    w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"0123456789")
-    await w.drain()
-    # Let the proxy read the head and the 10 bytes before the reset: an abort with unread
-    # data in flight could make the kernel drop them, and then this would be a reset before
-    # headers instead.
-    await asyncio.sleep(0.05)
-    w.transport.abort()
-
-
 def slow(delay: float, then: Behaviour) -> Behaviour:
     """``then``, after ``delay`` seconds."""
 
@@ -64,27 +50,19 @@ OK = status(200, body=b"ok")
 class Script:
     """A handler that gives the n-th request ``first[n]`` and every later one ``then``.
 
-    ``then`` may be swapped while the proxy runs (a recovering app). ``arrivals`` holds the
-    ``time.monotonic()`` at which each complete request reached the app, in order; monotonic time
-    is the same clock in every thread of the process, so the test thread can compare it with its
-    own readings.
+    ``then`` may be swapped while the proxy runs (a recovering app).
     """
 
     def __init__(self, *first: Behaviour, then: Behaviour = OK) -> None:
         self.first = list(first)
         self.then = then
-        self.arrivals: list[float] = []
+        self.seen = 0  # complete requests that reached the app
 
     async def __call__(self, req: Received, w: asyncio.StreamWriter) -> None:
-        n = len(self.arrivals)
-        self.arrivals.append(time.monotonic())
+        n = self.seen
+        self.seen += 1
         behaviour = self.first[n] if n < len(self.first) else self.then
         await behaviour(req, w)
-
-    def gaps(self) -> list[float]:
-        """Seconds between consecutive arrivals."""
-        a = self.arrivals
-        return [b - x for x, b in itertools.pairwise(a)]
 
 
 def flaky(failures: int, failure: Behaviour | None = None) -> Script:

@@ -129,8 +129,8 @@ def test_stuck_stdout_never_blocks_the_caller_and_drops_are_counted(pipe: Pipe) 
     # Unsticking: the reader goes away, the writer's pending write fails with EPIPE, and every
     # line it held is counted as dropped too; it then sees close()'s sentinel and ends.
     pipe.close(pipe.read_fd)
-    log._thread.join(5.0)
-    assert not log._thread.is_alive()
+    log._writer.join(5.0)
+    assert not log._writer.is_alive()
     log.flush()
     assert log._failed > 0
     # Every line offered was written, dropped at the door, or failed in the writer.

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Exemplar
 
 from sidecar_proxy import __version__
+from sidecar_proxy.buildinfo import build_info
 from sidecar_proxy.observe import record as X
 from sidecar_proxy.observe.accesslog import AccessLog
 from sidecar_proxy.observe.metrics import BREAKER_OPEN_REASONS, BUCKETS, EXEMPLAR_INTERVAL, Metrics
@@ -215,6 +216,7 @@ def test_build_info(metrics: Metrics) -> None:
     (labels,) = [dict(lb) for (name, lb) in scrape(metrics) if name == "sidecar_build_info"]
     assert labels["version"] == __version__
     assert re.fullmatch(r"\d+\.\d+\.\d+.*", labels["python"])
+    assert labels["compiled"] == ("true" if build_info().compiled else "false")
     assert value(metrics, "sidecar_build_info", **labels) == 1
 
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from sidecar_proxy.config import Settings
     from sidecar_proxy.lifecycle.health import HealthState
     from sidecar_proxy.observe.metrics import Metrics
-    from sidecar_proxy.observe.recorder import Recorder
+    from sidecar_proxy.observe.record import Record
     from sidecar_proxy.tls.upstream import UpstreamTLS
 
 log = logging.getLogger("sidecar_proxy.breaker")
@@ -72,6 +72,14 @@ def new_pool(
     )
 
 
+class RecordSink(Protocol):
+    """Where records go: the Recorder in a proxy (metrics and the access log)."""
+
+    def started(self) -> None: ...
+
+    def finished(self, rec: Record) -> None: ...
+
+
 class ClientConnection(Protocol):
     """What the context and the server's drain need of each open client connection."""
 
@@ -109,7 +117,7 @@ class ProxyContext:
         loop: asyncio.AbstractEventLoop,
         settings: Settings,
         metrics: Metrics,
-        recorder: Recorder,
+        recorder: RecordSink,
         health: HealthState,
         *,
         pool: AppPool | None = None,

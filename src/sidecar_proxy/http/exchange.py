@@ -305,11 +305,14 @@ class Exchange:
                     app.release(True)  # nobody waits for it any more: a fresh leg, pool it
                 return
             self.connecting = None
-            if app is None:
-                self._attempt_failed(Failure.CONNECT)
-            else:
-                self._to(AWAITING_HEAD)
-                self._bind(app)
+            try:
+                if app is None:
+                    self._attempt_failed(Failure.CONNECT)
+                else:
+                    self._to(AWAITING_HEAD)
+                    self._bind(app)
+            except IllegalTransition as bug:
+                self._aborted(bug)
 
         self.connecting = ctx.pool.connect(connected)
 
@@ -657,12 +660,13 @@ class Exchange:
             self.last_failure = (503, f"the app answered gRPC status {grpc_status}")
         else:
             self.last_failure = (status or 502, f"the app answered {status}")
-        if self.app is not None:
-            self.app.abandon()
-            self.app = None
+        app = self.app
+        if app is not None:
+            self.app = None  # before abandon(): see _cancel_attempt
+            app.abandon()
         self._to(BACKOFF)
         if decision.delay > 0:
-            self.timer = ctx.loop.call_later(decision.delay, self._attempt)
+            self.timer = ctx.loop.call_later(decision.delay, self._after_backoff)
         else:
             self._attempt()
         return True
@@ -716,7 +720,23 @@ class Exchange:
         if attempt_no != self.attempt_no or not WAITING_FOR_APP >> self.phase & 1:
             return
         self._cancel_attempt()
-        self._attempt_failed(Failure.TIMEOUT)
+        try:
+            self._attempt_failed(Failure.TIMEOUT)
+        except IllegalTransition as bug:
+            self._aborted(bug)
+
+    def _after_backoff(self) -> None:
+        try:
+            self._attempt()
+        except IllegalTransition as bug:
+            self._aborted(bug)
+
+    def _aborted(self, bug: IllegalTransition) -> None:
+        """A bug met in a timer or connect callback, where no leg is on the stack to catch it:
+        log it and cut the client's connection, whose loss ends the exchange."""
+        log.error("exchange aborted", exc_info=bug, extra={"request_id": self.rec.request_id})
+        self._cancel_attempt()
+        self.client.abort()
 
     def _cancel_timer(self) -> None:
         if self.timer is not None:
@@ -727,9 +747,12 @@ class Exchange:
         if self.connecting is not None:
             self.connecting.cancel()
             self.connecting = None
-        if self.app is not None:
-            self.app.abandon()
+        app = self.app
+        if app is not None:
+            # Cleared first: a leg may report its loss from abandon() itself, and app_lost must
+            # then find this attempt over rather than end the exchange a second time.
             self.app = None
+            app.abandon()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -756,6 +779,10 @@ class Exchange:
             if paused:
                 app.pause_reading()
             else:
+                # The stall limit times the app's silence. While the client was not reading, the
+                # silence was the client's (see on_tick): the app's time starts again now, not
+                # at its last byte, which may be request_timeout old by the time reading resumes.
+                self.last_activity = self.ctx.loop.time()
                 app.resume_reading()
 
     def app_write_paused(self, paused: bool) -> None:

@@ -70,7 +70,7 @@ ALLOWED: Final[tuple[int, ...]] = tuple(_mask(NEXT[p]) for p in Phase)
 WAITING_FOR_APP: Final = _mask(frozenset({CONNECTING, AWAITING_HEAD, INTERIM, BACKOFF}))
 
 
-class IllegalTransition(RuntimeError):
+class IllegalTransition(Exception):
     """A move the table does not allow: a bug in the proxy."""
 
     def __init__(self, old: Phase, new: Phase) -> None:

@@ -65,7 +65,7 @@ class AccessLog:
         "_max_buffer",
         "_on_drop",
         "_queue",
-        "_thread",
+        "_writer",
         "_written",
     )
 
@@ -85,8 +85,10 @@ class AccessLog:
         self._failed = 0  # lines the writer could not write; writer thread only
         self._failed_reported = 0  # of those, lines already passed to on_drop; loop thread only
         self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="access-log-writer", daemon=True)
-        self._thread.start()
+        # Not "_thread": mypyc names the C struct field after the attribute, and "__thread" is a
+        # C storage-class keyword.
+        self._writer = threading.Thread(target=self._run, name="access-log-writer", daemon=True)
+        self._writer.start()
 
     def write(self, line: bytes) -> None:
         """Queue one complete line (ending in a newline); never blocks, drops when backlogged."""
@@ -120,9 +122,9 @@ class AccessLog:
         """
         self.flush()
         self._queue.put(None)
-        self._thread.join(timeout)
+        self._writer.join(timeout)
         self.flush()  # report lines the writer failed on while draining
-        return not self._thread.is_alive() and self._failed == 0
+        return not self._writer.is_alive() and self._failed == 0
 
     def _run(self) -> None:
         while (data := self._queue.get()) is not None:
@@ -130,14 +132,18 @@ class AccessLog:
             # this thread has to win the GIL back from a busy loop, which can take the whole
             # 5 ms switch interval, so a wake-up must write all there is, not one batch.
             batches = [data]
+            closing = False
+            # A name of its own: mypyc types ``data`` as the narrowed ``bytes`` of the loop
+            # condition, so assigning the None sentinel to it raised TypeError when compiled.
             while len(batches) < _IOV_MAX and not self._queue.empty():
-                data = self._queue.get_nowait()
-                if data is None:
+                more = self._queue.get_nowait()
+                if more is None:
+                    closing = True
                     break
-                batches.append(data)
+                batches.append(more)
             self._write_all(batches)
             self._written += sum(map(len, batches))
-            if data is None:
+            if closing:
                 return
 
     def _write_all(self, batches: list[bytes]) -> None:

@@ -45,7 +45,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 
-from sidecar_proxy import __version__
+from sidecar_proxy.buildinfo import build_info
 from sidecar_proxy.observe import record
 from sidecar_proxy.observe.slo import SloWindows
 from sidecar_proxy.tls.accept import HANDSHAKE_ERRORS
@@ -417,13 +417,15 @@ class Metrics:
             "Sets of TLS files whose current version was rejected; older material serves",
             registry=r,
         )
-        build_info = Gauge(
+        build = build_info()
+        info = Gauge(
             "sidecar_build_info",
             "Build information; the value is always 1",
-            ("version", "python"),
+            ("version", "python", "compiled"),
             registry=r,
         )
-        build_info.labels(__version__, platform.python_version()).set(1)
+        # compiled: "true" when the data path runs as mypyc-compiled code, "false" when pure Python
+        info.labels(build.version, platform.python_version(), str(build.compiled).lower()).set(1)
 
         for error_type in UPSTREAM_ERROR_TYPES:
             self.upstream_errors.labels(error_type)

@@ -191,7 +191,7 @@ class SloWindows:
                 self._hours.add(self._minute // MINUTE, *counts)
                 self._events = self._errors = self._slow = 0
             self._minute = minute
-            self._minute_end = (minute + 1) * MINUTE
+            self._minute_end = float((minute + 1) * MINUTE)
 
     def report(self, now: float) -> tuple[list[tuple[str, str, float]], list[tuple[str, float]]]:
         """``(burn rates, budgets)`` at ``now``: ``(slo, window, burn rate)`` for every window

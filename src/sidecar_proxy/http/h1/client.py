@@ -26,7 +26,7 @@ import asyncio
 import enum
 import logging
 from collections import deque
-from typing import Final, cast
+from typing import Any, Final, cast
 
 import httptools
 
@@ -606,9 +606,16 @@ class H1ClientConnection(asyncio.Protocol):
 
     def send_interim(self, status: int, resp: ResponseHead) -> None:
         """1xx other than 101: relayed to HTTP/1.1 clients (an HTTP/1.0 one would not expect
-        it, RFC 9110 §15.2)."""
-        if self.queue[0].head.version == "1.1":
-            self._out.append(b"".join([status_line(status, resp.reason), *resp.lines, CRLF]))
+        it, RFC 9110 §15.2).
+
+        Written at once, not gathered in ``_out``: a 1xx is not the final head, so a flush of it
+        must not count as one (``_sent_final``). Otherwise a malformed final response after a
+        relayed 100 Continue could no longer be retracted, and the client would get a cut
+        connection with no final response instead of a 502 (a 1xx then a 502 is valid HTTP).
+        """
+        t = self.transport
+        if t is not None and self.queue[0].head.version == "1.1":
+            t.write(b"".join([status_line(status, resp.reason), *resp.lines, CRLF]))
 
     def send_head(
         self, status: int, resp: ResponseHead, added: list[bytes], has_body: bool
@@ -753,7 +760,11 @@ class H1ClientConnection(asyncio.Protocol):
             return
         if len(self.queue) == 1:
             self._resume(_PAUSE_PIPELINE)
-        self.queue[0].start()
+        try:
+            self.queue[0].start()
+        except IllegalTransition:
+            log.exception("exchange aborted")
+            self.abort()
 
     # == flow control ==============================================================================
 
@@ -817,7 +828,9 @@ def _absolute_form(cur: RequestHead) -> tuple[int, str] | None:
     """RFC 9112 §3.2.2: an absolute-form target is sent on in origin-form, and its authority
     replaces Host."""
     try:
-        url = httptools.parse_url(cur.target)
+        # Any, not httptools' URL: its stub types every part as bytes (the port as int), but an
+        # absent part is None, which the compiled module's type checks would reject.
+        url: Any = httptools.parse_url(cur.target)
     except httptools.HttpParserInvalidURLError:
         return 400, "malformed request target"
     if url.schema not in (b"http", b"https") or not url.host:

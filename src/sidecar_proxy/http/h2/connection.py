@@ -556,10 +556,11 @@ class H2Connection(asyncio.Protocol):
     def _complete_block(self, sid: int, block: bytes) -> None:
         try:
             fields = decode(self.decoder, block)
-        except HpackTooLarge as exc:
-            raise ConnectionFault(F.ENHANCE_YOUR_CALM, "header list too large") from exc
-        except HpackError as exc:
-            raise ConnectionFault(F.COMPRESSION_ERROR, "undecodable header block") from exc
+        # One name per handler: compiled, a name bound by two handlers keeps the first's type.
+        except HpackTooLarge as too_large:
+            raise ConnectionFault(F.ENHANCE_YOUR_CALM, "header list too large") from too_large
+        except HpackError as undecodable:
+            raise ConnectionFault(F.COMPRESSION_ERROR, "undecodable header block") from undecodable
         end_stream = self._hb_end_stream
         self_dependent = self._hb_bad
         st = self.streams.get(sid)

@@ -57,13 +57,14 @@ _OVERSIZED = cast(type[Exception], _Oversized)
 def decode(decoder: Decoder, block: bytes) -> list[Field]:
     try:
         return decoder.decode(block, raw=True)
-    except _OVERSIZED as exc:
-        raise HpackTooLarge from exc
-    except _ERROR as exc:
-        raise HpackError from exc
-    except BaseException as exc:
+    # One name per handler: compiled, a name bound by two handlers keeps the first's type.
+    except _OVERSIZED as too_large:
+        raise HpackTooLarge from too_large
+    except _ERROR as undecodable:
+        raise HpackError from undecodable
+    except BaseException as panic:
         # jh2's Rust decoder panics on some malformed blocks (seen: an index past a short
         # block), and pyo3 raises a panic as a BaseException: still only a bad block.
-        if type(exc).__name__ != "PanicException":
+        if type(panic).__name__ != "PanicException":
             raise
-        raise HpackError from exc
+        raise HpackError from panic
