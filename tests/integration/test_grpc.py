@@ -118,12 +118,12 @@ def test_the_callers_deadline_goes_to_the_app_and_is_enforced(
     proxy = h2c(start_proxy, app.port, request_timeout=30.0)
     stub = connect(proxy.port)
     reply = stub.Unary(app.pb2.Msg(mode="sleep", delay_ms=10), timeout=2)
-    assert 1.0 < reply.remaining_us / 1e6 <= 2.0  # the time left, not REQUEST_TIMEOUT
+    assert 0.5 < reply.remaining_us / 1e6 <= 2.0  # the time left, not REQUEST_TIMEOUT
     started = time.monotonic()
     with pytest.raises(grpc.RpcError) as err:
         stub.Unary(app.pb2.Msg(mode="sleep", delay_ms=3000), timeout=0.3)
     assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 3  # 0.3 s, with room for a loaded machine
 
 
 def test_request_timeout_bounds_a_call_and_a_whole_stream(
