@@ -593,3 +593,14 @@ def test_unknown_flag_setting() -> None:
         error(flags={"max_retry": "1"})
         == "unknown setting 'max_retry' (did you mean 'max_retries'?)"
     )
+
+
+def test_grpc_status_lists() -> None:
+    s = load(None, {"GRPC_RETRY_ON": "Unavailable, resource_exhausted,4"}, None).settings
+    assert s.grpc_retry_on == frozenset({14, 8, 4})
+    assert error(env={"GRPC_FAILURE_STATUSES": "unavailable,teapot"}) == (
+        "GRPC_FAILURE_STATUSES='unavailable,teapot': unknown gRPC status 'teapot'; expected a "
+        "comma-separated list of gRPC status names (unavailable, resource-exhausted, internal, "
+        "...) or codes 0-16"
+    )
+    assert "'17'" in error(env={"GRPC_RETRY_ON": "17"})

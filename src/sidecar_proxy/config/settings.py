@@ -29,6 +29,7 @@ from sidecar_proxy.config.kinds import (
     EnumKind,
     FileKind,
     FloatKind,
+    GrpcStatusListKind,
     HostKind,
     IdentityListKind,
     IntKind,
@@ -388,6 +389,21 @@ class Settings:
         EnumKind("http1", "h2c"),
         "http1",
         "protocol spoken to the app: http1, or h2c (HTTP/2 over cleartext, streams multiplexed)",
+    )
+    grpc_retry_on: frozenset[int] = _setting(
+        "GRPC_RETRY_ON",
+        GrpcStatusListKind(),
+        "",
+        "gRPC statuses worth a retry (unavailable, resource-exhausted, ...); Trailers-Only "
+        "answers to calls still held within retry_buffer_limit; empty = none",
+        live=True,
+    )
+    grpc_failure_statuses: frozenset[int] = _setting(
+        "GRPC_FAILURE_STATUSES",
+        GrpcStatusListKind(),
+        "unavailable,internal,unknown,data-loss,deadline-exceeded",
+        "gRPC statuses that count as app failures for the circuit breaker",
+        live=True,
     )
     h2_max_concurrent_streams: int = _setting(
         "H2_MAX_CONCURRENT_STREAMS",

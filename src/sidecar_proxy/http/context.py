@@ -160,7 +160,7 @@ class ProxyContext:
 
     def _retry(self, s: Settings) -> RetryPolicy:
         backoff = Backoff(s.retry_backoff, s.retry_max_backoff)
-        return RetryPolicy(s.max_retries, s.retry_on, backoff, self.budget)
+        return RetryPolicy(s.max_retries, s.retry_on, backoff, self.budget, s.grpc_retry_on)
 
     def _rate_limit(self, s: Settings) -> RateLimit | None:
         if not s.rate_limit_rps:

@@ -22,9 +22,11 @@ import logging
 import math
 import time
 
+from sidecar_proxy.http import grpc as G
 from sidecar_proxy.http.context import ProxyContext
 from sidecar_proxy.http.fields import RequestHead, ResponseHead
 from sidecar_proxy.http.framing import CRLF, response_has_body
+from sidecar_proxy.http.grpc import GrpcCall, is_grpc
 from sidecar_proxy.http.headers import list_tokens, new_request_id, valid_request_id
 from sidecar_proxy.http.legs import AppLeg, ClientLeg, Trailers
 from sidecar_proxy.http.phase import (
@@ -101,6 +103,7 @@ class Exchange:
         "connecting",
         "ctx",
         "deadline",
+        "grpc",
         "head",
         "held",
         "kept_bytes",
@@ -162,6 +165,13 @@ class Exchange:
         # the response
         self.resp: ResponseHead | None = None  # the latest head from the app
         self.to_eof = False  # the response body ends when the app closes the connection
+        # a gRPC call (PROTOCOL-HTTP2.md): its deadline, status and message counts; one test
+        # of the content type for every other request
+        self.grpc: GrpcCall | None = None
+        content_type = head.content_type
+        if content_type and is_grpc(content_type):
+            self.grpc = GrpcCall(head.grpc_timeout)
+            rec.grpc = True
 
     # == the phase ================================================================================
 
@@ -207,6 +217,9 @@ class Exchange:
         if self.rejected is not None:
             self.reply(*self.rejected)
             return
+        grpc = self.grpc
+        if grpc is not None and self._grpc_refused(grpc):
+            return
         if (
             rec.path in _HEALTH_PATHS
             and ctx.settings.health_on_proxy_port
@@ -228,8 +241,29 @@ class Exchange:
             return
         self.limited = True
         ctx.budget.deposit()
-        self.deadline = ctx.loop.time() + ctx.settings.request_timeout
+        timeout = ctx.settings.request_timeout
+        if grpc is not None and grpc.timeout is not None:
+            timeout = min(timeout, grpc.timeout)  # the whole call's, streaming or not
+        self.deadline = ctx.loop.time() + timeout
         self._attempt()
+
+    def _grpc_refused(self, grpc: GrpcCall) -> bool:
+        """Answer a gRPC call the sidecar cannot carry; True if it did."""
+        if grpc.malformed:
+            # PROTOCOL-HTTP2.md leaves the answer open; gRPC servers say INTERNAL
+            self._grpc_answer(G.INTERNAL, "sidecar-proxy: malformed grpc-timeout", None)
+            return True
+        if self.ctx.settings.upstream_protocol != "h2c":
+            # An HTTP/1.1 app cannot take a gRPC call (no trailers, no full duplex); UNIMPLEMENTED
+            # rather than UNAVAILABLE, which clients retry: no retry can help.
+            self._grpc_answer(
+                G.UNIMPLEMENTED,
+                "sidecar-proxy: the app leg is HTTP/1.1 (UPSTREAM_PROTOCOL=http1); "
+                "gRPC needs UPSTREAM_PROTOCOL=h2c",
+                None,
+            )
+            return True
+        return False
 
     def _attempt(self) -> None:
         ctx = self.ctx
@@ -321,6 +355,11 @@ class Exchange:
             lines = [xff, xfp, self.rid_line]
         if client.xfcc_line:  # a verified client certificate
             lines.append(client.xfcc_line)
+        grpc = self.grpc
+        if grpc is not None and grpc.timeout is not None:
+            # the app learns the time this attempt has left, not the caller's original budget
+            left = self.deadline - self.ctx.loop.time()
+            lines.append(b"grpc-timeout: " + G.timeout_value(left) + CRLF)
         if not h.host_count:  # HTTP/1.0 without Host; an empty Host is forwarded as it is
             lines.insert(0, b"Host: %b:%d\r\n" % (s.upstream_host.encode(), s.upstream_port))
         return lines
@@ -332,6 +371,8 @@ class Exchange:
             return  # answered early (413, 503, ...): the rest of the body is not needed
         self.rec.bytes_in += len(data)
         self.chunks.append(data)
+        if self.grpc is not None:
+            self.grpc.requests.feed(data)
         if self.held:
             self.kept_bytes += len(data)
             if self.kept_bytes > self.ctx.settings.retry_buffer_limit:
@@ -349,8 +390,11 @@ class Exchange:
         if self.phase is DONE:
             return
         # The response deadline counts from the end of the request, as Envoy's route timeout
-        # does: a slow upload is the client's time (client_body_timeout), not the app's.
-        self.deadline = self.ctx.loop.time() + self.ctx.settings.request_timeout
+        # does: a slow upload is the client's time (client_body_timeout), not the app's. A gRPC
+        # deadline is the whole call's, streaming or not.
+        grpc = self.grpc
+        if grpc is None or grpc.timeout is None:
+            self.deadline = self.ctx.loop.time() + self.ctx.settings.request_timeout
         self.req_trailers = trailers
         if self.app is not None:
             self.app.send_end(trailers)
@@ -390,12 +434,17 @@ class Exchange:
         if self.timer is not None:  # the per-try timeout: an answer came in time
             self.timer.cancel()
             self.timer = None
-        failed = status in ctx.failure_statuses
-        if failed:
-            rec.upstream_errors.append(R.ERR_5XX if status >= 500 else R.ERR_PROTOCOL)
-        self._verdict(failed)
-        if ctx.retry.retryable_status(status) and self._retry(None, status):
-            return
+        grpc = self.grpc
+        if grpc is not None and status == 200:
+            if self._grpc_head(resp):
+                return
+        else:
+            failed = status in ctx.failure_statuses
+            if failed:
+                rec.upstream_errors.append(R.ERR_5XX if status >= 500 else R.ERR_PROTOCOL)
+            self._verdict(failed)
+            if ctx.retry.retryable_status(status) and self._retry(None, status):
+                return
         if status == 101:
             if self.head.upgrade:
                 self._start_tunnel(app, resp)
@@ -421,10 +470,23 @@ class Exchange:
         if not has_body:
             self._response_complete(app, None)
 
+    def _grpc_head(self, resp: ResponseHead) -> bool:
+        """A gRPC call's answer: its status is in the head only when it is Trailers-Only (the
+        call failed before any message); otherwise the trailers bring it, and the breaker's
+        verdict waits for them. True if it is retried."""
+        code = G.head_status(resp)
+        if code is None:
+            return False
+        self.rec.grpc_status = code
+        self._verdict(code in self.ctx.settings.grpc_failure_statuses)
+        return self.ctx.retry.retryable_grpc(code) and self._retry(None, None, code)
+
     def response_body(self, data: bytes) -> None:
         if self.phase is not STREAMING:
             return  # a 1xx has no body; anything else was refused at its head
         self.rec.bytes_out += len(data)
+        if self.grpc is not None:
+            self.grpc.responses.feed(data)
         self.client.send_body(data)
         self.last_activity = self.ctx.loop.time()
 
@@ -439,9 +501,22 @@ class Exchange:
         # Reusable only if the request went out whole and the body did not end with the
         # connection; whether the app keeps it alive is the leg's to judge.
         app.release(self.req_done and not self.to_eof)
+        if self.grpc is not None:
+            self._grpc_end(trailers)
         self.client.send_end(trailers)
         self.client.flush()
         self.finish()
+
+    def _grpc_end(self, trailers: Trailers | None) -> None:
+        """A gRPC call's response is complete: its status, and the breaker's verdict on it."""
+        rec = self.rec
+        code = G.trailer_status(trailers)
+        if code is not None:
+            rec.grpc_status = code
+        elif rec.grpc_status < 0:
+            # no grpc-status anywhere: the client will make one up from the HTTP status
+            rec.grpc_status = G.UNKNOWN if rec.status == 200 else G.local_code(rec.status, False)
+        self._verdict(rec.grpc_status in self.ctx.settings.grpc_failure_statuses)
 
     def read_done(self) -> None:
         self.client.flush()
@@ -539,7 +614,9 @@ class Exchange:
         else:
             self.ctx.breaker.record_success(self.attempt_at)
 
-    def _retry(self, failure: Failure | None, status: int | None) -> bool:
+    def _retry(
+        self, failure: Failure | None, status: int | None, grpc_status: int | None = None
+    ) -> bool:
         """Ask the policy whether to try again; if so, drop this attempt and schedule the next."""
         ctx = self.ctx
         rec = self.rec
@@ -547,7 +624,16 @@ class Exchange:
             return False  # this failure opened it: the next attempt would only be refused
         retry_after = None
         resp = self.resp
-        if resp is not None and resp.retry_after is not None:
+        replayable = failure is Failure.CONNECT or self.replayable
+        if grpc_status is not None:
+            # A Trailers-Only answer: the app took no message of it, so the call may go again
+            # while we hold all of it. grpc-retry-pushback-ms is the app's Retry-After; a
+            # negative or malformed one asks for no retry (gRFC A6).
+            replayable = self.held
+            retry_after = None if resp is None else G.head_pushback(resp)
+            if retry_after is not None and retry_after < 0:
+                return False
+        elif resp is not None and resp.retry_after is not None:
             retry_after = parse_retry_after(resp.retry_after, time.time())
         # Nothing of the request reached the app after a refused connection, so any request may
         # go again; otherwise only a replay-safe one whose body we still hold.
@@ -555,7 +641,8 @@ class Exchange:
             attempt=rec.attempts,
             failure=failure,
             status=status,
-            replayable=failure is Failure.CONNECT or self.replayable,
+            grpc_status=grpc_status,
+            replayable=replayable,
             retry_after=retry_after,
             remaining=self.deadline - ctx.loop.time(),
         )
@@ -569,6 +656,8 @@ class Exchange:
         if failure is not None:
             code, _, _, detail = _FAILURES[failure]
             self.last_failure = (code, detail)
+        elif grpc_status is not None:
+            self.last_failure = (503, f"the app answered gRPC status {grpc_status}")
         else:
             self.last_failure = (status or 502, f"the app answered {status}")
         app = self.app
@@ -587,7 +676,12 @@ class Exchange:
     def on_tick(self, now: float) -> None:
         """Deadline check, called by the client leg's tick."""
         phase = self.phase
+        grpc = self.grpc
+        whole_call = grpc is not None and grpc.timeout is not None
         if phase is STREAMING:
+            if whole_call and now >= self.deadline:
+                self._grpc_deadline()
+                return
             # After the head, the deadline becomes a stall limit on the body. A client that
             # reads slowly pauses the app, which is not the app stalling.
             if self.client.write_paused:
@@ -597,13 +691,29 @@ class Exchange:
             return
         # Not started, over, or a tunnel (which lives as long as its peers want); and an
         # upload in progress is bounded by the client leg's body timeout instead.
-        if not WAITING_FOR_APP >> phase & 1 or not self.req_done or now < self.deadline:
+        if not WAITING_FOR_APP >> phase & 1 or now < self.deadline:
+            return
+        if not self.req_done and not whole_call:
             return
         self._cancel_attempt()
         self.rec.upstream_errors.append(R.ERR_TIMEOUT)
         self._verdict(True)
         self.rec.flags.append(R.UPSTREAM_TIMEOUT)
         self.reply(504, "the app did not answer in time")
+
+    def _grpc_deadline(self) -> None:
+        """A gRPC call's deadline passed after its response head: end it with trailers saying
+        DEADLINE_EXCEEDED (the client learns why, rather than seeing a reset), cancel the app's
+        stream (RST_STREAM CANCEL), as a gRPC server cancels a call past its deadline."""
+        rec = self.rec
+        rec.flags.append(R.UPSTREAM_TIMEOUT)
+        rec.upstream_errors.append(R.ERR_TIMEOUT)
+        rec.grpc_status = G.DEADLINE_EXCEEDED
+        self._cancel_attempt()
+        self._verdict(G.DEADLINE_EXCEEDED in self.ctx.settings.grpc_failure_statuses)
+        self.client.send_end(G.local_trailers(G.DEADLINE_EXCEEDED, "deadline exceeded", None))
+        self.client.flush()
+        self.finish()
 
     def _on_try_timeout(self, attempt_no: int) -> None:
         self.timer = None
@@ -658,6 +768,8 @@ class Exchange:
             rec.flags.append(R.DOWNSTREAM_DISCONNECT)
         if not self.committed:
             rec.status = R.STATUS_CLIENT_CLOSED
+        if self.grpc is not None:
+            rec.grpc_status = G.CANCELLED
         self._cancel_attempt()
         self.finish()
 
@@ -720,7 +832,37 @@ class Exchange:
         content_type: bytes,
         extra: list[tuple[bytes, bytes]] | None,
     ) -> None:
-        """Write a complete response of our own (no app involved) and finish."""
+        """Write a complete response of our own (no app involved) and finish; to a gRPC call,
+        its gRPC form (:meth:`_grpc_answer`)."""
+        if self.grpc is not None:
+            code = G.local_code(status, R.LOAD_SHED in self.rec.flags)
+            message = "sidecar-proxy: " + body.decode("utf-8", "replace").strip()
+            self._grpc_answer(code, message, extra)
+            return
+        self._local(status, body, content_type, extra)
+
+    def _grpc_answer(
+        self, code: int, message: str, extra: list[tuple[bytes, bytes]] | None
+    ) -> None:
+        """An answer of ours to a gRPC call (PROTOCOL-HTTP2.md, Trailers-Only): HTTP 200,
+        content-type application/grpc, grpc-status and grpc-message, no body; a client reports
+        it as that status, never as a transport failure. Retry-After becomes
+        grpc-retry-pushback-ms."""
+        self.rec.grpc_status = code
+        pushback = None
+        for name, value in extra or ():
+            if name == b"Retry-After" and value.isdigit():
+                pushback = int(value)
+        fields = G.local_trailers(code, message, pushback)
+        self._local(200, b"", G.CONTENT_TYPE, [*(extra or ()), *fields])
+
+    def _local(
+        self,
+        status: int,
+        body: bytes,
+        content_type: bytes,
+        extra: list[tuple[bytes, bytes]] | None,
+    ) -> None:
         rec = self.rec
         self._cancel_attempt()
         if rec.attempts and self.ctx.settings.attempts_header:
@@ -742,5 +884,11 @@ class Exchange:
             ctx.limiter.release()
         rec = self.rec
         rec.end = time.monotonic()
+        grpc = self.grpc
+        if grpc is not None:
+            rec.grpc_requests = grpc.requests.count
+            rec.grpc_responses = grpc.responses.count
+            if rec.grpc_status < 0:  # cut short: the client saw a reset stream
+                rec.grpc_status = G.UNKNOWN
         ctx.recorder.finished(rec)
         self.client.exchange_done(self)

@@ -81,8 +81,10 @@ class RequestHead:
         "chunked",
         "connection",
         "content_length",
+        "content_type",
         "forwarded_host",
         "forwarded_proto",
+        "grpc_timeout",
         "header_bytes",
         "header_count",
         "host",
@@ -130,6 +132,9 @@ class RequestHead:
         self.xff = b""
         self.forwarded_proto = b""
         self.forwarded_host = b""
+        # gRPC (HTTP/2 only: the HTTP/2 client leg fills these, see http/grpc.py)
+        self.content_type = b""
+        self.grpc_timeout: bytes | None = None  # not forwarded: re-added with the time left
 
 
 class ResponseHead:

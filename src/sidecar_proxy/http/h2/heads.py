@@ -50,6 +50,10 @@ _REQUEST_PSEUDO: Final = frozenset({b":method", b":scheme", b":authority", b":pa
 # methods whose request without content still tells an HTTP/1.1 app "Content-Length: 0"
 _CONTENT_METHODS: Final = frozenset({b"POST", b"PUT", b"PATCH"})
 
+# Fields only this leg reads: cookie crumbs to join, and what makes a request a gRPC call (gRPC
+# is defined over HTTP/2 only, so the HTTP/1.1 leg never looks).
+_NOTED: Final = frozenset({b"cookie", b"content-type", b"grpc-timeout"})
+
 _STATUS: Final = {code: b"%d" % code for code in range(100, 600)}
 
 
@@ -189,9 +193,14 @@ def _regular_fields(head: RequestHead, fields: list[Field], start: int) -> bytes
             raise Malformed("a connection-specific field")
         kind = H.REQUEST_FIELDS.get(name)
         if kind is None:
-            if name == b"cookie":
-                cookies.append(value)
-                continue
+            if name in _NOTED:  # one set lookup for the common field
+                if name == b"cookie":
+                    cookies.append(value)
+                    continue
+                if name == b"grpc-timeout":
+                    head.grpc_timeout = value
+                    continue
+                head.content_type = value
         elif name == b"te":
             if value != b"trailers":
                 raise Malformed("te other than trailers")
