@@ -67,6 +67,7 @@ test: $(BUILT) $(PURE_BUILT)
 bench: $(BUILT) $(PURE_BUILT)
 	bash scripts/install-test-tools.sh
 	$(BIN)/python -m bench.run --pure $(PURE)/bin/sidecar-proxy
+	$(BIN)/python -m bench.h2
 
 soak: $(BUILT)
 	$(BIN)/python -m bench.soak

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from bench.procs import HOST
+from sidecar_proxy.http.h2 import frames as F
+from sidecar_proxy.http.h2.hpack import new_encoder
 
 T = TypeVar("T")
 
@@ -45,9 +47,37 @@ async def _open_one(
         return reader, writer
 
 
-async def _hold(port: int, path: str, count: int, measure: Callable[[int], T]) -> tuple[int, T]:
+async def _open_one_h2(
+    port: int, path: str, gate: asyncio.Semaphore
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    """The same over HTTP/2 with prior knowledge: one stream answered, the connection kept."""
+    async with gate:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, port), _TIMEOUT)
+            fields = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", path.encode())]
+            block = new_encoder().encode([(name, value, False) for name, value in fields])
+            writer.write(F.PREFACE + F.settings([]) + F.frame(F.HEADERS, 5, 1, block))
+            while True:  # frames until the end of stream 1
+                head = await asyncio.wait_for(reader.readexactly(9), _TIMEOUT)
+                hi, lo, ftype, flags, sid = F.HEAD.unpack(head)
+                await asyncio.wait_for(reader.readexactly((hi << 16) | lo), _TIMEOUT)
+                if ftype == F.SETTINGS and not flags & F.ACK:
+                    writer.write(F.SETTINGS_ACK)
+                if sid == 1 and ftype in (F.DATA, F.HEADERS) and flags & F.END_STREAM:
+                    return reader, writer
+                if ftype in (F.GOAWAY, F.RST_STREAM):
+                    writer.close()
+                    return None
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
+            return None
+
+
+async def _hold(
+    port: int, path: str, count: int, measure: Callable[[int], T], h2: bool
+) -> tuple[int, T]:
     gate = asyncio.Semaphore(_CONCURRENCY)
-    opened = await asyncio.gather(*(_open_one(port, path, gate) for _ in range(count)))
+    opener = _open_one_h2 if h2 else _open_one
+    opened = await asyncio.gather(*(opener(port, path, gate) for _ in range(count)))
     held = [pair for pair in opened if pair is not None]
     try:
         await asyncio.sleep(0.5)  # let the peer finish its own bookkeeping after the last reply
@@ -63,8 +93,9 @@ async def _hold(port: int, path: str, count: int, measure: Callable[[int], T]) -
 
 
 def with_connections(
-    port: int, path: str, count: int, measure: Callable[[int], T]
+    port: int, path: str, count: int, measure: Callable[[int], T], h2: bool = False
 ) -> tuple[int, T]:
-    """Open ``count`` keep-alive connections to ``port``, call ``measure(number_open)`` while
-    they are held, close them; returns the number held and what ``measure`` returned."""
-    return asyncio.run(_hold(port, path, count, measure))
+    """Open ``count`` keep-alive connections to ``port`` (HTTP/2 ones with ``h2``), call
+    ``measure(number_open)`` while they are held, close them; returns the number held and what
+    ``measure`` returned."""
+    return asyncio.run(_hold(port, path, count, measure, h2))

@@ -383,6 +383,23 @@ async def _main(
     server = ProxyServer(settings, reload_from=reload_from, hooks=hooks)
     if before_start is not None:
         before_start()
+    # The handlers come first: a SIGTERM that arrives once the port listens (a pod deleted
+    # as it starts) must drain, not kill the process with the default action.
+    signals_seen = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen > 1:
+            log.warning("second signal, exiting now", extra={"signal": signal.Signals(signum).name})
+            if server.access_log is not None:
+                server.access_log.flush()
+            os._exit(1)
+        server.request_stop(signal.Signals(signum).name)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
     try:
         await server.start()
     except MaterialError as exc:
@@ -403,21 +420,6 @@ async def _main(
     # churn of per-request objects, does not walk it again.
     gc.collect()
     gc.freeze()
-    signals_seen = 0
-
-    def on_signal(signum: int) -> None:
-        nonlocal signals_seen
-        signals_seen += 1
-        if signals_seen > 1:
-            log.warning("second signal, exiting now", extra={"signal": signal.Signals(signum).name})
-            if server.access_log is not None:
-                server.access_log.flush()
-            os._exit(1)
-        server.request_stop(signal.Signals(signum).name)
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
-    loop.add_signal_handler(signal.SIGHUP, server.reload)
     await server.stopping.wait()
     await server.shutdown()
     return 0

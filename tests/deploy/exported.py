@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from prometheus_client import generate_latest
 
-from sidecar_proxy.observe.metrics import RequestSeries, SloSeries
+from sidecar_proxy.observe.metrics import GrpcSeries, RequestSeries, SloSeries
 
 MetricType = Literal["counter", "gauge", "histogram"]
 
@@ -58,6 +58,10 @@ METRICS: dict[str, Exported] = {
     "sidecar_tls_reload_failing": _m("gauge"),
     "sidecar_slo_burn_rate": _m("gauge", "slo", "window"),
     "sidecar_slo_error_budget_remaining": _m("gauge", "slo"),
+    "sidecar_grpc_requests_total": _m("counter", "service", "method", "grpc_status"),
+    "sidecar_grpc_request_duration_seconds": _m("histogram", "service", "method"),
+    "sidecar_grpc_request_messages_total": _m("counter", "service", "method"),
+    "sidecar_grpc_response_messages_total": _m("counter", "service", "method"),
     "sidecar_retry_spool_errors_total": _m("counter"),
     "sidecar_hook_errors_total": _m("counter", "hook"),
 }
@@ -137,7 +141,7 @@ def from_registry(registry: Any) -> dict[str, Exported]:
 
     def label_names(name: str) -> tuple[str, ...]:
         collector = collectors[name]
-        if isinstance(collector, RequestSeries | SloSeries):
+        if isinstance(collector, RequestSeries | SloSeries | GrpcSeries):
             return collector.LABEL_NAMES.get(name, ())
         names: tuple[str, ...] = collector._labelnames
         return names

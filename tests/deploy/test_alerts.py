@@ -22,6 +22,7 @@ ALERTS = PROM / "alerts.yml"
 EXPECTED = {
     "SidecarCircuitBreakerOpen": ("1m", "critical"),
     "SidecarHighErrorRatio": ("5m", "critical"),
+    "SidecarGrpcHighErrorRatio": ("5m", "critical"),
     "SidecarHighLatencyP99": ("10m", "warning"),
     "SidecarRetryBudgetExhausted": ("5m", "warning"),
     "SidecarLoadShedding": ("5m", "warning"),
@@ -68,6 +69,12 @@ MUTATIONS = {
     "breaker waits longer": ("for: 1m", "for: 3m"),
     "error threshold raised": ("> 0.05", "> 0.15"),
     "4xx counted as errors": ('status=~"5.."', 'status=~"[45].."'),
+    "gRPC client errors counted": ('grpc_status=~"UNKNOWN|', 'grpc_status=~"NOT_FOUND|UNKNOWN|'),
+    "gRPC errors not counted": ("|UNAVAILABLE|", "|"),
+    "gRPC error threshold raised": (
+        "sidecar_grpc_requests_total[5m]))\n            > 0.05",
+        "sidecar_grpc_requests_total[5m]))\n            > 0.15",
+    ),
     "latency threshold raised": (") > 1\n", ") > 3\n"),
     "latency waits less": ("for: 10m", "for: 2m"),
     "budget alert on any value": (

@@ -32,6 +32,12 @@ SECURITY_SETTINGS = {
     "retry_spool_max_total",
     "hook_timeout",
     "max_in_flight",
+    "h2_max_concurrent_streams",
+    "h2_stream_window",
+    "h2_connection_window",
+    "h2_max_reset_rate",
+    "h2_max_control_frame_rate",
+    "h2_send_stall_timeout",
 }
 
 

@@ -460,6 +460,22 @@ def test_slow_call_duration_not_under_request_timeout() -> None:
     )
 
 
+def test_h2c_to_the_app_cannot_be_tls() -> None:
+    assert error(env={"UPSTREAM_PROTOCOL": "h2c", "UPSTREAM_TLS": "true"}) == (
+        "UPSTREAM_PROTOCOL='h2c' with UPSTREAM_TLS='true': h2c is cleartext HTTP/2; "
+        "use upstream_protocol=http1 for TLS to the app"
+    )
+
+
+def test_bad_http2_values_are_refused() -> None:
+    assert error(env={"UPSTREAM_PROTOCOL": "h2"}).startswith("UPSTREAM_PROTOCOL='h2': expected")
+    assert error(env={"H2_STREAM_WINDOW": "1KiB"}).startswith("H2_STREAM_WINDOW='1KiB': expected")
+    assert error(env={"H2_MAX_CONCURRENT_STREAMS": "0"}).startswith(
+        "H2_MAX_CONCURRENT_STREAMS='0': expected"
+    )
+    assert error(env={"H2_SEND_STALL_TIMEOUT": "0"}).startswith("H2_SEND_STALL_TIMEOUT='0': ")
+
+
 def test_listen_port_equals_metrics_port(tmp_path: Path) -> None:
     config = write(tmp_path, "c.yaml", "metrics_port: 8080\n")
     assert error(config=config) == (
@@ -577,6 +593,17 @@ def test_unknown_flag_setting() -> None:
         error(flags={"max_retry": "1"})
         == "unknown setting 'max_retry' (did you mean 'max_retries'?)"
     )
+
+
+def test_grpc_status_lists() -> None:
+    s = load(None, {"GRPC_RETRY_ON": "Unavailable, resource_exhausted,4"}, None).settings
+    assert s.grpc_retry_on == frozenset({14, 8, 4})
+    assert error(env={"GRPC_FAILURE_STATUSES": "unavailable,teapot"}) == (
+        "GRPC_FAILURE_STATUSES='unavailable,teapot': unknown gRPC status 'teapot'; expected a "
+        "comma-separated list of gRPC status names (unavailable, resource-exhausted, internal, "
+        "...) or codes 0-16"
+    )
+    assert "'17'" in error(env={"GRPC_RETRY_ON": "17"})
 
 
 # --- hooks --------------------------------------------------------------------------------

@@ -52,6 +52,14 @@ def test_what_a_restart_needs_is_what_the_running_proxy_cannot_rebuild() -> None
         "app_ready_interval",
         "app_ready_failures",
         "metrics_path_label_limit",
+        # the app pool's protocol, and the HTTP/2 limits both legs' connections take when made
+        "upstream_protocol",
+        "h2_max_concurrent_streams",
+        "h2_stream_window",
+        "h2_connection_window",
+        "h2_max_reset_rate",
+        "h2_max_control_frame_rate",
+        "h2_send_stall_timeout",
         # TLS: the files' contents reload by themselves (tls/reload.py); which files, and the
         # policy built around them, are read once
         "tls_cert_file",

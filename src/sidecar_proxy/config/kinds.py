@@ -40,6 +40,7 @@ from sidecar_proxy.config.units import (
     parse_size,
 )
 from sidecar_proxy.hooks.load import is_file
+from sidecar_proxy.observe.record import GRPC_STATUS_NAMES
 
 T = TypeVar("T")
 JSONValue = str | int | float | bool | list[str] | list[int]
@@ -511,3 +512,35 @@ class StatusListKind(_ListKind[int]):
 
     def to_json(self, value: frozenset[int]) -> list[int]:
         return sorted(value)
+
+
+class GrpcStatusListKind(_ListKind[int]):
+    """gRPC status codes by name, as gRPC's service config writes them in any case, with ``-``
+    or ``_`` (``unavailable``, ``resource-exhausted``, ``DEADLINE_EXCEEDED``), or by number."""
+
+    expected = (
+        "expected a comma-separated list of gRPC status names (unavailable, resource-exhausted, "
+        "internal, ...) or codes 0-16"
+    )
+
+    def token(self, token: str) -> Iterable[int]:
+        name = token.upper().replace("-", "_")
+        if name in GRPC_STATUS_NAMES:
+            return (GRPC_STATUS_NAMES.index(name),)
+        code = int(token) if token.isascii() and token.isdigit() and len(token) <= 2 else -1
+        if not 0 <= code < len(GRPC_STATUS_NAMES):
+            raise ValueError(f"unknown gRPC status {token!r}; {self.expected}")
+        return (code,)
+
+    def parse(self, text: str) -> frozenset[int]:
+        return frozenset() if text.strip() in _UNSET else super().parse(text)
+
+    def format(self, value: frozenset[int]) -> str:
+        return ",".join(self._names(value)) if value else "''"
+
+    def to_json(self, value: frozenset[int]) -> list[str]:
+        return self._names(value)
+
+    @staticmethod
+    def _names(value: frozenset[int]) -> list[str]:
+        return [GRPC_STATUS_NAMES[code].lower().replace("_", "-") for code in sorted(value)]

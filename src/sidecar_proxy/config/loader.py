@@ -279,6 +279,13 @@ def _check_tls(
     for name, (needed, on) in needs.items():
         if name in origins and not on and getattr(settings, name) != getattr(defaults, name):
             raise ConfigError(f"{describe(name)} has no effect while {describe(needed)}")
+    if settings.upstream_tls and settings.upstream_protocol == "h2c":
+        # h2c is HTTP/2 in cleartext: going on would send the app in the clear what the user
+        # asked to encrypt.
+        raise ConfigError(
+            f"{describe('upstream_protocol')} with {describe('upstream_tls')}: h2c is "
+            "cleartext HTTP/2; use upstream_protocol=http1 for TLS to the app"
+        )
     if settings.tls_client_auth != "none" and not settings.tls_client_ca_file:
         raise ConfigError(
             f"{describe('tls_client_auth')} needs tls_client_ca_file: the CA certificates "

@@ -30,6 +30,7 @@ from sidecar_proxy.config.kinds import (
     EnumKind,
     FileKind,
     FloatKind,
+    GrpcStatusListKind,
     HooksKind,
     HostKind,
     IdentityListKind,
@@ -424,6 +425,66 @@ class Settings:
         "true",
         "keep incoming X-Forwarded-Proto/Host instead of overwriting them",
         live=True,
+    )
+    upstream_protocol: str = _setting(
+        "UPSTREAM_PROTOCOL",
+        EnumKind("http1", "h2c"),
+        "http1",
+        "protocol spoken to the app: http1, or h2c (HTTP/2 over cleartext, streams multiplexed)",
+    )
+    grpc_retry_on: frozenset[int] = _setting(
+        "GRPC_RETRY_ON",
+        GrpcStatusListKind(),
+        "",
+        "gRPC statuses worth a retry (unavailable, resource-exhausted, ...); Trailers-Only "
+        "answers to calls still held within retry_buffer_limit; empty = none",
+        live=True,
+    )
+    grpc_failure_statuses: frozenset[int] = _setting(
+        "GRPC_FAILURE_STATUSES",
+        GrpcStatusListKind(),
+        "unavailable,internal,unknown,data-loss,deadline-exceeded",
+        "gRPC statuses that count as app failures for the circuit breaker",
+        live=True,
+    )
+    h2_max_concurrent_streams: int = _setting(
+        "H2_MAX_CONCURRENT_STREAMS",
+        IntKind(1, 10_000),
+        "100",
+        "streams an HTTP/2 client may have open on one connection; more are refused",
+    )
+    h2_stream_window: int = _setting(
+        "H2_STREAM_WINDOW",
+        SizeKind(65_535, 2**31 - 1),
+        "256KiB",
+        "HTTP/2 receive window per stream: request body held per stream before the app drains it",
+    )
+    h2_connection_window: int = _setting(
+        "H2_CONNECTION_WINDOW",
+        SizeKind(65_535, 2**31 - 1),
+        "1MiB",
+        "HTTP/2 receive window per connection: body held per connection before the other leg "
+        "drains it",
+    )
+    h2_max_reset_rate: int = _setting(
+        "H2_MAX_RESET_RATE",
+        IntKind(1, 1_000_000),
+        "200",
+        "stream resets per second one HTTP/2 connection may cause before GOAWAY "
+        "ENHANCE_YOUR_CALM (rapid reset, CVE-2023-44487)",
+    )
+    h2_max_control_frame_rate: int = _setting(
+        "H2_MAX_CONTROL_FRAME_RATE",
+        IntKind(1, 1_000_000),
+        "500",
+        "SETTINGS, PING, PRIORITY and empty DATA or CONTINUATION frames per second one HTTP/2 "
+        "connection may send before GOAWAY ENHANCE_YOUR_CALM",
+    )
+    h2_send_stall_timeout: float = _setting(
+        "H2_SEND_STALL_TIMEOUT",
+        POSITIVE_DURATION,
+        "30s",
+        "longest an HTTP/2 response may wait on a flow-control window the client keeps at zero",
     )
     tls_cert_file: str = _setting(
         "TLS_CERT_FILE",

@@ -14,6 +14,7 @@ import logging
 from typing import TYPE_CHECKING, Protocol
 
 from sidecar_proxy.hooks.load import Hooks
+from sidecar_proxy.http.h2.app import H2AppPool
 from sidecar_proxy.http.hookstep import HookStep
 from sidecar_proxy.http.legs import AppPool
 from sidecar_proxy.http.phase import IllegalTransition
@@ -41,13 +42,25 @@ bug_log = logging.getLogger("sidecar_proxy.exchange")
 TICK = 0.05
 
 
+def app_pool(
+    loop: asyncio.AbstractEventLoop,
+    settings: Settings,
+    metrics: Metrics,
+    upstream_tls: UpstreamTLS | None = None,
+) -> AppPool:
+    """The app pool the settings ask for: HTTP/1.1 connections, or h2c streams."""
+    if settings.upstream_protocol == "h2c":
+        return H2AppPool(loop, settings, metrics.on_upstream_connection)
+    return new_pool(loop, settings, metrics, upstream_tls)
+
+
 def new_pool(
     loop: asyncio.AbstractEventLoop,
     settings: Settings,
     metrics: Metrics,
     upstream_tls: UpstreamTLS | None = None,
 ) -> H1Pool:
-    """The app pool the settings ask for."""
+    """The HTTP/1.1 app pool."""
     return H1Pool(
         loop,
         settings.upstream_host,
@@ -122,7 +135,7 @@ class ProxyContext:
         self.recorder = recorder
         self.health = health
         # Tests give a pool of fake legs; a proxy makes the one its settings ask for.
-        self.pool: AppPool = pool or new_pool(loop, settings, metrics, upstream_tls)
+        self.pool: AppPool = pool or app_pool(loop, settings, metrics, upstream_tls)
         self.breaker = CircuitBreaker(
             settings.circuit_breaker_threshold,
             settings.circuit_breaker_timeout,
@@ -155,7 +168,7 @@ class ProxyContext:
 
     def _retry(self, s: Settings) -> RetryPolicy:
         backoff = Backoff(s.retry_backoff, s.retry_max_backoff)
-        return RetryPolicy(s.max_retries, s.retry_on, backoff, self.budget)
+        return RetryPolicy(s.max_retries, s.retry_on, backoff, self.budget, s.grpc_retry_on)
 
     def _rate_limit(self, s: Settings) -> RateLimit | None:
         if not s.rate_limit_rps:

@@ -25,10 +25,12 @@ import math
 import time
 from typing import Any
 
+from sidecar_proxy.http import grpc as G
 from sidecar_proxy.http.context import ProxyContext
 from sidecar_proxy.http.fields import RequestHead, ResponseHead
 from sidecar_proxy.http.framing import CRLF, response_has_body
-from sidecar_proxy.http.headers import list_tokens
+from sidecar_proxy.http.grpc import GrpcCall, is_grpc
+from sidecar_proxy.http.headers import list_tokens, new_request_id, valid_request_id
 from sidecar_proxy.http.hookstep import HookCall, HookStep, LocalAnswer
 from sidecar_proxy.http.legs import AppLeg, ClientLeg, Trailers
 from sidecar_proxy.http.phase import (
@@ -52,10 +54,12 @@ from sidecar_proxy.lifecycle.health import health_body, ready_body
 from sidecar_proxy.observe import record as R
 from sidecar_proxy.observe.record import Record
 from sidecar_proxy.observe.servertiming import server_timing_line
+from sidecar_proxy.observe.tracecontext import trace_id
 from sidecar_proxy.policy.backoff import parse_retry_after
 from sidecar_proxy.policy.breaker import BreakerState
 from sidecar_proxy.policy.retry import REASON_BUDGET, REASON_EXHAUSTED, Failure
 from sidecar_proxy.replay.spool import Spool
+from sidecar_proxy.tls.identity import Peer
 
 log = logging.getLogger("sidecar_proxy.exchange")
 
@@ -78,6 +82,25 @@ REPLAY_PIECE = 64 * 1024
 _REJECTION_FLAGS = {408: R.DOWNSTREAM_TIMEOUT, 403: R.CLIENT_IDENTITY_DENIED}
 
 
+def new_record(head: RequestHead, remote_addr: str, tls_peer: Peer | None) -> Record:
+    """The record of a request whose head a client leg has just parsed."""
+    # Not loop.time(): uvloop's is libuv's cached millisecond clock, too coarse for the
+    # 1 ms histogram bucket. Timers still use loop.time(); only measurements use this.
+    rec = Record(time.monotonic(), time.time(), remote_addr, "HTTP/" + head.version)
+    rec.method = head.method.decode("latin-1")
+    path, q, _ = head.target.partition(b"?")
+    rec.path = path.decode("latin-1")
+    rec.has_query = bool(q)
+    rec.user_agent = head.user_agent.decode("latin-1")
+    rid = head.request_id
+    rec.request_id = rid.decode("ascii") if valid_request_id(rid) else new_request_id()
+    rec.trace_id, rec.traced = trace_id(head.traceparent, head.b3_trace_id, rec.request_id)
+    if tls_peer is not None:
+        rec.tls_version = tls_peer.version
+        rec.client_identity = tls_peer.identity
+    return rec
+
+
 class Exchange:
     """One request and its response; implements ``ClientEvents`` and ``AppEvents``."""
 
@@ -90,7 +113,9 @@ class Exchange:
         "client",
         "ctx",
         "deadline",
+        "grpc",
         "head",
+        "held",
         "hooked",
         "kept_bytes",
         "last_activity",
@@ -133,9 +158,11 @@ class Exchange:
         self.req_trailers: Trailers = []
         self.chunks: list[bytes] = []
         self.written = 0  # chunks the current attempt has sent
-        self.replayable = not head.upgrade and ctx.retry.replay_safe(
-            rec.method, head.idempotency_key
-        )
+        # Every chunk so far is still here (within retry_buffer_limit), whatever the method: an
+        # attempt the app never saw (a refused HTTP/2 stream) may then go again whole.
+        self.held = not head.upgrade
+        # ...and the request may also be replayed after the app did see it
+        self.replayable = self.held and ctx.retry.replay_safe(rec.method, head.idempotency_key)
         self.kept_bytes = 0
         # A body that outgrew the memory buffer, copied to disk instead (see _outgrown); the
         # current attempt has had its first spool_sent bytes.
@@ -158,6 +185,13 @@ class Exchange:
         # the response
         self.resp: ResponseHead | None = None  # the latest head from the app
         self.to_eof = False  # the response body ends when the app closes the connection
+        # a gRPC call (PROTOCOL-HTTP2.md): its deadline, status and message counts; one test
+        # of the content type for every other request
+        self.grpc: GrpcCall | None = None
+        content_type = head.content_type
+        if content_type and is_grpc(content_type):
+            self.grpc = GrpcCall(head.grpc_timeout)
+            rec.grpc = True
 
     # == the phase ================================================================================
 
@@ -203,6 +237,9 @@ class Exchange:
         if self.rejected is not None:
             self.reply(*self.rejected)
             return
+        grpc = self.grpc
+        if grpc is not None and self._grpc_refused(grpc):
+            return
         if (
             rec.path in _HEALTH_PATHS
             and ctx.settings.health_on_proxy_port
@@ -232,7 +269,11 @@ class Exchange:
         """The guards let the request through: on to the first attempt."""
         ctx = self.ctx
         ctx.budget.deposit()
-        self.deadline = ctx.loop.time() + ctx.settings.request_timeout
+        timeout = ctx.settings.request_timeout
+        grpc = self.grpc
+        if grpc is not None and grpc.timeout is not None:
+            timeout = min(timeout, grpc.timeout)  # the whole call's, streaming or not
+        self.deadline = ctx.loop.time() + timeout
         self._attempt()
 
     def _request_hook(self, hooks: HookStep) -> bool:
@@ -245,7 +286,7 @@ class Exchange:
         if outcome is None:
             return False
         if isinstance(outcome, LocalAnswer):
-            self._local(outcome)
+            self._hook_answer(outcome)
         else:
             self._to(REQUEST_HOOK)
             self.pending = outcome
@@ -263,12 +304,31 @@ class Exchange:
             if answer is None:
                 self._forward()
             else:
-                self._local(answer)
+                self._hook_answer(answer)
         except IllegalTransition as bug:
             self._aborted(bug)
 
-    def _local(self, answer: LocalAnswer) -> None:
+    def _hook_answer(self, answer: LocalAnswer) -> None:
+        """A hook's answer, or the error a failed hook earned (in gRPC form to a gRPC call)."""
         self.answer(answer.status, answer.body, answer.content_type, answer.extra)
+
+    def _grpc_refused(self, grpc: GrpcCall) -> bool:
+        """Answer a gRPC call the sidecar cannot carry; True if it did."""
+        if grpc.malformed:
+            # PROTOCOL-HTTP2.md leaves the answer open; gRPC servers say INTERNAL
+            self._grpc_answer(G.INTERNAL, "sidecar-proxy: malformed grpc-timeout", None)
+            return True
+        if self.ctx.settings.upstream_protocol != "h2c":
+            # An HTTP/1.1 app cannot take a gRPC call (no trailers, no full duplex); UNIMPLEMENTED
+            # rather than UNAVAILABLE, which clients retry: no retry can help.
+            self._grpc_answer(
+                G.UNIMPLEMENTED,
+                "sidecar-proxy: the app leg is HTTP/1.1 (UPSTREAM_PROTOCOL=http1); "
+                "gRPC needs UPSTREAM_PROTOCOL=h2c",
+                None,
+            )
+            return True
+        return False
 
     def _attempt(self) -> None:
         ctx = self.ctx
@@ -365,6 +425,11 @@ class Exchange:
             lines = [xff, xfp, self.rid_line]
         if client.xfcc_line:  # a verified client certificate
             lines.append(client.xfcc_line)
+        grpc = self.grpc
+        if grpc is not None and grpc.timeout is not None:
+            # the app learns the time this attempt has left, not the caller's original budget
+            left = self.deadline - self.ctx.loop.time()
+            lines.append(b"grpc-timeout: " + G.timeout_value(left) + CRLF)
         if not h.host_count:  # HTTP/1.0 without Host; an empty Host is forwarded as it is
             lines.insert(0, b"Host: %b:%d\r\n" % (s.upstream_host.encode(), s.upstream_port))
         return lines
@@ -380,7 +445,9 @@ class Exchange:
             self._spooled_body(spool, data)
             return
         self.chunks.append(data)
-        if self.replayable:
+        if self.grpc is not None:
+            self.grpc.requests.feed(data)
+        if self.held:
             self.kept_bytes += len(data)
             if self.kept_bytes > self.ctx.settings.retry_buffer_limit and self._outgrown():
                 return
@@ -396,8 +463,11 @@ class Exchange:
         if self.phase is DONE:
             return
         # The response deadline counts from the end of the request, as Envoy's route timeout
-        # does: a slow upload is the client's time (client_body_timeout), not the app's.
-        self.deadline = self.ctx.loop.time() + self.ctx.settings.request_timeout
+        # does: a slow upload is the client's time (client_body_timeout), not the app's. A gRPC
+        # deadline is the whole call's, streaming or not.
+        grpc = self.grpc
+        if grpc is None or grpc.timeout is None:
+            self.deadline = self.ctx.loop.time() + self.ctx.settings.request_timeout
         self.req_trailers = trailers
         app = self.app
         if app is not None:
@@ -418,8 +488,12 @@ class Exchange:
         """
         area = self.ctx.spool
         length = self.head.content_length
-        if area is None or (length is not None and length > area.limit):
-            self.replayable = False
+        if (
+            area is None
+            or not self.replayable  # held only in case the app never sees it: memory alone
+            or (length is not None and length > area.limit)
+        ):
+            self.held = self.replayable = False  # too large to replay: stream it, never retry
             return False
         app = self.app
         if app is None:
@@ -427,7 +501,7 @@ class Exchange:
         chunks = self.chunks
         spool = area.start(chunks)
         if spool is None:  # over the spools' total, or the disk failed: as if there were none
-            self.replayable = False
+            self.held = self.replayable = False
             return False
         for chunk in chunks[self.written :]:
             app.send_body(chunk)
@@ -444,7 +518,7 @@ class Exchange:
         streaming = app is not None and self.spool_sent == spool.size
         if not spool.append(data):  # over a bound, or the disk failed: the copy is gone
             self.spool = None
-            self.replayable = False
+            self.held = self.replayable = False
             if app is not None and streaming:
                 app.send_body(data)  # nothing lost: stream on without a copy
             else:
@@ -464,7 +538,7 @@ class Exchange:
             piece = spool.read(self.spool_sent, REPLAY_PIECE)
             if not piece:  # the disk failed: the copy is gone
                 self.spool = None
-                self.replayable = False
+                self.held = self.replayable = False
                 self._copy_lost()
                 return
             self.spool_sent += len(piece)
@@ -492,7 +566,7 @@ class Exchange:
     def _drop_copy(self, spool: Spool) -> None:
         """No retry can come any more: give the disk space back now, not at the end."""
         self.spool = None
-        self.replayable = False
+        self.held = self.replayable = False
         spool.close()
 
     def _unsent(self, out: list[bytes]) -> list[bytes]:
@@ -500,7 +574,7 @@ class Exchange:
         can no longer be replayed."""
         chunks = self.chunks
         out += chunks[self.written :]
-        if self.replayable:
+        if self.held:
             self.written = len(chunks)
         else:
             chunks.clear()
@@ -530,12 +604,17 @@ class Exchange:
         if self.timer is not None:  # the per-try timeout: an answer came in time
             self.timer.cancel()
             self.timer = None
-        failed = status in ctx.failure_statuses
-        if failed:
-            rec.upstream_errors.append(R.ERR_5XX if status >= 500 else R.ERR_PROTOCOL)
-        self._verdict(failed)
-        if ctx.retry.retryable_status(status) and self._retry(None, status):
-            return
+        grpc = self.grpc
+        if grpc is not None and status == 200:
+            if self._grpc_head(resp):
+                return
+        else:
+            failed = status in ctx.failure_statuses
+            if failed:
+                rec.upstream_errors.append(R.ERR_5XX if status >= 500 else R.ERR_PROTOCOL)
+            self._verdict(failed)
+            if ctx.retry.retryable_status(status) and self._retry(None, status):
+                return
         if status == 101:
             if self.head.upgrade:
                 self._start_tunnel(app, resp)
@@ -545,7 +624,12 @@ class Exchange:
         rec.status = status
         has_body = response_has_body(self.head.method, status)
         # no Content-Length and not chunked: the body ends when the app closes the connection
-        self.to_eof = has_body and resp.content_length is None and not resp.transfer_encoding
+        self.to_eof = (
+            has_body
+            and not resp.framed
+            and resp.content_length is None
+            and not resp.transfer_encoding
+        )
         hooked = self.hooked
         if hooked is not None and self._response_hook(hooked, app, resp):
             return
@@ -606,6 +690,17 @@ class Exchange:
         except IllegalTransition as bug:
             self._aborted(bug)
 
+    def _grpc_head(self, resp: ResponseHead) -> bool:
+        """A gRPC call's answer: its status is in the head only when it is Trailers-Only (the
+        call failed before any message); otherwise the trailers bring it, and the breaker's
+        verdict waits for them. True if it is retried."""
+        code = G.head_status(resp)
+        if code is None:
+            return False
+        self.rec.grpc_status = code
+        self._verdict(code in self.ctx.settings.grpc_failure_statuses)
+        return self.ctx.retry.retryable_grpc(code) and self._retry(None, None, code)
+
     def response_body(self, data: bytes) -> None:
         if self.phase is not STREAMING:
             hooked = self.hooked
@@ -613,6 +708,8 @@ class Exchange:
                 hooked.hold(data)  # the head waits for an async on_response
             return  # a 1xx has no body; anything else was refused at its head
         self.rec.bytes_out += len(data)
+        if self.grpc is not None:
+            self.grpc.responses.feed(data)
         self.client.send_body(data)
         self.last_activity = self.ctx.loop.time()
 
@@ -637,6 +734,8 @@ class Exchange:
         app.release(self.req_done and not self.to_eof and self.spool is None)
 
     def _end_response(self, trailers: Trailers | None) -> None:
+        if self.grpc is not None:
+            self._grpc_end(trailers)
         self.client.send_end(trailers)
         self.client.flush()
         self.finish()
@@ -647,6 +746,17 @@ class Exchange:
         self._release(app)
         if self.hooked is not None:
             self.hooked.end(trailers)
+
+    def _grpc_end(self, trailers: Trailers | None) -> None:
+        """A gRPC call's response is complete: its status, and the breaker's verdict on it."""
+        rec = self.rec
+        code = G.trailer_status(trailers)
+        if code is not None:
+            rec.grpc_status = code
+        elif rec.grpc_status < 0:
+            # no grpc-status anywhere: the client will make one up from the HTTP status
+            rec.grpc_status = G.UNKNOWN if rec.status == 200 else G.local_code(rec.status, False)
+        self._verdict(rec.grpc_status in self.ctx.settings.grpc_failure_statuses)
 
     def read_done(self) -> None:
         self.client.flush()
@@ -684,6 +794,16 @@ class Exchange:
             self.reply(status, detail)
         else:
             self._attempt_failed(Failure.RESET)
+
+    def app_refused(self, app: AppLeg) -> None:
+        if app is not self.app or not WAITING_FOR_APP >> self.phase & 1:
+            return
+        self.app = None
+        app.abandon()
+        # Nothing reached the app, so any request may go again, as after a refused connection,
+        # while its whole body is still here; past retry_buffer_limit it is retried only as a
+        # reset would be.
+        self._attempt_failed(Failure.CONNECT if self.held else Failure.RESET)
 
     def app_protocol_error(self, app: AppLeg, reason: str) -> None:
         if app is not self.app or self.phase is DONE:
@@ -742,7 +862,9 @@ class Exchange:
         else:
             self.ctx.breaker.record_success(self.attempt_at)
 
-    def _retry(self, failure: Failure | None, status: int | None) -> bool:
+    def _retry(
+        self, failure: Failure | None, status: int | None, grpc_status: int | None = None
+    ) -> bool:
         """Ask the policy whether to try again; if so, drop this attempt and schedule the next."""
         ctx = self.ctx
         rec = self.rec
@@ -750,7 +872,16 @@ class Exchange:
             return False  # this failure opened it: the next attempt would only be refused
         retry_after = None
         resp = self.resp
-        if resp is not None and resp.retry_after is not None:
+        replayable = failure is Failure.CONNECT or self.replayable
+        if grpc_status is not None:
+            # A Trailers-Only answer: the app took no message of it, so the call may go again
+            # while we hold all of it. grpc-retry-pushback-ms is the app's Retry-After; a
+            # negative or malformed one asks for no retry (gRFC A6).
+            replayable = self.held
+            retry_after = None if resp is None else G.head_pushback(resp)
+            if retry_after is not None and retry_after < 0:
+                return False
+        elif resp is not None and resp.retry_after is not None:
             retry_after = parse_retry_after(resp.retry_after, time.time())
         # Nothing of the request reached the app after a refused connection, so any request may
         # go again; otherwise only a replay-safe one whose body we still hold.
@@ -758,7 +889,8 @@ class Exchange:
             attempt=rec.attempts,
             failure=failure,
             status=status,
-            replayable=failure is Failure.CONNECT or self.replayable,
+            grpc_status=grpc_status,
+            replayable=replayable,
             retry_after=retry_after,
             remaining=self.deadline - ctx.loop.time(),
         )
@@ -772,6 +904,8 @@ class Exchange:
         if failure is not None:
             code, _, _, detail = _FAILURES[failure]
             self.last_failure = (code, detail)
+        elif grpc_status is not None:
+            self.last_failure = (503, f"the app answered gRPC status {grpc_status}")
         else:
             self.last_failure = (status or 502, f"the app answered {status}")
         app = self.app
@@ -790,7 +924,12 @@ class Exchange:
     def on_tick(self, now: float) -> None:
         """Deadline check, called by the client leg's tick."""
         phase = self.phase
+        grpc = self.grpc
+        whole_call = grpc is not None and grpc.timeout is not None
         if phase is STREAMING:
+            if whole_call and now >= self.deadline:
+                self._grpc_deadline()
+                return
             # After the head, the deadline becomes a stall limit on the body. A client that
             # reads slowly pauses the app, which is not the app stalling.
             if self.client.write_paused:
@@ -800,13 +939,29 @@ class Exchange:
             return
         # Not started, over, or a tunnel (which lives as long as its peers want); and an
         # upload in progress is bounded by the client leg's body timeout instead.
-        if not WAITING_FOR_APP >> phase & 1 or not self.req_done or now < self.deadline:
+        if not WAITING_FOR_APP >> phase & 1 or now < self.deadline:
+            return
+        if not self.req_done and not whole_call:
             return
         self._cancel_attempt()
         self.rec.upstream_errors.append(R.ERR_TIMEOUT)
         self._verdict(True)
         self.rec.flags.append(R.UPSTREAM_TIMEOUT)
         self.reply(504, "the app did not answer in time")
+
+    def _grpc_deadline(self) -> None:
+        """A gRPC call's deadline passed after its response head: end it with trailers saying
+        DEADLINE_EXCEEDED (the client learns why, rather than seeing a reset), cancel the app's
+        stream (RST_STREAM CANCEL), as a gRPC server cancels a call past its deadline."""
+        rec = self.rec
+        rec.flags.append(R.UPSTREAM_TIMEOUT)
+        rec.upstream_errors.append(R.ERR_TIMEOUT)
+        rec.grpc_status = G.DEADLINE_EXCEEDED
+        self._cancel_attempt()
+        self._verdict(G.DEADLINE_EXCEEDED in self.ctx.settings.grpc_failure_statuses)
+        self.client.send_end(G.local_trailers(G.DEADLINE_EXCEEDED, "deadline exceeded", None))
+        self.client.flush()
+        self.finish()
 
     def _on_try_timeout(self, attempt_no: int) -> None:
         self.timer = None
@@ -861,6 +1016,8 @@ class Exchange:
             rec.flags.append(R.DOWNSTREAM_DISCONNECT)
         if not self.committed:
             rec.status = R.STATUS_CLIENT_CLOSED
+        if self.grpc is not None:
+            rec.grpc_status = G.CANCELLED
         self._cancel_attempt()
         self.finish()
 
@@ -927,7 +1084,37 @@ class Exchange:
         content_type: bytes,
         extra: list[tuple[bytes, bytes]] | None,
     ) -> None:
-        """Write a complete response of our own (no app involved) and finish."""
+        """Write a complete response of our own (no app involved) and finish; to a gRPC call,
+        its gRPC form (:meth:`_grpc_answer`)."""
+        if self.grpc is not None:
+            code = G.local_code(status, R.LOAD_SHED in self.rec.flags)
+            message = "sidecar-proxy: " + body.decode("utf-8", "replace").strip()
+            self._grpc_answer(code, message, extra)
+            return
+        self._local(status, body, content_type, extra)
+
+    def _grpc_answer(
+        self, code: int, message: str, extra: list[tuple[bytes, bytes]] | None
+    ) -> None:
+        """An answer of ours to a gRPC call (PROTOCOL-HTTP2.md, Trailers-Only): HTTP 200,
+        content-type application/grpc, grpc-status and grpc-message, no body; a client reports
+        it as that status, never as a transport failure. Retry-After becomes
+        grpc-retry-pushback-ms."""
+        self.rec.grpc_status = code
+        pushback = None
+        for name, value in extra or ():
+            if name == b"Retry-After" and value.isdigit():
+                pushback = int(value)
+        fields = G.local_trailers(code, message, pushback)
+        self._local(200, b"", G.CONTENT_TYPE, [*(extra or ()), *fields])
+
+    def _local(
+        self,
+        status: int,
+        body: bytes,
+        content_type: bytes,
+        extra: list[tuple[bytes, bytes]] | None,
+    ) -> None:
         rec = self.rec
         self._cancel_attempt()
         if rec.attempts and self.ctx.settings.attempts_header:
@@ -953,5 +1140,11 @@ class Exchange:
             spool.close()
         rec = self.rec
         rec.end = time.monotonic()
+        grpc = self.grpc
+        if grpc is not None:
+            rec.grpc_requests = grpc.requests.count
+            rec.grpc_responses = grpc.responses.count
+            if rec.grpc_status < 0:  # cut short: the client saw a reset stream
+                rec.grpc_status = G.UNKNOWN
         ctx.recorder.finished(rec)
         self.client.exchange_done(self)

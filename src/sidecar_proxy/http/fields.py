@@ -81,8 +81,10 @@ class RequestHead:
         "chunked",
         "connection",
         "content_length",
+        "content_type",
         "forwarded_host",
         "forwarded_proto",
+        "grpc_timeout",
         "header_bytes",
         "header_count",
         "host",
@@ -130,6 +132,9 @@ class RequestHead:
         self.xff = b""
         self.forwarded_proto = b""
         self.forwarded_host = b""
+        # gRPC (HTTP/2 only: the HTTP/2 client leg fills these, see http/grpc.py)
+        self.content_type = b""
+        self.grpc_timeout: bytes | None = None  # not forwarded: re-added with the time left
 
 
 class ResponseHead:
@@ -138,6 +143,7 @@ class ResponseHead:
     __slots__ = (
         "connection",
         "content_length",
+        "framed",
         "has_request_id",
         "keep_alive",
         "lines",
@@ -163,3 +169,6 @@ class ResponseHead:
         self.has_request_id = False
         self.retry_after: bytes | None = None
         self.keep_alive = False  # the app will take another request on this connection
+        # the protocol marks where the body ends whatever the fields say (an HTTP/2 stream's
+        # END_STREAM), so it never ends by the app closing the connection
+        self.framed = False

@@ -203,6 +203,82 @@ class RequestSeries(Collector):
         return families
 
 
+_GRPC_REQUESTS = (
+    "sidecar_grpc_requests_total",
+    "gRPC calls, by service, method and grpc_status (the call's, not the HTTP status)",
+)
+_GRPC_DURATION = ("sidecar_grpc_request_duration_seconds", "gRPC call duration in seconds")
+_GRPC_REQUEST_MESSAGES = (
+    "sidecar_grpc_request_messages_total",
+    "gRPC messages from clients to the app (over calls: messages per call for streams)",
+)
+_GRPC_RESPONSE_MESSAGES = (
+    "sidecar_grpc_response_messages_total",
+    "gRPC messages from the app to clients",
+)
+
+
+class GrpcSeries(Collector):
+    """The per-call gRPC series, plain numbers like :class:`RequestSeries`; only gRPC calls
+    touch them. ``service`` and ``method`` are bounded by the path labels' cap."""
+
+    LABEL_NAMES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
+        {
+            _GRPC_REQUESTS[0]: ("service", "method", "grpc_status"),
+            _GRPC_DURATION[0]: ("service", "method"),
+            _GRPC_REQUEST_MESSAGES[0]: ("service", "method"),
+            _GRPC_RESPONSE_MESSAGES[0]: ("service", "method"),
+        }
+    )
+
+    def __init__(self) -> None:
+        self.calls: dict[tuple[str, str, str], int] = {}  # (service, method, status) -> count
+        self.durations: dict[tuple[str, str], HistogramSeries] = {}
+        self.request_messages: dict[tuple[str, str], int] = {}
+        self.response_messages: dict[tuple[str, str], int] = {}
+
+    def record(
+        self, key: tuple[str, str], status: str, duration: float, sent: int, received: int
+    ) -> None:
+        """One call that is over: ``sent`` messages from the client, ``received`` from the app."""
+        calls = self.calls
+        ckey = (key[0], key[1], status)
+        calls[ckey] = calls.get(ckey, 0) + 1
+        histogram = self.durations.get(key)
+        if histogram is None:
+            histogram = self.durations[key] = HistogramSeries()
+        histogram.observe(duration, None, 0.0)
+        self.request_messages[key] = self.request_messages.get(key, 0) + sent
+        self.response_messages[key] = self.response_messages.get(key, 0) + received
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families(with_samples=False)
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families(with_samples=True)
+
+    def _families(self, *, with_samples: bool) -> list[Metric]:
+        labels = self.LABEL_NAMES
+        calls = CounterMetricFamily(*_GRPC_REQUESTS, labels=labels[_GRPC_REQUESTS[0]])
+        duration = HistogramMetricFamily(*_GRPC_DURATION, labels=labels[_GRPC_DURATION[0]])
+        sent = CounterMetricFamily(
+            *_GRPC_REQUEST_MESSAGES, labels=labels[_GRPC_REQUEST_MESSAGES[0]]
+        )
+        received = CounterMetricFamily(
+            *_GRPC_RESPONSE_MESSAGES, labels=labels[_GRPC_RESPONSE_MESSAGES[0]]
+        )
+        if with_samples:
+            for key3, n in list(self.calls.items()):
+                calls.add_metric(key3, n)
+            for key, series in list(self.durations.items()):
+                duration.add_metric(key, series.cumulative(), series.sum)
+            for key, n in list(self.request_messages.items()):
+                sent.add_metric(key, n)
+            for key, n in list(self.response_messages.items()):
+                received.add_metric(key, n)
+        return [calls, duration, sent, received]
+
+
 _BURN_RATE = (
     "sidecar_slo_burn_rate",
     "Error-budget burn rate over the window: the bad share of requests divided by the budget",
@@ -259,6 +335,8 @@ class Metrics:
         r = self.registry
         self.requests = RequestSeries()
         r.register(self.requests)
+        self.grpc = GrpcSeries()
+        r.register(self.grpc)
         self.slo = slo
         r.register(SloSeries(slo, time.monotonic))
         self.upstream_errors = Counter(

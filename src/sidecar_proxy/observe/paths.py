@@ -70,6 +70,10 @@ class PathLabeler:
         self._labels: set[str] = set()
         self._cache: dict[str, str] = {}
 
+    @property
+    def limit(self) -> int:
+        return self._limit
+
     def label(self, path: str) -> str:
         label = self._cache.get(path)
         if label is not None:
@@ -85,3 +89,32 @@ class PathLabeler:
                 self._cache.clear()
             self._cache[path] = label
         return label
+
+
+class GrpcLabeler:
+    """Maps a gRPC call's path (``/package.Service/Method``) to its ``service`` and ``method``
+    label values: at most ``limit`` distinct pairs (the path labels' cap), then ``other``; a path
+    of another shape is ``other`` at once. gRPC paths name code, not data, so they are not
+    normalised: a method called ``GetV2Token1234567890abcd`` stays itself."""
+
+    __slots__ = ("_labels", "_limit")
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._labels: dict[str, tuple[str, str]] = {}
+
+    def label(self, path: str) -> tuple[str, str]:
+        labels = self._labels.get(path)
+        if labels is not None:
+            return labels
+        service, sep, method = path[1:].partition("/")
+        if (
+            len(self._labels) >= self._limit
+            or len(path) > _MAX_LABEL_CHARS
+            or path[:1] != "/"
+            or not (service and sep and method)
+            or "/" in method
+        ):
+            return OTHER, OTHER
+        labels = self._labels[path] = (service, method)
+        return labels

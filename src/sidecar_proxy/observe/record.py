@@ -39,6 +39,28 @@ ERR_PROTOCOL = "protocol_error"
 
 STATUS_CLIENT_CLOSED = 499  # nginx's convention for "the client went away first"
 
+# gRPC status codes by number (grpc/grpc doc/statuscodes.md): the grpc_status label values and
+# the names GRPC_RETRY_ON and GRPC_FAILURE_STATUSES take.
+GRPC_STATUS_NAMES = (
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+)
+
 
 class Record:
     """Everything known about one request, filled in by the data path."""
@@ -50,6 +72,10 @@ class Record:
         "client_identity",
         "end",
         "flags",
+        "grpc",
+        "grpc_requests",
+        "grpc_responses",
+        "grpc_status",
         "has_query",
         "method",
         "path",
@@ -91,3 +117,9 @@ class Record:
         self.upstream_errors: list[str] = []  # one entry per failed attempt, ERR_* values
         self.tls_version = ""  # "TLSv1.3"; "" on a plain-HTTP listener
         self.client_identity = ""  # first URI SAN, else first DNS SAN, of the client certificate
+        # a gRPC call (content-type application/grpc): its status (-1 until known) and the
+        # messages of each direction
+        self.grpc = False
+        self.grpc_status = -1
+        self.grpc_requests = 0
+        self.grpc_responses = 0

@@ -57,9 +57,10 @@ from sidecar_proxy.observe.metrics import (
     REJECT_SHED,
     Metrics,
 )
-from sidecar_proxy.observe.paths import PathLabeler, method_label
+from sidecar_proxy.observe.paths import GrpcLabeler, PathLabeler, method_label
 from sidecar_proxy.observe.record import (
     BREAKER_OPEN,
+    GRPC_STATUS_NAMES,
     LOAD_SHED,
     LOCAL_REPLY,
     RATE_LIMITED,
@@ -76,6 +77,8 @@ class Recorder:
         "_access_log",
         "_breaker_rejected",
         "_errors",
+        "_grpc",
+        "_grpc_label",
         "_label",
         "_metrics",
         "_rate_limited",
@@ -90,6 +93,8 @@ class Recorder:
     def __init__(self, metrics: Metrics, paths: PathLabeler, access_log: AccessLog | None) -> None:
         self._metrics = metrics
         self._label = paths.label
+        self._grpc = metrics.grpc
+        self._grpc_label = GrpcLabeler(paths.limit).label
         self._access_log = access_log
         self._timestamps = UtcTimestamps()
         self._series = metrics.requests
@@ -148,6 +153,8 @@ class Recorder:
                 self._rate_limited.inc()
         series.request_bytes += ex.bytes_in
         series.response_bytes += ex.bytes_out
+        if ex.grpc:
+            self._grpc_call(ex, duration)
         slo = self._slo
         if slo is not None and not (flags and LOCAL_REPLY in flags):
             slo.record(now, status, duration if ttfb is None else ttfb)
@@ -175,7 +182,18 @@ class Recorder:
             "tls_version": ex.tls_version,
             "client_identity": ex.client_identity,
         }
+        if ex.grpc:
+            service, _, grpc_method = ex.path[1:].partition("/")
+            entry["grpc_service"] = service
+            entry["grpc_method"] = grpc_method
+            entry["grpc_status"] = ex.grpc_status
         access_log.write(orjson.dumps(entry, option=_LOG_OPTIONS))
+
+    def _grpc_call(self, ex: Record, duration: float) -> None:
+        code = ex.grpc_status
+        status = GRPC_STATUS_NAMES[code] if 0 <= code < len(GRPC_STATUS_NAMES) else "UNKNOWN"
+        labels = self._grpc_label(ex.path)
+        self._grpc.record(labels, status, duration, ex.grpc_requests, ex.grpc_responses)
 
     def _error_counter(self, error_type: str) -> Counter:
         counter = self._errors.get(error_type)

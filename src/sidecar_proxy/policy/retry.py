@@ -69,10 +69,15 @@ class RetryPolicy:
     :class:`ValueError` here rather than silently never matching.
     """
 
-    __slots__ = ("_backoff", "_budget", "_failures", "_max_retries", "_statuses")
+    __slots__ = ("_backoff", "_budget", "_failures", "_grpc_statuses", "_max_retries", "_statuses")
 
     def __init__(
-        self, max_retries: int, retry_on: frozenset[str], backoff: Backoff, budget: RetryBudget
+        self,
+        max_retries: int,
+        retry_on: frozenset[str],
+        backoff: Backoff,
+        budget: RetryBudget,
+        grpc_retry_on: frozenset[int] = frozenset(),
     ) -> None:
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, not {max_retries!r}")
@@ -91,6 +96,7 @@ class RetryPolicy:
         self._max_retries = max_retries
         self._failures = frozenset(failures)
         self._statuses = frozenset(statuses)
+        self._grpc_statuses = grpc_retry_on
         self._backoff = backoff
         self._budget = budget
 
@@ -105,6 +111,10 @@ class RetryPolicy:
         """Whether a response with this status may be retried; a set lookup, asked of every head."""
         return status in self._statuses
 
+    def retryable_grpc(self, grpc_status: int) -> bool:
+        """Whether a gRPC call that ended with this status may be retried (``GRPC_RETRY_ON``)."""
+        return grpc_status in self._grpc_statuses
+
     def decide(
         self,
         *,
@@ -112,19 +122,22 @@ class RetryPolicy:
         failure: Failure | None,
         status: int | None,
         replayable: bool,
+        grpc_status: int | None = None,
         retry_after: float | None,
         remaining: float,
     ) -> Decision:
         """Whether to retry after attempt number ``attempt`` (1-based) failed.
 
-        Exactly one of ``failure`` (no response) and ``status`` (a response the policy may retry)
-        is given. ``replayable`` is the data path's word that the request may be sent again.
+        Exactly one of ``failure`` (no response), ``status`` (a response the policy may retry)
+        and ``grpc_status`` (a gRPC call's Trailers-Only answer) is given. ``replayable`` is the
+        data path's word that the request may be sent again.
         ``retry_after`` is the app's ``Retry-After`` in seconds, if it sent one; ``remaining`` is
         what is left of the overall deadline.
 
         The checks run in this order; the first that refuses gives the reason:
 
-        1. ``not-retryable``: the failure kind or status is not in ``retry_on``.
+        1. ``not-retryable``: the failure kind or status is not in ``retry_on`` (the gRPC status
+           not in ``grpc_retry_on``).
         2. ``exhausted``: ``attempt > max_retries``, i.e. all retries are spent (a request is sent
            at most ``1 + max_retries`` times).
         3. ``unsafe``: not ``replayable``.
@@ -140,12 +153,15 @@ class RetryPolicy:
 
         Otherwise: retry after ``delay`` seconds.
         """
-        if (failure is None) == (status is None):
-            raise ValueError("decide() takes exactly one of failure and status")
+        if (failure is not None) + (status is not None) + (grpc_status is not None) != 1:
+            raise ValueError("decide() takes exactly one of failure, status and grpc_status")
         if failure is not None:
             if failure not in self._failures:
                 return _NOT_RETRYABLE
-        elif status not in self._statuses:
+        elif status is not None:
+            if status not in self._statuses:
+                return _NOT_RETRYABLE
+        elif grpc_status not in self._grpc_statuses:
             return _NOT_RETRYABLE
         if attempt > self._max_retries:
             return _EXHAUSTED

@@ -14,7 +14,7 @@ The proxy port's policy (RFC 9325, Mozilla's "intermediate" profile):
   secrecy, no CBC padding oracles; TLS 1.3 suites are all AEAD and stay OpenSSL's defaults;
 * the server's cipher order, no compression (CRIME), no renegotiation (a client could otherwise
   make the server redo expensive handshakes on one connection);
-* ALPN ``http/1.1`` (:data:`ALPN`).
+* ALPN ``h2`` and ``http/1.1`` (:data:`ALPN`).
 """
 
 from __future__ import annotations
@@ -31,9 +31,13 @@ from cryptography.hazmat.primitives import serialization
 from sidecar_proxy.config import FIELDS, Settings
 from sidecar_proxy.tls.identity import sans
 
-# What the proxy port offers in ALPN. HTTP/2 adds "h2" in front when the proxy speaks it; until
-# then a client offering only h2 gets no ALPN answer and falls back to HTTP/1.1 (RFC 7301 §3.2).
-ALPN = ("http/1.1",)
+# What the proxy port offers in ALPN, preferred first: h2 (the HTTP/1.1 leg hands a connection
+# to the HTTP/2 leg at its preface, RFC 9113 §3.2), then http/1.1. TLS12_CIPHERS and the options
+# below already meet RFC 9113 §9.2 for h2 over TLS 1.2 (ECDHE, AEAD, no compression, no
+# renegotiation).
+ALPN = ("h2", "http/1.1")
+# What the proxy offers the app over TLS: HTTP/1.1 only (its HTTP/2 app leg is cleartext, h2c).
+UPSTREAM_ALPN = ("http/1.1",)
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 _ENV = {field.name: field.env for field in FIELDS}
@@ -95,7 +99,7 @@ def upstream_context(settings: Settings) -> Loaded:
     chain to upstream_ca_file (or the system's CAs) and name upstream_server_name."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the chain and the name
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.set_alpn_protocols(list(ALPN))
+    ctx.set_alpn_protocols(list(UPSTREAM_ALPN))
     certs: list[CertInfo] = []
     if settings.upstream_ca_file:
         certs += _load_cas(ctx, settings, "upstream_ca_file")

@@ -25,14 +25,13 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import time
 from collections import deque
 from typing import Any, Final, cast
 
 import httptools
 
 from sidecar_proxy.http.context import ProxyContext
-from sidecar_proxy.http.exchange import Exchange
+from sidecar_proxy.http.exchange import Exchange, new_record
 from sidecar_proxy.http.fields import (
     REQ_B3_TRACE_ID,
     REQ_CONNECTION,
@@ -52,19 +51,17 @@ from sidecar_proxy.http.fields import (
     ResponseHead,
 )
 from sidecar_proxy.http.framing import CRLF, chunk_size_line, last_chunk
+from sidecar_proxy.http.h2.frames import preface_kind
+from sidecar_proxy.http.h2.server import take_over
 from sidecar_proxy.http.headers import (
     KNOWN_CODINGS,
     end_to_end,
     list_tokens,
-    new_request_id,
     valid_host,
-    valid_request_id,
 )
 from sidecar_proxy.http.legs import ClientEvents, Trailers
 from sidecar_proxy.http.phase import IllegalTransition
 from sidecar_proxy.http.replies import local_reply, status_line
-from sidecar_proxy.observe.record import Record
-from sidecar_proxy.observe.tracecontext import trace_id
 from sidecar_proxy.tls.accept import ServerTLS
 from sidecar_proxy.tls.identity import Peer
 
@@ -138,6 +135,7 @@ class H1ClientConnection(asyncio.Protocol):
         "_parser",
         "_read_block",
         "_sent_final",
+        "_sniffed",
         "_stash",
         "_state",
         "_trailers",
@@ -188,6 +186,8 @@ class H1ClientConnection(asyncio.Protocol):
         self._chunked_out = False
         self._keep = False  # the connection stays open after this response
         self._sent_final = False  # bytes of a final response head have left: no retraction
+        # the connection's first bytes while they might still be HTTP/2's preface; None after
+        self._sniffed: bytes | None = b""
 
     # == lifecycle =================================================================================
 
@@ -263,6 +263,20 @@ class H1ClientConnection(asyncio.Protocol):
     # == bytes in ==================================================================================
 
     def data_received(self, data: bytes) -> None:
+        if self._sniffed is not None:
+            data = self._sniffed + data
+            kind = preface_kind(data)
+            if kind is None:
+                self._sniffed = data  # too few bytes to tell yet
+                return
+            self._sniffed = None
+            if kind and self.transport is not None:
+                # HTTP/2 with prior knowledge (RFC 9113 §3.3): the HTTP/2 leg takes over
+                self.ctx.connections.discard(self)
+                self._state = CLOSED
+                transport, self.transport = self.transport, None
+                take_over(self.ctx, transport, data, self.proto_line, self.tls_peer)
+                return
         state = self._state
         if state is LINGERING:
             self._linger_left -= len(data)  # lingering close: discard, within bounds
@@ -442,7 +456,7 @@ class H1ClientConnection(asyncio.Protocol):
         peer = self.tls_peer
         problem = _FORBIDDEN if peer is not None and not peer.allowed else self._check(cur)
         has_body = cur.chunked or bool(cur.content_length)
-        ex = Exchange(ctx, self, cur, self._record(cur), has_body)
+        ex = Exchange(ctx, self, cur, new_record(cur, self.remote_addr, self.tls_peer), has_body)
         self.parsing = ex
         self.queue.append(ex)
         ctx.recorder.started()
@@ -531,23 +545,6 @@ class H1ClientConnection(asyncio.Protocol):
             return _absolute_form(cur)
         return None
 
-    def _record(self, cur: RequestHead) -> Record:
-        # Not loop.time(): uvloop's is libuv's cached millisecond clock, too coarse for the
-        # 1 ms histogram bucket. Timers still use loop.time(); only measurements use this.
-        rec = Record(time.monotonic(), time.time(), self.remote_addr, "HTTP/" + cur.version)
-        rec.method = cur.method.decode("latin-1")
-        path, q, _ = cur.target.partition(b"?")
-        rec.path = path.decode("latin-1")
-        rec.has_query = bool(q)
-        rec.user_agent = cur.user_agent.decode("latin-1")
-        rid = cur.request_id
-        rec.request_id = rid.decode("ascii") if valid_request_id(rid) else new_request_id()
-        rec.trace_id, rec.traced = trace_id(cur.traceparent, cur.b3_trace_id, rec.request_id)
-        if self.tls_peer is not None:
-            rec.tls_version = self.tls_peer.version
-            rec.client_identity = self.tls_peer.identity
-        return rec
-
     def _reject(self, status: int, detail: str) -> None:
         """Stop trusting the stream: answer this request with ``status`` in its turn, forward
         nothing after it, and close once the answer is out."""
@@ -565,7 +562,13 @@ class H1ClientConnection(asyncio.Protocol):
                 cur.method = self._parser.get_method()
             except httptools.HttpParserError:
                 cur.method = b""
-        ex = Exchange(self.ctx, self, cur, self._record(cur), body_follows=False)
+        ex = Exchange(
+            self.ctx,
+            self,
+            cur,
+            new_record(cur, self.remote_addr, self.tls_peer),
+            body_follows=False,
+        )
         ex.reject(status, detail)
         self.parsing = ex
         self.queue.append(ex)
