@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
@@ -168,7 +168,28 @@ class ResponseRecord(HeadRecord, Protocol):
     status: int
 
 
-class Request:
+H = TypeVar("H", bound=HeadRecord)
+
+
+class _View(Generic[H]):
+    """A view over one head record, its fields decoded on first use."""
+
+    __slots__ = ("_head", "_headers")
+
+    def __init__(self, head: H) -> None:
+        self._head = head
+        self._headers: Headers | None = None
+
+    @property
+    def headers(self) -> Headers:
+        headers = self._headers
+        if headers is None:
+            head = self._head
+            headers = self._headers = Headers._of_lines(head.lines, head.names)
+        return headers
+
+
+class Request(_View[RequestRecord]):
     """The request as ``on_request`` and ``on_response`` see it; ``on_request`` may change it.
 
     ``method``, ``client_ip`` and ``request_id`` are read-only. ``path`` (from ``/``, as sent,
@@ -177,23 +198,13 @@ class Request:
     object is passed to ``on_response``, so a hook may leave itself a note in :attr:`notes`.
     """
 
-    __slots__ = (
-        "_head",
-        "_headers",
-        "_notes",
-        "_path",
-        "_query",
-        "_retargeted",
-        "client_ip",
-        "request_id",
-    )
+    __slots__ = ("_notes", "_path", "_query", "_retargeted", "client_ip", "request_id")
 
     # Made for every request while a hook is set, so nothing is decoded before it is asked for.
     def __init__(self, head: RequestRecord, client_ip: str, request_id: str) -> None:
-        self._head = head
+        super().__init__(head)
         self.client_ip = client_ip
         self.request_id = request_id
-        self._headers: Headers | None = None
         self._path: str | None = None
         self._query = ""
         self._retargeted = False
@@ -238,14 +249,6 @@ class Request:
         self._retargeted = True
 
     @property
-    def headers(self) -> Headers:
-        headers = self._headers
-        if headers is None:
-            head = self._head
-            headers = self._headers = Headers._of_lines(head.lines, head.names)
-        return headers
-
-    @property
     def notes(self) -> dict[str, object]:
         """The hooks' own, from ``on_request`` to ``on_response`` of the same request."""
         notes = self._notes
@@ -258,27 +261,15 @@ class Request:
         return f"<Request {self.method} {target} id={self.request_id}>"
 
 
-class AppResponse:
+class AppResponse(_View[ResponseRecord]):
     """The app's final response head as ``on_response`` sees it: ``status`` to read,
     ``headers`` to change before the head goes to the client."""
 
-    __slots__ = ("_head", "_headers")
-
-    def __init__(self, head: ResponseRecord) -> None:
-        self._head = head
-        self._headers: Headers | None = None
+    __slots__ = ()
 
     @property
     def status(self) -> int:
         return self._head.status
-
-    @property
-    def headers(self) -> Headers:
-        headers = self._headers
-        if headers is None:
-            head = self._head
-            headers = self._headers = Headers._of_lines(head.lines, head.names)
-        return headers
 
     def __repr__(self) -> str:
         return f"<AppResponse {self.status}>"
