@@ -25,7 +25,8 @@ from typing import TextIO
 
 from sidecar_proxy import __version__
 from sidecar_proxy.config import FIELDS, ConfigError, LoadedSettings, Settings, load_settings
-from sidecar_proxy.config.kinds import BoolKind
+from sidecar_proxy.config.cpus import worker_count
+from sidecar_proxy.config.kinds import BoolKind, WorkersKind
 from sidecar_proxy.config.loader import CONFIG_ENV, CONFIG_FLAG
 
 PROG = "sidecar-proxy"
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
 
     if args.command == "check-config":
-        (print_json if args.json else print_table)(loaded, sys.stdout)
+        workers = worker_count(loaded.settings.workers)
+        (print_json if args.json else print_table)(loaded, workers, sys.stdout)
         return 0
     if args.command == "demo":
         return run_demo(loaded.settings)
@@ -122,9 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def print_table(loaded: LoadedSettings, out: TextIO) -> None:
+def print_table(loaded: LoadedSettings, workers: tuple[int, str], out: TextIO) -> None:
+    """One row per setting; ``auto`` workers also say what they come to and why."""
+    sources = dict(loaded.sources)
+    if loaded.settings.workers == WorkersKind.AUTO:
+        sources["workers"] += f"; {workers[0]} ({workers[1]})"
     rows = [("SETTING", "VALUE", "SOURCE")] + [
-        (name, value, loaded.sources[name]) for name, value in _formatted(loaded.settings).items()
+        (name, value, sources[name]) for name, value in _formatted(loaded.settings).items()
     ]
     name_width = max(len(row[0]) for row in rows)
     value_width = max(len(row[1]) for row in rows)
@@ -132,10 +138,11 @@ def print_table(loaded: LoadedSettings, out: TextIO) -> None:
         out.write(f"{name:<{name_width}}  {value:<{value_width}}  {source}\n")
 
 
-def print_json(loaded: LoadedSettings, out: TextIO) -> None:
-    """``{setting: {"value": native, "text": as in the table, "source": ...}}``."""
+def print_json(loaded: LoadedSettings, workers: tuple[int, str], out: TextIO) -> None:
+    """``{setting: {"value": native, "text": as in the table, "source": ...}}``; ``workers``
+    also has ``"count"``, the number of processes it comes to, and ``"count_from"``."""
     text = _formatted(loaded.settings)
-    document = {
+    document: dict[str, dict[str, object]] = {
         field.name: {
             "value": field.kind.to_json(getattr(loaded.settings, field.name)),
             "text": text[field.name],
@@ -143,6 +150,7 @@ def print_json(loaded: LoadedSettings, out: TextIO) -> None:
         }
         for field in FIELDS
     }
+    document["workers"] |= {"count": workers[0], "count_from": workers[1]}
     out.write(json.dumps(document, indent=2) + "\n")
 
 
@@ -151,9 +159,14 @@ def _formatted(settings: Settings) -> Mapping[str, str]:
 
 
 def serve(settings: Settings) -> int:
-    from sidecar_proxy import server  # noqa: PLC0415 - deferred: see the module docstring
+    workers, why = worker_count(settings.workers)
+    if workers == 1:
+        from sidecar_proxy import server  # noqa: PLC0415 - deferred: see the module docstring
 
-    return server.run(settings)
+        return server.run(settings)
+    from sidecar_proxy.workers import supervisor  # noqa: PLC0415 - as the server, deferred
+
+    return supervisor.run(settings, workers, why)
 
 
 def run_demo(settings: Settings) -> int:

@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import uvloop
 
@@ -27,7 +28,7 @@ from sidecar_proxy import __version__
 from sidecar_proxy.admin.health import HealthState
 from sidecar_proxy.admin.server import AdminServer
 from sidecar_proxy.config import Settings
-from sidecar_proxy.http.context import ProxyContext
+from sidecar_proxy.http.context import Policies, ProxyContext
 from sidecar_proxy.http.downstream import DownstreamConnection
 from sidecar_proxy.observe.accesslog import FLUSH_INTERVAL, AccessLog
 from sidecar_proxy.observe.logs import configure_logging
@@ -37,44 +38,46 @@ from sidecar_proxy.observe.recorder import Recorder
 
 log = logging.getLogger("sidecar_proxy.server")
 
+BACKLOG = 2048  # the listen() backlog of the proxy port
+
 
 class ProxyServer:
-    """One proxy: listener, admin server, shared context. Usable in-process (tests, demo)."""
+    """One proxy: listener, admin server, shared context. Usable in-process (tests, demo).
 
-    def __init__(self, settings: Settings, access_log_fd: int = 1) -> None:
+    A worker of a multi-process sidecar (:mod:`sidecar_proxy.workers`) runs one too, with the
+    pod's shared ``policies`` and access-log lock, on listening sockets its parent made, and
+    without an admin server (the parent serves the pod's).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        access_log_fd: int = 1,
+        *,
+        policies: Policies | None = None,
+        log_lock: AbstractContextManager[object] | None = None,
+    ) -> None:
         self.settings = settings
         self._access_log_fd = access_log_fd
+        self._policies = policies
+        self._log_lock = log_lock
         self.metrics = Metrics()
         self.health = HealthState()
         self.access_log: AccessLog | None = None
         self.ctx: ProxyContext | None = None
         self.admin: AdminServer | None = None
-        self._server: asyncio.base_events.Server | None = None
+        self._servers: list[asyncio.base_events.Server] = []
         self._flusher: asyncio.TimerHandle | None = None
         self.port = 0
         self.admin_port = 0
+        self.stopping = False  # a shutdown has begun
 
     async def start(self) -> None:
+        """Listen on the proxy port, then serve the admin port."""
         s = self.settings
-        loop = asyncio.get_running_loop()
-        if s.access_log:
-            self.access_log = AccessLog(self._access_log_fd, on_drop=self.metrics.access_log_drop)
-            self._flusher = loop.call_later(FLUSH_INTERVAL, self._flush_access_log)
-        recorder = Recorder(self.metrics, PathLabeler(s.metrics_path_label_limit), self.access_log)
-        ctx = ProxyContext(loop, s, self.metrics, recorder, self.health)
-        ctx.start_ticking()
-        self.ctx = ctx
         # The proxy port first: /ready on the admin port must never answer 200 for a process
         # that then fails to listen.
-        self._server = await loop.create_server(
-            lambda: DownstreamConnection(ctx),
-            s.listen_host,
-            s.listen_port,
-            backlog=2048,
-            reuse_address=True,
-        )
-        sock: socket.socket = self._server.sockets[0]
-        self.port = sock.getsockname()[1]
+        await self.start_proxy()
         self.admin = AdminServer(s.metrics_host, s.metrics_port, self.metrics.registry, self.health)
         self.admin.start()
         self.admin_port = self.admin.port
@@ -88,6 +91,37 @@ class ProxyServer:
             },
         )
 
+    async def start_proxy(self, listeners: list[socket.socket] | None = None) -> None:
+        """Serve the proxy port: on ``listeners`` when given (bound and listening already),
+        else on sockets bound here to ``listen_host:listen_port``."""
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        if s.access_log:
+            self.access_log = AccessLog(
+                self._access_log_fd, on_drop=self.metrics.access_log_drop, exclusive=self._log_lock
+            )
+            self._flusher = loop.call_later(FLUSH_INTERVAL, self._flush_access_log)
+        recorder = Recorder(self.metrics, PathLabeler(s.metrics_path_label_limit), self.access_log)
+        ctx = ProxyContext(loop, s, self.metrics, recorder, self.health, policies=self._policies)
+        ctx.start_ticking()
+        self.ctx = ctx
+
+        def protocol() -> DownstreamConnection:
+            return DownstreamConnection(ctx)
+
+        if listeners is None:
+            self._servers = [
+                await loop.create_server(
+                    protocol, s.listen_host, s.listen_port, backlog=BACKLOG, reuse_address=True
+                )
+            ]
+        else:
+            self._servers = [
+                await loop.create_server(protocol, sock=sock, backlog=BACKLOG) for sock in listeners
+            ]
+        sock: socket.socket = self._servers[0].sockets[0]
+        self.port = sock.getsockname()[1]
+
     def _flush_access_log(self) -> None:
         if self.access_log is not None:
             self.access_log.flush()
@@ -98,12 +132,14 @@ class ProxyServer:
         """The drain described in the module docstring; returns when the proxy has stopped."""
         s = self.settings
         ctx = self.ctx
-        assert ctx is not None and self._server is not None
+        assert ctx is not None and self._servers
+        self.stopping = True
         self.health.ready = False
         log.info("draining", extra={"drain_delay_s": s.drain_delay})
         if s.drain_delay > 0:
             await asyncio.sleep(s.drain_delay)
-        self._server.close()
+        for server in self._servers:
+            server.close()
         ctx.draining = True
         for conn in list(ctx.connections):
             conn.close_if_idle()
@@ -122,8 +158,8 @@ class ProxyServer:
 
     async def close(self) -> None:
         """Release everything at once (the end of a drain, or a test's teardown)."""
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         if self.ctx is not None:
             self.ctx.stop_ticking()
             for conn in list(self.ctx.connections):
@@ -141,7 +177,7 @@ class ProxyServer:
 def run(settings: Settings, before_start: Callable[[], None] | None = None) -> int:
     """Run a proxy until SIGTERM or SIGINT, drain, and return the exit code."""
     configure_logging(settings.log_level)
-    _tune_malloc()
+    tune_malloc()
     return uvloop.run(_main(settings, before_start))
 
 
@@ -150,7 +186,7 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
 
-def _tune_malloc() -> None:
+def tune_malloc() -> None:
     """Keep large read buffers on the heap instead of a fresh mmap each.
 
     uvloop copies every read (up to 256 KiB) into a new bytes object. Above glibc's mmap threshold
@@ -169,7 +205,6 @@ def _tune_malloc() -> None:
 
 
 async def _main(settings: Settings, before_start: Callable[[], None] | None) -> int:
-    loop = asyncio.get_running_loop()
     server = ProxyServer(settings)
     if before_start is not None:
         before_start()
@@ -179,6 +214,20 @@ async def _main(settings: Settings, before_start: Callable[[], None] | None) -> 
         log.error("cannot listen", extra={"error": str(exc)})
         await server.close()
         return 1
+    return await serve_until_signalled(server)
+
+
+async def serve_until_signalled(
+    server: ProxyServer,
+    signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT),
+    abandon: asyncio.Event | None = None,
+) -> int:
+    """Serve until one of ``signals``, then drain; a second signal exits at once (code 1).
+
+    ``abandon`` (a worker's: its parent is gone) stops at once instead, without a drain, and
+    returns 1.
+    """
+    loop = asyncio.get_running_loop()
     # Everything allocated so far (modules, settings, metric families) lives as long as the
     # process: take it out of the collector's view so each full collection, triggered by the
     # churn of per-request objects, does not walk it again.
@@ -198,8 +247,16 @@ async def _main(settings: Settings, before_start: Callable[[], None] | None) -> 
         log.info("shutdown requested", extra={"signal": signal.Signals(signum).name})
         stop.set()
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in signals:
         loop.add_signal_handler(signum, on_signal, signum)
-    await stop.wait()
+    waits = [asyncio.ensure_future(stop.wait())]
+    if abandon is not None:
+        waits.append(asyncio.ensure_future(abandon.wait()))
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for wait in waits:
+        wait.cancel()
+    if not stop.is_set():
+        await server.close()
+        return 1
     await server.shutdown()
     return 0

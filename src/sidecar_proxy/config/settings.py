@@ -33,6 +33,7 @@ from sidecar_proxy.config.kinds import (
     RetryOnKind,
     SizeKind,
     StatusListKind,
+    WorkersKind,
 )
 
 T = TypeVar("T")
@@ -231,6 +232,18 @@ class Settings:
     )
     attempts_header: bool = _setting(
         "ATTEMPTS_HEADER", BOOL, "false", "add X-Sidecar-Attempts to responses"
+    )
+    workers: int = _setting(
+        "WORKERS",
+        WorkersKind(256),
+        "1",
+        "processes serving the proxy port; auto = the container's CPU limit, rounded up",
+    )
+    metrics_per_worker: bool = _setting(
+        "METRICS_PER_WORKER",
+        BOOL,
+        "false",
+        "with several workers, label every worker's series with worker=N instead of summing",
     )
     trust_forwarded_headers: bool = _setting(
         "TRUST_FORWARDED_HEADERS",

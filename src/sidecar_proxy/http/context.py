@@ -1,19 +1,24 @@
 """What every connection of one proxy shares: settings, pool, policies, recorder, health.
 
 Built once by the server; each protocol instance keeps one reference, so the hot path reaches any
-of these with a single attribute load.
+of these with a single attribute load. The breaker, retry budget and concurrency limit come from
+a :class:`Policies` factory: :class:`LocalPolicies` (the default) builds the plain classes, and a
+worker of a multi-process sidecar passes one whose policies are shared by the whole pod.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 from sidecar_proxy.http.pool import UpstreamPool
 from sidecar_proxy.policy.backoff import Backoff
 from sidecar_proxy.policy.breaker import BreakerState, CircuitBreaker
 from sidecar_proxy.policy.budget import RetryBudget
+from sidecar_proxy.policy.clock import Clock
+from sidecar_proxy.policy.interfaces import Breaker, Budget, Limiter
 from sidecar_proxy.policy.retry import RetryPolicy
 from sidecar_proxy.policy.shedding import ConcurrencyLimit
 
@@ -25,6 +30,48 @@ if TYPE_CHECKING:
     from sidecar_proxy.observe.recorder import Recorder
 
 log = logging.getLogger("sidecar_proxy.breaker")
+
+Transition = Callable[[BreakerState, BreakerState], None]
+
+
+class Policies(Protocol):
+    """Builds the policies that every connection of the proxy shares."""
+
+    def breaker(self, on_transition: Transition) -> Breaker: ...
+
+    def budget(self) -> Budget: ...
+
+    def limiter(self) -> Limiter: ...
+
+
+class LocalPolicies:
+    """This process's own policies: the plain classes, state in this process alone."""
+
+    __slots__ = ("_clock", "_settings")
+
+    def __init__(self, settings: Settings, clock: Clock) -> None:
+        self._settings = settings
+        self._clock = clock
+
+    def breaker(self, on_transition: Transition) -> Breaker:
+        s = self._settings
+        return CircuitBreaker(
+            s.circuit_breaker_threshold,
+            s.circuit_breaker_timeout,
+            s.circuit_breaker_half_open_requests,
+            self._clock,
+            on_transition=on_transition,
+        )
+
+    def budget(self) -> Budget:
+        s = self._settings
+        return RetryBudget(
+            s.retry_budget_ratio, s.retry_budget_min_per_second, s.retry_budget_ttl, self._clock
+        )
+
+    def limiter(self) -> Limiter:
+        return ConcurrencyLimit(self._settings.max_in_flight)
+
 
 # How often deadlines are checked: the precision of every timeout the proxy enforces on clients
 # and on the app (per-try timeouts and retry backoff use real timers and are exact).
@@ -56,6 +103,8 @@ class ProxyContext:
         metrics: Metrics,
         recorder: Recorder,
         health: HealthState,
+        *,
+        policies: Policies | None = None,
     ) -> None:
         self.loop = loop
         self.settings = settings
@@ -72,26 +121,17 @@ class ProxyContext:
             max_head_bytes=settings.max_header_bytes,
             on_connection=metrics.on_upstream_connection,
         )
-        self.breaker = CircuitBreaker(
-            settings.circuit_breaker_threshold,
-            settings.circuit_breaker_timeout,
-            settings.circuit_breaker_half_open_requests,
-            loop.time,
-            on_transition=self._breaker_transition,
-        )
-        self.budget = budget = RetryBudget(
-            settings.retry_budget_ratio,
-            settings.retry_budget_min_per_second,
-            settings.retry_budget_ttl,
-            loop.time,
-        )
+        if policies is None:
+            policies = LocalPolicies(settings, loop.time)
+        self.breaker = policies.breaker(self._breaker_transition)
+        self.budget = budget = policies.budget()
         self.retry = RetryPolicy(
             settings.max_retries,
             settings.retry_on,
             Backoff(settings.retry_backoff, settings.retry_max_backoff),
             budget,
         )
-        self.limiter = ConcurrencyLimit(settings.max_in_flight)
+        self.limiter = policies.limiter()
         self.failure_statuses = settings.circuit_breaker_failure_statuses
         self.connections: set[DownstreamConnection] = set()
         self.draining = False

@@ -18,8 +18,12 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Callable
+from typing import TypeAlias
 
 from sidecar_proxy.policy.clock import Clock
+
+BreakerFields: TypeAlias = tuple[int, int, float, int, int]
+"""A breaker's whole state as plain numbers: state, failures, probe_at, probes, successes."""
 
 
 class BreakerState(enum.IntEnum):
@@ -174,6 +178,23 @@ class CircuitBreaker:
         if self._state is not BreakerState.OPEN:
             return 0.0
         return max(0.0, self._probe_at - self._clock())
+
+    def forget_probes(self) -> None:
+        """The probes in flight will never report (the process that sent them is gone): free
+        their slots, so that new probes may go. It errs the safe way the stale verdicts above
+        do: when some of them are still alive elsewhere, more probes than the limit may be in
+        flight for as long as those take."""
+        if self._state is BreakerState.HALF_OPEN:
+            self._probes = 0
+
+    def export_fields(self) -> BreakerFields:
+        """The whole state, for keeping it where several processes share it."""
+        return (self._state, self._failures, self._probe_at, self._probes, self._successes)
+
+    def import_fields(self, fields: BreakerFields) -> None:
+        """Take over a state from :meth:`export_fields`; no transition is reported."""
+        state, self._failures, self._probe_at, self._probes, self._successes = fields
+        self._state = BreakerState(state)
 
     def _open(self) -> None:
         self._probe_at = self._clock() + self._open_for

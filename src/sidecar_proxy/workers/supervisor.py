@@ -1,0 +1,394 @@
+"""The parent of a multi-process sidecar: it owns the ports, the signals and the workers.
+
+Start-up: bind one listening socket per worker with ``SO_REUSEPORT``, create the shared memory
+of the pod-wide policies, serve the admin port, then start the workers. Each worker is a fresh
+interpreter (``python -m sidecar_proxy.workers.child``) given its socket, the shared memory and
+one end of a socket pair for the control channel, all as inherited descriptors.
+
+Why a fresh interpreter rather than ``fork()`` alone: the parent runs the admin server's
+threads, and a worker that dies is restarted while they run. ``fork()`` in a multi-threaded
+process copies locks that other threads may hold at that instant (stdio buffers, for one), so
+the child can hang on its first log line; Python 3.12 warns on it for that reason. Exec'ing
+costs ~0.3 s of start-up per worker and the memory the interpreters cannot share (measured in
+docs/benchmarks.md).
+
+Why one ``SO_REUSEPORT`` socket per worker rather than one shared socket: measured with
+``python -m bench.spread`` (docs/benchmarks.md), a burst of 64 new connections to one shared
+socket went three quarters to one worker on average and all to one in the worst trial, because
+the worker that wakes first accepts everything queued; the kernel's per-connection hash put at
+most 62% on one worker. The parent keeps its copy of every socket, so connections the kernel
+queued on a dead worker's socket wait there for its replacement instead of being reset.
+
+Supervision: a worker that exits is restarted after a backoff (exponential with full jitter,
+0.1 s doubling to 5 s, reset once a worker has lived 10 s), and logged. Its in-flight requests
+are lost with it; the parent zeroes its in-flight count, frees any half-open probe slots it
+held, and keeps its last metrics as the base of its replacement's. A worker that fails before
+it ever served, during start-up, stops the sidecar (exit 1): it cannot serve as configured.
+
+Readiness: ``/ready`` (admin port, and each worker's proxy port) answers 200 only while every
+worker serves. Shutdown: the first SIGTERM or SIGINT turns ``/ready`` to 503, closes the
+parent's copies of the listening sockets, and forwards SIGTERM to every worker, which drains
+exactly as a single process does; the parent exits 0 once the last worker has. A second signal
+is forwarded too (each worker exits at once) and the parent exits 1 at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
+
+from sidecar_proxy import __version__
+from sidecar_proxy.admin.health import HealthState
+from sidecar_proxy.admin.server import AdminServer
+from sidecar_proxy.config import Settings
+from sidecar_proxy.observe.logs import configure_logging
+from sidecar_proxy.policy.backoff import Backoff
+from sidecar_proxy.policy.breaker import BreakerState
+from sidecar_proxy.workers.channel import (
+    Hello,
+    PodReady,
+    Serving,
+    Snapshot,
+    SnapshotRequest,
+    encode,
+    receive,
+)
+from sidecar_proxy.workers.podmetrics import SNAPSHOT_INTERVAL, PodMetrics
+from sidecar_proxy.workers.shared import (
+    BOOK_INTERVAL,
+    PodMemory,
+    SharedCircuitBreaker,
+    SharedRetryBudget,
+)
+
+log = logging.getLogger("sidecar_proxy.workers")
+
+BACKLOG = 2048
+RESTART_BACKOFF = 0.1
+RESTART_MAX_BACKOFF = 5.0
+STABLE_AFTER = 10.0  # a worker that lived this long starts its restart backoff afresh
+SNAPSHOT_TIMEOUT = 1.0  # a worker slower than this to answer is reported from its last snapshot
+# Exit statuses of a worker that count as a clean end of a drain (SIGTERM before it had its
+# handler installed ends it with the signal).
+_DRAINED = (0, -signal.SIGTERM)
+
+
+def run(settings: Settings, workers: int, why: str) -> int:
+    """Run ``workers`` worker processes as one sidecar until SIGTERM; the exit code."""
+    configure_logging(settings.log_level)
+    return asyncio.run(Supervisor(settings, workers, why).run())
+
+
+def bind_listeners(settings: Settings, workers: int) -> list[list[socket.socket]]:
+    """For each worker, a listening socket on each address of ``listen_host``, all in one
+    ``SO_REUSEPORT`` group per address (port 0 means any free port, the same for all)."""
+    infos = socket.getaddrinfo(
+        settings.listen_host or None,
+        settings.listen_port,
+        type=socket.SOCK_STREAM,
+        flags=socket.AI_PASSIVE,
+    )
+    addresses = list(dict.fromkeys((info[0], info[4]) for info in infos))
+    groups: list[list[socket.socket]] = [[] for _ in range(workers)]
+    try:
+        for family, address in addresses:
+            port = address[1]
+            for group in groups:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                group.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((address[0], port, *address[2:]))
+                sock.listen(BACKLOG)
+                port = sock.getsockname()[1]
+    except OSError:
+        for group in groups:
+            for sock in group:
+                sock.close()
+        raise
+    return groups
+
+
+class _Worker:
+    """One worker's place: its current process and channel, and its restart history."""
+
+    def __init__(self, index: int, listeners: list[socket.socket]) -> None:
+        self.index = index
+        self.listeners = listeners
+        self.process: asyncio.subprocess.Process | None = None
+        self.channel: asyncio.StreamWriter | None = None
+        self.serving = False
+        self.served = False  # has served at least once
+        self.failures = 0  # consecutive short lives
+        self.snapshots: dict[int, asyncio.Future[None]] = {}  # requests awaiting an answer
+
+
+class _PodCollector(Collector):
+    """The registry's one collector: fresh snapshots from the workers, summed."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._supervisor = supervisor
+
+    def collect(self) -> Iterable[Metric]:
+        # The admin server's thread: the snapshots are taken, and summed, on the event loop.
+        supervisor = self._supervisor
+        if supervisor.loop is None:
+            return []
+        try:
+            future = asyncio.run_coroutine_threadsafe(supervisor.metrics_now(), supervisor.loop)
+            return future.result(SNAPSHOT_TIMEOUT + 1.0)
+        except (RuntimeError, TimeoutError):  # the loop is gone: the parent is exiting
+            return []
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, workers: int, why: str) -> None:
+        self.settings = settings
+        self.why = why
+        self.count = workers
+        self.health = HealthState()
+        self.health.ready = False  # until every worker serves
+        self.memory = PodMemory.create(workers)
+        self.budget = SharedRetryBudget(self.memory, None, settings, time.monotonic)
+        self.budget.initialise()
+        self.breaker = SharedCircuitBreaker(self.memory, settings, time.monotonic, _no_transition)
+        self.metrics = PodMetrics(workers, settings.metrics_per_worker, self._breaker_state)
+        self.registry = CollectorRegistry()
+        self.registry.register(_PodCollector(self))
+        self.workers: list[_Worker] = []
+        self.loop: asyncio.AbstractEventLoop | None = None  # run()'s
+        self.draining = False
+        self.aborted = False
+        self._stop = asyncio.Event()
+        self._backoff = Backoff(RESTART_BACKOFF, RESTART_MAX_BACKOFF)
+        self._signals = 0
+        self._seq = 0
+
+    async def run(self) -> int:
+        s = self.settings
+        self.loop = loop = asyncio.get_running_loop()
+        try:
+            groups = bind_listeners(s, self.count)
+        except OSError as exc:
+            log.error("cannot listen", extra={"error": str(exc)})
+            return 1
+        self.workers = [_Worker(i, group) for i, group in enumerate(groups)]
+        admin = AdminServer(s.metrics_host, s.metrics_port, self.registry, self.health)
+        try:
+            admin.start()
+        except OSError as exc:
+            log.error("cannot listen", extra={"error": str(exc)})
+            self._close_listeners()
+            return 1
+        port = groups[0][0].getsockname()[1]
+        log.info(
+            "listening",
+            extra={
+                "listen": f"{s.listen_host}:{port}",
+                "upstream": f"{s.upstream_host}:{s.upstream_port}",
+                "admin": f"{s.metrics_host}:{admin.port}",
+                "version": __version__,
+                "workers": self.count,
+                "workers_from": self.why,
+            },
+        )
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+        timers = [asyncio.create_task(self._book()), asyncio.create_task(self._snapshots())]
+        try:
+            codes = await asyncio.gather(*(self._keep(worker) for worker in self.workers))
+        finally:
+            for timer in timers:
+                timer.cancel()
+            admin.stop()
+            self._close_listeners()
+        if self.aborted:
+            return 1
+        log.info("stopped")
+        return 0 if all(code in _DRAINED for code in codes) else 1
+
+    # -- one worker's life ---------------------------------------------------------------------
+
+    async def _keep(self, worker: _Worker) -> int:
+        """Run ``worker``, restarting it whenever it exits, until the drain; its last exit."""
+        while True:
+            started = time.monotonic()
+            code = await self._run_once(worker)
+            if self.draining:
+                return code
+            if not worker.served and not all(w.served for w in self.workers):
+                log.error("worker failed to start", extra={"worker": worker.index, **_ended(code)})
+                self._abort()
+                return code
+            lived = time.monotonic() - started
+            worker.failures = 1 if lived >= STABLE_AFTER else worker.failures + 1
+            delay = self._backoff.delay(worker.failures)
+            log.warning(
+                "worker exited, restarting",
+                extra={
+                    "worker": worker.index,
+                    **_ended(code),
+                    "lived_s": round(lived, 3),
+                    "restart_in_s": round(delay, 3),
+                },
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+            if self.draining:
+                return 0  # it was already gone when the drain began
+
+    async def _run_once(self, worker: _Worker) -> int:
+        """Start ``worker``'s process, serve its channel until it ends; its exit status."""
+        s = self.settings
+        ours, theirs = socket.socketpair()
+        listen_fds = tuple(sock.fileno() for sock in worker.listeners)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "sidecar_proxy.workers.child",
+                str(theirs.fileno()),
+                pass_fds=(theirs.fileno(), *listen_fds, self.memory.fd),
+                stdin=subprocess.DEVNULL,
+                # Out of the terminal's process group: Ctrl-C reaches the parent alone, which
+                # forwards it as the one signal each worker acts on.
+                start_new_session=True,
+            )
+        finally:
+            theirs.close()
+        hello = Hello(worker.index, self.count, s, listen_fds, self.memory.fd)
+        ours.sendall(encode(hello))  # small: it fits the socket buffer, so this cannot block
+        reader, writer = await asyncio.open_connection(sock=ours)
+        worker.process, worker.channel = process, writer
+        log.debug("worker started", extra={"worker": worker.index, "pid": process.pid})
+        try:
+            while True:
+                message = await receive(reader)
+                if isinstance(message, Serving):
+                    worker.serving = worker.served = True
+                    log.info("worker serving", extra={"worker": worker.index, "pid": process.pid})
+                    self._readiness()
+                elif isinstance(message, Snapshot):
+                    self.metrics.update(worker.index, message.families)
+                    waiting = worker.snapshots.pop(message.seq, None)
+                    if waiting is not None and not waiting.done():
+                        waiting.set_result(None)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the worker is gone (or going): its end of the channel is closed
+        worker.serving = False
+        worker.channel = None
+        writer.close()
+        self.metrics.retire(worker.index)
+        for waiting in worker.snapshots.values():
+            waiting.cancel()
+        worker.snapshots.clear()
+        self._readiness()
+        code = await process.wait()
+        worker.process = None
+        # Its requests in flight are gone with it, and so are any probes it had sent.
+        self.memory.in_flight[worker.index] = 0
+        if self.memory.breaker_state is BreakerState.HALF_OPEN:
+            self.breaker.forget_probes()
+        return code
+
+    # -- the pod --------------------------------------------------------------------------------
+
+    def _readiness(self) -> None:
+        """Ready while every worker serves (and no drain): tell the workers when that changes."""
+        ready = not self.draining and all(w.serving for w in self.workers)
+        if ready == self.health.ready:
+            return
+        self.health.ready = ready
+        for worker in self.workers:
+            if worker.channel is not None:
+                worker.channel.write(encode(PodReady(ready)))
+
+    async def metrics_now(self) -> list[Metric]:
+        """Fresh snapshots from every worker that answers within ``SNAPSHOT_TIMEOUT``, summed."""
+        waits = []
+        for worker in self.workers:
+            if worker.channel is None or not worker.serving:
+                continue
+            self._seq += 1
+            waiting = worker.snapshots[self._seq] = asyncio.get_running_loop().create_future()
+            worker.channel.write(encode(SnapshotRequest(self._seq)))
+            waits.append(waiting)
+        if waits:
+            await asyncio.wait(waits, timeout=SNAPSHOT_TIMEOUT)
+        return self.metrics.collect()
+
+    async def _snapshots(self) -> None:
+        # Between scrapes too, so that a worker that dies takes at most this much of its
+        # counts with it.
+        while True:
+            await asyncio.sleep(SNAPSHOT_INTERVAL)
+            await self.metrics_now()
+
+    async def _book(self) -> None:
+        while True:
+            await asyncio.sleep(BOOK_INTERVAL)
+            self.budget.book()
+
+    def _breaker_state(self) -> int:
+        return int(self.memory.breaker_state)
+
+    # -- stopping -------------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("second signal, exiting now", extra={"signal": name})
+            self._signal_workers(signal.SIGTERM)  # each worker's second: it exits at once
+            os._exit(1)
+        log.info("shutdown requested", extra={"signal": name})
+        self._begin_stop()
+        self._signal_workers(signal.SIGTERM)
+
+    def _abort(self) -> None:
+        self.aborted = True
+        self._begin_stop()
+        self._signal_workers(signal.SIGKILL)
+
+    def _begin_stop(self) -> None:
+        self.draining = True
+        self._stop.set()
+        self._readiness()
+        # The workers' copies are the last: the port closes when they close theirs.
+        self._close_listeners()
+
+    def _signal_workers(self, signum: signal.Signals) -> None:
+        for worker in self.workers:
+            if worker.process is not None and worker.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.send_signal(signum)
+
+    def _close_listeners(self) -> None:
+        for worker in self.workers:
+            for sock in worker.listeners:
+                sock.close()
+
+
+def _no_transition(old: BreakerState, new: BreakerState) -> None:
+    """The parent only frees probe slots, which is no transition."""
+
+
+def _ended(code: int) -> dict[str, object]:
+    """How a process ended, for a log line: ``exit`` code or ``signal`` name."""
+    if code < 0:
+        return {"signal": signal.Signals(-code).name}
+    return {"exit": code}

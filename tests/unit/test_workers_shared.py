@@ -1,0 +1,232 @@
+"""The pod-wide policies in shared memory, driven by two "workers" in this process, and one
+real second process where the point is the lock between processes."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from support.fakeclock import FakeClock
+
+from sidecar_proxy.config import Settings
+from sidecar_proxy.policy.breaker import BreakerState, CircuitBreaker
+from sidecar_proxy.policy.budget import RetryBudget
+from sidecar_proxy.workers.shared import (
+    BOOK_INTERVAL,
+    PodMemory,
+    SharedCircuitBreaker,
+    SharedConcurrencyLimit,
+    SharedRetryBudget,
+)
+
+OPEN_FOR = 30.0
+SETTINGS = dataclasses.replace(
+    Settings(),
+    circuit_breaker_threshold=3,
+    circuit_breaker_timeout=OPEN_FOR,
+    circuit_breaker_half_open_requests=2,
+)
+Transition = tuple[BreakerState, BreakerState]
+
+
+def shared_breakers(
+    clock: FakeClock, memory: PodMemory, seen: list[Transition]
+) -> list[SharedCircuitBreaker]:
+    def note(old: BreakerState, new: BreakerState) -> None:
+        seen.append((old, new))
+
+    return [SharedCircuitBreaker(memory, SETTINGS, clock, note) for _ in range(2)]
+
+
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["allow", "success", "failure", "release", "wait"]),
+        st.integers(0, 1),  # which worker makes the call
+    ),
+    max_size=80,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(OPS)
+def test_two_workers_sharing_a_breaker_behave_exactly_as_one_breaker(
+    ops: list[tuple[str, int]],
+) -> None:
+    # Each call goes to one of two workers' breakers; the same calls in the same order go to
+    # one plain breaker. Answers, states and transitions must be identical, whichever worker
+    # makes a call: this also proves that the lock-free shortcuts decide as the locked path.
+    clock = FakeClock(1000.0)
+    plain_seen: list[Transition] = []
+    shared_seen: list[Transition] = []
+
+    def plain_note(old: BreakerState, new: BreakerState) -> None:
+        plain_seen.append((old, new))
+
+    plain = CircuitBreaker(3, OPEN_FOR, 2, clock, plain_note)
+    workers = shared_breakers(clock, PodMemory.create(2), shared_seen)
+    for op, worker in ops:
+        breaker = workers[worker]
+        if op == "allow":
+            assert breaker.allow() == plain.allow()
+        elif op == "success":
+            breaker.record_success()
+            plain.record_success()
+        elif op == "failure":
+            breaker.record_failure()
+            plain.record_failure()
+        elif op == "release":
+            breaker.release()
+            plain.release()
+        else:
+            clock.now += OPEN_FOR / 2
+        for each in workers:
+            assert each.state is plain.state
+            assert each.retry_after() == plain.retry_after()
+        assert shared_seen == plain_seen
+
+
+def test_failures_from_both_workers_open_it_and_both_then_refuse() -> None:
+    clock = FakeClock(0.0)
+    seen: list[Transition] = []
+    a, b = shared_breakers(clock, PodMemory.create(2), seen)
+    for worker in (a, b, a):
+        assert worker.allow()
+        worker.record_failure()
+    assert seen == [(BreakerState.CLOSED, BreakerState.OPEN)]  # one transition for the pod
+    assert not a.allow() and not b.allow()
+    clock.now = OPEN_FOR
+    # Half-open: two probes for the whole pod, wherever they are sent from.
+    assert a.allow() and b.allow()
+    assert not a.allow() and not b.allow()
+
+
+def test_forgetting_the_probes_of_a_dead_worker_lets_new_ones_go() -> None:
+    clock = FakeClock(0.0)
+    memory = PodMemory.create(2)
+    a, b = shared_breakers(clock, memory, [])
+    for _ in range(3):
+        a.allow()
+        a.record_failure()
+    clock.now = OPEN_FOR
+    assert a.allow() and a.allow()  # worker a holds both probe slots, then dies
+    assert not b.allow()
+    parent = SharedCircuitBreaker(memory, SETTINGS, clock, lambda old, new: None)
+    parent.forget_probes()
+    assert b.allow()
+    assert b.state is BreakerState.HALF_OPEN
+
+
+@pytest.fixture
+def lock_held_elsewhere() -> Iterator[tuple[PodMemory, subprocess.Popen[str]]]:
+    """A second process holding the pod's policy lock until it is killed."""
+    memory = PodMemory.create(2)
+    code = (
+        "import fcntl, sys, time\n"
+        "fcntl.lockf(int(sys.argv[1]), fcntl.LOCK_EX, 1, 0)\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(memory.fd)],
+        pass_fds=(memory.fd,),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+    yield memory, holder
+    holder.kill()
+    holder.wait()
+
+
+def test_the_common_calls_never_wait_for_the_lock_and_a_dead_holder_frees_it(
+    lock_held_elsewhere: tuple[PodMemory, subprocess.Popen[str]],
+) -> None:
+    memory, holder = lock_held_elsewhere
+    clock = FakeClock(0.0)
+    breaker, _ = shared_breakers(clock, memory, [])
+    budget = SharedRetryBudget(memory, 0, SETTINGS, clock)
+    limit = SharedConcurrencyLimit(memory, 0, 10)
+    started = time.monotonic()
+    for _ in range(100):  # what every request does while the breaker is closed
+        assert breaker.allow()
+        breaker.record_success()
+        budget.deposit()
+        assert limit.try_acquire()
+        limit.release()
+    assert time.monotonic() - started < 1.0
+
+    failed = threading.Event()
+
+    def fail() -> None:
+        breaker.record_failure()  # takes the lock: waits for the holder
+        failed.set()
+
+    thread = threading.Thread(target=fail, daemon=True)
+    thread.start()
+    assert not failed.wait(0.3)
+    holder.kill()  # dies holding the lock: the kernel releases it
+    assert failed.wait(5.0)
+
+
+def test_budget_shared_by_two_workers_grants_what_one_budget_would() -> None:
+    # The failure storm of tests/unit/test_policy_budget.py, its requests and retries spread
+    # over two workers, the parent booking deposits every BOOK_INTERVAL.
+    ratio, floor, rate, seconds, ttl = 0.2, 10, 100, 30, 10.0
+    settings = dataclasses.replace(
+        SETTINGS,
+        retry_budget_ratio=ratio,
+        retry_budget_min_per_second=floor,
+        retry_budget_ttl=ttl,
+    )
+    clock = FakeClock(50.0)
+    memory = PodMemory.create(2)
+    parent = SharedRetryBudget(memory, None, settings, clock)
+    parent.initialise()
+    workers = [SharedRetryBudget(memory, w, settings, clock) for w in range(2)]
+    admitted = 0
+    booked_at = clock.now
+    for i in range(rate * seconds):
+        clock.now = 50.0 + i / rate
+        if clock.now - booked_at >= BOOK_INTERVAL:
+            parent.book()
+            booked_at = clock.now
+        workers[i % 2].deposit()
+        for retry in range(3):
+            admitted += workers[(i + retry) % 2].try_withdraw()
+    allowed = ratio * rate * seconds + floor * seconds
+    assert 0.98 * allowed <= admitted <= allowed + ratio * rate * BOOK_INTERVAL
+
+
+def test_budget_deposits_are_booked_by_the_next_withdrawal_wherever_made() -> None:
+    clock = FakeClock(0.0)
+    settings = dataclasses.replace(SETTINGS, retry_budget_ratio=0.5, retry_budget_min_per_second=0)
+    memory = PodMemory.create(2)
+    SharedRetryBudget(memory, None, settings, clock).initialise()
+    a, b = (SharedRetryBudget(memory, w, settings, clock) for w in range(2))
+    plain = RetryBudget(0.5, 0, settings.retry_budget_ttl, clock)
+    for budget in (a, a, b, b, plain, plain, plain, plain):
+        budget.deposit()
+    assert [b.try_withdraw() for _ in range(3)] == [plain.try_withdraw() for _ in range(3)]
+    assert [a.try_withdraw() for _ in range(2)] == [False, False]
+
+
+def test_in_flight_limit_counts_every_worker() -> None:
+    memory = PodMemory.create(2)
+    a, b = (SharedConcurrencyLimit(memory, w, 3) for w in range(2))
+    assert a.try_acquire() and b.try_acquire() and a.try_acquire()
+    assert not b.try_acquire() and not a.try_acquire()
+    assert a.in_flight == b.in_flight == 3
+    b.release()
+    assert a.try_acquire()
+    b_unlimited = SharedConcurrencyLimit(memory, 1, 0)
+    assert all(b_unlimited.try_acquire() for _ in range(10))
+    with pytest.raises(RuntimeError):
+        for _ in range(12):
+            b.release()
