@@ -13,9 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 from support.client import connect, get, read_responses
-from support.loop import LoopThread
 from support.pod import alive, run_pod, wait_for
-from support.upstream import Received, Upstream, response
+from support.upstream import Received, Upstream, response, upstream_thread
 
 PER_WORKER = {"METRICS_PER_WORKER": "true"}
 
@@ -32,12 +31,8 @@ def app() -> Iterator[Upstream]:
             await asyncio.sleep(2.5)  # still running when the drain delay ends
         w.write(response(200, b"fine"))
 
-    lt = LoopThread()
-    up = Upstream(handle)
-    lt.run(up.start())
-    yield up
-    lt.run(up.stop())
-    lt.stop()
+    with upstream_thread(handle) as up:
+        yield up
 
 
 def send(sock: socket.socket, path: str) -> int:
@@ -158,18 +153,6 @@ def test_sigterm_drains_every_worker_with_traffic_on_each(app: Upstream) -> None
         assert pod.proc.wait(5) == 0
         assert not any(alive(pid) for pid in workers)
         assert [e["message"] for e in pod.log()].count("stopped") == 3  # two workers, the parent
-
-
-def test_a_second_signal_exits_at_once(app: Upstream) -> None:
-    with run_pod(app.port, {"DRAIN_DELAY": "10s"}) as pod:
-        workers = pod.workers()
-        pod.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.2)
-        started = time.monotonic()
-        pod.proc.send_signal(signal.SIGINT)
-        assert pod.proc.wait(3) == 1
-        assert time.monotonic() - started < 1
-        assert wait_for(lambda: not any(alive(pid) for pid in workers), 2)
 
 
 def test_workers_do_not_outlive_a_killed_parent(app: Upstream) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from support.client import read_responses
-from support.process import COMMAND, free_port, http_get
+from support.process import COMMAND, free_port, http_get, sidecar_env
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -143,23 +143,11 @@ def _start(
 ) -> Pod:
     for _ in range(3):  # a port found free may be taken before the parent binds it
         port, admin = free_port(), free_port()
-        full_env = {
-            **os.environ,
-            "WORKERS": str(workers),
-            "SIDECAR_LISTEN_PORT": str(port),
-            "METRICS_PORT": str(admin),
-            "LISTEN_HOST": "127.0.0.1",
-            "METRICS_HOST": "127.0.0.1",
-            "UPSTREAM_HOST": "127.0.0.1",
-            "UPSTREAM_PORT": str(upstream_port),
-            "DRAIN_DELAY": "0s",
-            "LOG_LEVEL": "info",
-            **env,
-        }
+        settings = {"WORKERS": str(workers), "LOG_LEVEL": "info", **env}
         with stderr.open("wb") as err:
             proc = subprocess.Popen(
                 [COMMAND, "run"],
-                env=full_env,
+                env=sidecar_env(port, admin, upstream_port, settings),
                 stdout=stdout if stdout is not None else subprocess.DEVNULL,
                 stderr=err,
             )
