@@ -44,14 +44,16 @@ import os
 from array import array
 from collections.abc import Callable
 from types import TracebackType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from sidecar_proxy.config import Settings
-from sidecar_proxy.http.context import Transition
 from sidecar_proxy.policy.breaker import BreakerFields, BreakerState, CircuitBreaker
 from sidecar_proxy.policy.budget import BUDGET_FIELDS, RetryBudget
 from sidecar_proxy.policy.clock import Clock
 from sidecar_proxy.policy.interfaces import Breaker, Budget, Limiter
+
+if TYPE_CHECKING:  # the parent uses this module too, and has no use for the data path
+    from sidecar_proxy.http.context import Transition
 
 T = TypeVar("T")
 

@@ -83,6 +83,7 @@ SNAPSHOT_TIMEOUT = 1.0  # a worker slower than this to answer is reported from i
 # Exit statuses of a worker that count as a clean end of a drain (SIGTERM before it had its
 # handler installed ends it with the signal).
 _DRAINED = (0, -signal.SIGTERM)
+_NOT_STARTED = 127  # the exit status of a worker whose process could not be created
 
 
 def run(settings: Settings, workers: int, why: str) -> int:
@@ -268,6 +269,10 @@ class Supervisor:
                 # forwards it as the one signal each worker acts on.
                 start_new_session=True,
             )
+        except OSError as exc:  # out of processes or descriptors: as if it died at once
+            log.error("cannot start worker", extra={"worker": worker.index, "error": str(exc)})
+            ours.close()
+            return _NOT_STARTED
         finally:
             theirs.close()
         hello = Hello(worker.index, self.count, s, listen_fds, self.memory.fd)
