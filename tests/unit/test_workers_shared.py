@@ -123,26 +123,35 @@ def test_forgetting_the_probes_of_a_dead_worker_lets_new_ones_go() -> None:
     assert b.state is BreakerState.HALF_OPEN
 
 
-@pytest.fixture
-def lock_held_elsewhere() -> Iterator[tuple[PodMemory, subprocess.Popen[str]]]:
-    """A second process holding the pod's policy lock until it is killed."""
-    memory = PodMemory.create(2)
+def holder(memory: PodMemory, then: str = "") -> subprocess.Popen[str]:
+    """A second process that takes the pod's policy lock, says so, runs ``then`` and sleeps."""
     code = (
-        "import fcntl, sys, time\n"
-        "fcntl.lockf(int(sys.argv[1]), fcntl.LOCK_EX, 1, 0)\n"
+        "import sys, time\n"
+        "from sidecar_proxy.workers.shared import PodMemory\n"
+        "memory = PodMemory(int(sys.argv[1]), 2)\n"
+        "memory.policy_lock.__enter__()\n"
         "print('locked', flush=True)\n"
+        f"{then}\n"
         "time.sleep(60)\n"
     )
-    holder = subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "-c", code, str(memory.fd)],
         pass_fds=(memory.fd,),
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
-    yield memory, holder
-    holder.kill()
-    holder.wait()
+    assert process.stdout is not None and process.stdout.readline() == "locked\n"
+    return process
+
+
+@pytest.fixture
+def lock_held_elsewhere() -> Iterator[tuple[PodMemory, subprocess.Popen[str]]]:
+    """A second process holding the pod's policy lock until it is killed."""
+    memory = PodMemory.create(2)
+    process = holder(memory)
+    yield memory, process
+    process.kill()
+    process.wait()
 
 
 def test_the_common_calls_never_wait_for_the_lock_and_a_dead_holder_frees_it(
@@ -215,6 +224,43 @@ def test_budget_deposits_are_booked_by_the_next_withdrawal_wherever_made() -> No
         budget.deposit()
     assert [b.try_withdraw() for _ in range(3)] == [plain.try_withdraw() for _ in range(3)]
     assert [a.try_withdraw() for _ in range(2)] == [False, False]
+
+
+def test_the_locks_wait_where_process_owned_locks_would_report_a_false_deadlock() -> None:
+    # Process-owned POSIX locks failed this with EDEADLK: this process holds the log lock in one
+    # thread and waits for the policy lock in another, while the other process, which holds the
+    # policy lock, waits for the log lock. Nothing is deadlocked: the log lock is let go.
+    memory = PodMemory.create(2)
+    got: list[str] = []
+    with memory.log_lock:
+        other = holder(memory, then="memory.log_lock.__enter__(); print('logged', flush=True)")
+        time.sleep(0.2)  # the other process now waits for the log lock
+
+        def take_policy_lock() -> None:
+            with memory.policy_lock:
+                got.append("policy")
+
+        waiter = threading.Thread(target=take_policy_lock)
+        waiter.start()
+        waiter.join(0.2)
+        assert waiter.is_alive() and not got
+    assert other.stdout is not None and other.stdout.readline() == "logged\n"
+    other.kill()  # it dies holding the policy lock: the kernel lets it go
+    other.wait()
+    waiter.join(5)
+    assert got == ["policy"]
+
+
+def test_two_threads_of_one_process_exclude_each_other() -> None:
+    memory = PodMemory.create(2)
+    same_byte = PodMemory(memory.fd, 2).policy_lock  # another description, as a second thread's
+    with memory.policy_lock:
+        blocked = threading.Thread(target=same_byte.__enter__, daemon=True)
+        blocked.start()
+        blocked.join(0.3)
+        assert blocked.is_alive()
+    blocked.join(5)
+    assert not blocked.is_alive()
 
 
 def test_in_flight_limit_counts_every_worker() -> None:
