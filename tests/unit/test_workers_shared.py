@@ -3,6 +3,7 @@ real second process where the point is the lock between processes."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from sidecar_proxy.policy.breaker import BreakerState, CircuitBreaker
 from sidecar_proxy.policy.budget import RetryBudget
 from sidecar_proxy.workers.shared import (
     BOOK_INTERVAL,
+    PodLock,
     PodMemory,
     SharedCircuitBreaker,
     SharedConcurrencyLimit,
@@ -34,6 +36,21 @@ SETTINGS = dataclasses.replace(
     circuit_breaker_half_open_requests=2,
 )
 Transition = tuple[BreakerState, BreakerState]
+
+
+@contextlib.contextmanager
+def new_memory() -> Iterator[PodMemory]:
+    memory = PodMemory.create(2)
+    try:
+        yield memory
+    finally:
+        memory.close()
+
+
+@pytest.fixture
+def memory() -> Iterator[PodMemory]:
+    with new_memory() as fresh:
+        yield fresh
 
 
 def shared_breakers(
@@ -70,32 +87,37 @@ def test_two_workers_sharing_a_breaker_behave_exactly_as_one_breaker(
         plain_seen.append((old, new))
 
     plain = CircuitBreaker(3, OPEN_FOR, 2, clock, plain_note)
-    workers = shared_breakers(clock, PodMemory.create(2), shared_seen)
-    for op, worker in ops:
-        breaker = workers[worker]
-        if op == "allow":
-            assert breaker.allow() == plain.allow()
-        elif op == "success":
-            breaker.record_success()
-            plain.record_success()
-        elif op == "failure":
-            breaker.record_failure()
-            plain.record_failure()
-        elif op == "release":
-            breaker.release()
-            plain.release()
-        else:
-            clock.now += OPEN_FOR / 2
-        for each in workers:
-            assert each.state is plain.state
-            assert each.retry_after() == plain.retry_after()
-        assert shared_seen == plain_seen
+    with new_memory() as memory:
+        workers = shared_breakers(clock, memory, shared_seen)
+        for op, worker in ops:
+            apply(op, workers[worker], plain, clock)
+            for each in workers:
+                assert each.state is plain.state
+                assert each.retry_after() == plain.retry_after()
+            assert shared_seen == plain_seen
 
 
-def test_failures_from_both_workers_open_it_and_both_then_refuse() -> None:
+def apply(op: str, breaker: SharedCircuitBreaker, plain: CircuitBreaker, clock: FakeClock) -> None:
+    """The same call on a worker's shared breaker and on the plain one."""
+    if op == "allow":
+        assert breaker.allow() == plain.allow()
+    elif op == "success":
+        breaker.record_success()
+        plain.record_success()
+    elif op == "failure":
+        breaker.record_failure()
+        plain.record_failure()
+    elif op == "release":
+        breaker.release()
+        plain.release()
+    else:
+        clock.now += OPEN_FOR / 2
+
+
+def test_failures_from_both_workers_open_it_and_both_then_refuse(memory: PodMemory) -> None:
     clock = FakeClock(0.0)
     seen: list[Transition] = []
-    a, b = shared_breakers(clock, PodMemory.create(2), seen)
+    a, b = shared_breakers(clock, memory, seen)
     for worker in (a, b, a):
         assert worker.allow()
         worker.record_failure()
@@ -107,9 +129,8 @@ def test_failures_from_both_workers_open_it_and_both_then_refuse() -> None:
     assert not a.allow() and not b.allow()
 
 
-def test_forgetting_the_probes_of_a_dead_worker_lets_new_ones_go() -> None:
+def test_forgetting_the_probes_of_a_dead_worker_lets_new_ones_go(memory: PodMemory) -> None:
     clock = FakeClock(0.0)
-    memory = PodMemory.create(2)
     a, b = shared_breakers(clock, memory, [])
     for _ in range(3):
         a.allow()
@@ -145,9 +166,8 @@ def holder(memory: PodMemory, then: str = "") -> subprocess.Popen[str]:
 
 
 @pytest.fixture
-def lock_held_elsewhere() -> Iterator[tuple[PodMemory, subprocess.Popen[str]]]:
+def lock_held_elsewhere(memory: PodMemory) -> Iterator[tuple[PodMemory, subprocess.Popen[str]]]:
     """A second process holding the pod's policy lock until it is killed."""
-    memory = PodMemory.create(2)
     process = holder(memory)
     yield memory, process
     process.kill()
@@ -184,7 +204,7 @@ def test_the_common_calls_never_wait_for_the_lock_and_a_dead_holder_frees_it(
     assert failed.wait(5.0)
 
 
-def test_budget_shared_by_two_workers_grants_what_one_budget_would() -> None:
+def test_budget_shared_by_two_workers_grants_what_one_budget_would(memory: PodMemory) -> None:
     # The failure storm of tests/unit/test_policy_budget.py, its requests and retries spread
     # over two workers, the parent booking deposits every BOOK_INTERVAL.
     ratio, floor, rate, seconds, ttl = 0.2, 10, 100, 30, 10.0
@@ -195,7 +215,6 @@ def test_budget_shared_by_two_workers_grants_what_one_budget_would() -> None:
         retry_budget_ttl=ttl,
     )
     clock = FakeClock(50.0)
-    memory = PodMemory.create(2)
     parent = SharedRetryBudget(memory, None, settings, clock)
     parent.initialise()
     workers = [SharedRetryBudget(memory, w, settings, clock) for w in range(2)]
@@ -213,10 +232,11 @@ def test_budget_shared_by_two_workers_grants_what_one_budget_would() -> None:
     assert 0.98 * allowed <= admitted <= allowed + ratio * rate * BOOK_INTERVAL
 
 
-def test_budget_deposits_are_booked_by_the_next_withdrawal_wherever_made() -> None:
+def test_budget_deposits_are_booked_by_the_next_withdrawal_wherever_made(
+    memory: PodMemory,
+) -> None:
     clock = FakeClock(0.0)
     settings = dataclasses.replace(SETTINGS, retry_budget_ratio=0.5, retry_budget_min_per_second=0)
-    memory = PodMemory.create(2)
     SharedRetryBudget(memory, None, settings, clock).initialise()
     a, b = (SharedRetryBudget(memory, w, settings, clock) for w in range(2))
     plain = RetryBudget(0.5, 0, settings.retry_budget_ttl, clock)
@@ -226,11 +246,12 @@ def test_budget_deposits_are_booked_by_the_next_withdrawal_wherever_made() -> No
     assert [a.try_withdraw() for _ in range(2)] == [False, False]
 
 
-def test_the_locks_wait_where_process_owned_locks_would_report_a_false_deadlock() -> None:
+def test_the_locks_wait_where_process_owned_locks_would_report_a_false_deadlock(
+    memory: PodMemory,
+) -> None:
     # Process-owned POSIX locks failed this with EDEADLK: this process holds the log lock in one
     # thread and waits for the policy lock in another, while the other process, which holds the
     # policy lock, waits for the log lock. Nothing is deadlocked: the log lock is let go.
-    memory = PodMemory.create(2)
     got: list[str] = []
     with memory.log_lock:
         other = holder(memory, then="memory.log_lock.__enter__(); print('logged', flush=True)")
@@ -251,9 +272,8 @@ def test_the_locks_wait_where_process_owned_locks_would_report_a_false_deadlock(
     assert got == ["policy"]
 
 
-def test_two_threads_of_one_process_exclude_each_other() -> None:
-    memory = PodMemory.create(2)
-    same_byte = PodMemory(memory.fd, 2).policy_lock  # another description, as a second thread's
+def test_two_threads_of_one_process_exclude_each_other(memory: PodMemory) -> None:
+    same_byte = PodLock(memory.fd, 0)  # another description of the policy lock's byte
     with memory.policy_lock:
         blocked = threading.Thread(target=same_byte.__enter__, daemon=True)
         blocked.start()
@@ -261,10 +281,10 @@ def test_two_threads_of_one_process_exclude_each_other() -> None:
         assert blocked.is_alive()
     blocked.join(5)
     assert not blocked.is_alive()
+    same_byte.close()
 
 
-def test_in_flight_limit_counts_every_worker() -> None:
-    memory = PodMemory.create(2)
+def test_in_flight_limit_counts_every_worker(memory: PodMemory) -> None:
     a, b = (SharedConcurrencyLimit(memory, w, 3) for w in range(2))
     assert a.try_acquire() and b.try_acquire() and a.try_acquire()
     assert not b.try_acquire() and not a.try_acquire()

@@ -105,6 +105,9 @@ class PodLock:
     ) -> None:
         fcntl.fcntl(self._fd, fcntl.F_OFD_SETLK, self._unlock)
 
+    def close(self) -> None:
+        os.close(self._fd)
+
 
 class PodMemory:
     """The shared region and its lay-out: 8-byte integers, then the breaker's one float.
@@ -137,6 +140,10 @@ class PodMemory:
         self.booked = take(workers)
         self.in_flight = take(workers)
         self.probe_at = memoryview(self._map)[ints * _WORD :].cast("d")
+        self._views: list[memoryview[int] | memoryview[float]] = [
+            *(words, self.breaker, self.budget, self.deposited, self.booked, self.in_flight),
+            self.probe_at,
+        ]
         self.policy_lock = PodLock(fd, _POLICY_LOCK)
         self.log_lock = PodLock(fd, _LOG_LOCK)
 
@@ -144,6 +151,15 @@ class PodMemory:
     def create(cls, workers: int) -> PodMemory:
         """A new region (in the parent); it is passed to the workers by its :attr:`fd`."""
         return cls(os.memfd_create("sidecar-pod", flags=0), workers)
+
+    def close(self) -> None:
+        """Unmap the region and close its descriptors (the parent, when the pod stops)."""
+        for view in self._views:
+            view.release()
+        self._map.close()
+        self.policy_lock.close()
+        self.log_lock.close()
+        os.close(self.fd)
 
     def read_breaker(self) -> BreakerFields:
         b = self.breaker
@@ -165,12 +181,14 @@ class SharedCircuitBreaker:
     transition, once per transition for the whole pod.
     """
 
-    __slots__ = ("_breaker", "_clock", "_memory", "_on_transition", "_seen")
+    __slots__ = ("_breaker", "_clock", "_memory", "_on_transition", "_probe_at", "_seen", "_words")
 
     def __init__(
         self, memory: PodMemory, settings: Settings, clock: Clock, on_transition: Transition
     ) -> None:
         self._memory = memory
+        self._words = memory.breaker  # the views the lock-free paths read, one load away
+        self._probe_at = memory.probe_at
         self._clock = clock
         self._on_transition = on_transition
         self._seen: list[tuple[BreakerState, BreakerState]] = []
@@ -187,25 +205,25 @@ class SharedCircuitBreaker:
         return self._memory.breaker_state
 
     def allow(self) -> bool:
-        state = self._memory.breaker[_STATE]
+        state = self._words[_STATE]
         if state == _CLOSED:
             return True
-        if state == _OPEN and self._clock() < self._memory.probe_at[0]:
+        if state == _OPEN and self._clock() < self._probe_at[0]:
             return False
         return self._locked(self._breaker.allow)
 
     def record_success(self) -> None:
-        words = self._memory.breaker
+        words = self._words
         if words[_STATE] == _CLOSED and not words[_FAILURES]:
             return
         self._locked(self._breaker.record_success)
 
     def record_failure(self) -> None:
-        if self._memory.breaker[_STATE] != _OPEN:
+        if self._words[_STATE] != _OPEN:
             self._locked(self._breaker.record_failure)
 
     def release(self) -> None:
-        if self._memory.breaker[_STATE] == _HALF_OPEN:
+        if self._words[_STATE] == _HALF_OPEN:
             self._locked(self._breaker.release)
 
     def retry_after(self) -> float:

@@ -217,6 +217,7 @@ class Supervisor:
                 timer.cancel()
             admin.stop()
             self._close_listeners()
+            self.memory.close()
         if self.aborted:
             return 1
         log.info("stopped")
