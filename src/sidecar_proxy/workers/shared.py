@@ -161,6 +161,10 @@ class PodMemory:
         self.log_lock.close()
         os.close(self.fd)
 
+    def worker_gone(self, worker: int) -> None:
+        """Worker ``worker`` has exited: the requests it counted in flight went with it."""
+        self.in_flight[worker] = 0
+
     def read_breaker(self) -> BreakerFields:
         b = self.breaker
         return (b[_STATE], b[_FAILURES], self.probe_at[0], b[_PROBES], b[_SUCCESSES])

@@ -58,6 +58,7 @@ from sidecar_proxy.policy.backoff import Backoff
 from sidecar_proxy.policy.breaker import BreakerState
 from sidecar_proxy.workers.channel import (
     Hello,
+    Message,
     PodReady,
     Serving,
     Snapshot,
@@ -125,17 +126,125 @@ def bind_listeners(settings: Settings, workers: int) -> list[list[socket.socket]
 
 
 class _Worker:
-    """One worker's place: its current process and channel, and its restart history."""
+    """One worker's place in the pod: its listening sockets, its current process and channel,
+    and its restarts."""
 
-    def __init__(self, index: int, listeners: list[socket.socket]) -> None:
+    def __init__(self, pod: Supervisor, index: int, listeners: list[socket.socket]) -> None:
+        self._pod = pod
         self.index = index
-        self.listeners = listeners
-        self.process: asyncio.subprocess.Process | None = None
-        self.channel: asyncio.StreamWriter | None = None
+        self._listeners = listeners
+        self._process: asyncio.subprocess.Process | None = None
+        self._channel: asyncio.StreamWriter | None = None
         self.serving = False
         self.served = False  # has served at least once
-        self.failures = 0  # consecutive short lives
-        self.snapshots: dict[int, asyncio.Future[None]] = {}  # requests awaiting an answer
+        self._failures = 0  # consecutive short lives
+        self._backoff = Backoff(RESTART_BACKOFF, RESTART_MAX_BACKOFF)
+        self._snapshots: dict[int, asyncio.Future[None]] = {}  # requests awaiting an answer
+
+    async def keep(self) -> int:
+        """Run the worker, restarting it whenever it exits, until the drain; its last exit."""
+        pod = self._pod
+        while True:
+            started = time.monotonic()
+            code = await self._run_once()
+            if pod.draining:
+                return code
+            if not self.served and not pod.every_worker_served():
+                log.error("worker failed to start", extra={"worker": self.index, **_ended(code)})
+                pod.abort()
+                return code
+            lived = time.monotonic() - started
+            self._failures = 1 if lived >= STABLE_AFTER else self._failures + 1
+            delay = self._backoff.delay(self._failures)
+            log.warning(
+                "worker exited, restarting",
+                extra={
+                    "worker": self.index,
+                    **_ended(code),
+                    "lived_s": round(lived, 3),
+                    "restart_in_s": round(delay, 3),
+                },
+            )
+            if await pod.stops_within(delay):
+                return 0  # it was already gone when the drain began
+
+    def tell(self, message: PodReady | SnapshotRequest) -> None:
+        if self._channel is not None:
+            self._channel.write(encode(message))
+
+    def ask_snapshot(self, seq: int) -> asyncio.Future[None] | None:
+        """Ask a serving worker for its metrics; the future is done when they have come."""
+        if self._channel is None or not self.serving:
+            return None
+        waiting = self._snapshots[seq] = asyncio.get_running_loop().create_future()
+        self.tell(SnapshotRequest(seq))
+        return waiting
+
+    def signal(self, signum: signal.Signals) -> None:
+        if self._process is not None and self._process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.send_signal(signum)
+
+    def close_listeners(self) -> None:
+        for sock in self._listeners:
+            sock.close()
+
+    async def _run_once(self) -> int:
+        """Start the worker's process, serve its channel until it ends; its exit status."""
+        pod = self._pod
+        ours, theirs = socket.socketpair()
+        listen_fds = tuple(sock.fileno() for sock in self._listeners)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "sidecar_proxy.workers.child",
+                str(theirs.fileno()),
+                pass_fds=(theirs.fileno(), *listen_fds, pod.memory.fd),
+                stdin=subprocess.DEVNULL,
+                # Out of the terminal's process group: Ctrl-C reaches the parent alone, which
+                # forwards it as the one signal each worker acts on.
+                start_new_session=True,
+            )
+        except OSError as exc:  # out of processes or descriptors: as if it died at once
+            log.error("cannot start worker", extra={"worker": self.index, "error": str(exc)})
+            ours.close()
+            return _NOT_STARTED
+        finally:
+            theirs.close()
+        hello = Hello(self.index, pod.count, pod.settings, listen_fds, pod.memory.fd)
+        ours.sendall(encode(hello))  # small: it fits the socket buffer, so this cannot block
+        reader, self._channel = await asyncio.open_connection(sock=ours)
+        self._process = process
+        log.debug("worker started", extra={"worker": self.index, "pid": process.pid})
+        try:
+            while True:
+                self._received(await receive(reader))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the worker is gone (or going): its end of the channel is closed
+        self.serving = False
+        self._channel.close()
+        self._channel = None
+        pod.metrics.retire(self.index)
+        for waiting in self._snapshots.values():
+            waiting.cancel()
+        self._snapshots.clear()
+        pod.readiness()
+        code = await process.wait()
+        self._process = None
+        pod.worker_gone(self.index)
+        return code
+
+    def _received(self, message: Message) -> None:
+        if isinstance(message, Serving):
+            self.serving = self.served = True
+            log.info("worker serving", extra={"worker": self.index})
+            self._pod.readiness()
+        elif isinstance(message, Snapshot):
+            self._pod.metrics.update(self.index, message.families)
+            waiting = self._snapshots.pop(message.seq, None)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(None)
 
 
 class _PodCollector(Collector):
@@ -157,6 +266,8 @@ class _PodCollector(Collector):
 
 
 class Supervisor:
+    """The pod: its workers, its shared memory, its admin server, readiness and metrics."""
+
     def __init__(self, settings: Settings, workers: int, why: str) -> None:
         self.settings = settings
         self.why = why
@@ -175,7 +286,6 @@ class Supervisor:
         self.draining = False
         self.aborted = False
         self._stop = asyncio.Event()
-        self._backoff = Backoff(RESTART_BACKOFF, RESTART_MAX_BACKOFF)
         self._signals = 0
         self._seq = 0
 
@@ -187,7 +297,7 @@ class Supervisor:
         except OSError as exc:
             log.error("cannot listen", extra={"error": str(exc)})
             return 1
-        self.workers = [_Worker(i, group) for i, group in enumerate(groups)]
+        self.workers = [_Worker(self, i, group) for i, group in enumerate(groups)]
         admin = AdminServer(s.metrics_host, s.metrics_port, self.registry, self.health)
         try:
             admin.start()
@@ -211,7 +321,7 @@ class Supervisor:
             loop.add_signal_handler(signum, self._on_signal, signum)
         timers = [asyncio.create_task(self._book()), asyncio.create_task(self._snapshots())]
         try:
-            codes = await asyncio.gather(*(self._keep(worker) for worker in self.workers))
+            codes = await asyncio.gather(*(worker.keep() for worker in self.workers))
         finally:
             for timer in timers:
                 timer.cancel()
@@ -223,116 +333,41 @@ class Supervisor:
         log.info("stopped")
         return 0 if all(code in _DRAINED for code in codes) else 1
 
-    # -- one worker's life ---------------------------------------------------------------------
-
-    async def _keep(self, worker: _Worker) -> int:
-        """Run ``worker``, restarting it whenever it exits, until the drain; its last exit."""
-        while True:
-            started = time.monotonic()
-            code = await self._run_once(worker)
-            if self.draining:
-                return code
-            if not worker.served and not all(w.served for w in self.workers):
-                log.error("worker failed to start", extra={"worker": worker.index, **_ended(code)})
-                self._abort()
-                return code
-            lived = time.monotonic() - started
-            worker.failures = 1 if lived >= STABLE_AFTER else worker.failures + 1
-            delay = self._backoff.delay(worker.failures)
-            log.warning(
-                "worker exited, restarting",
-                extra={
-                    "worker": worker.index,
-                    **_ended(code),
-                    "lived_s": round(lived, 3),
-                    "restart_in_s": round(delay, 3),
-                },
-            )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay)
-            if self.draining:
-                return 0  # it was already gone when the drain began
-
-    async def _run_once(self, worker: _Worker) -> int:
-        """Start ``worker``'s process, serve its channel until it ends; its exit status."""
-        s = self.settings
-        ours, theirs = socket.socketpair()
-        listen_fds = tuple(sock.fileno() for sock in worker.listeners)
-        try:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "sidecar_proxy.workers.child",
-                str(theirs.fileno()),
-                pass_fds=(theirs.fileno(), *listen_fds, self.memory.fd),
-                stdin=subprocess.DEVNULL,
-                # Out of the terminal's process group: Ctrl-C reaches the parent alone, which
-                # forwards it as the one signal each worker acts on.
-                start_new_session=True,
-            )
-        except OSError as exc:  # out of processes or descriptors: as if it died at once
-            log.error("cannot start worker", extra={"worker": worker.index, "error": str(exc)})
-            ours.close()
-            return _NOT_STARTED
-        finally:
-            theirs.close()
-        hello = Hello(worker.index, self.count, s, listen_fds, self.memory.fd)
-        ours.sendall(encode(hello))  # small: it fits the socket buffer, so this cannot block
-        reader, writer = await asyncio.open_connection(sock=ours)
-        worker.process, worker.channel = process, writer
-        log.debug("worker started", extra={"worker": worker.index, "pid": process.pid})
-        try:
-            while True:
-                message = await receive(reader)
-                if isinstance(message, Serving):
-                    worker.serving = worker.served = True
-                    log.info("worker serving", extra={"worker": worker.index, "pid": process.pid})
-                    self._readiness()
-                elif isinstance(message, Snapshot):
-                    self.metrics.update(worker.index, message.families)
-                    waiting = worker.snapshots.pop(message.seq, None)
-                    if waiting is not None and not waiting.done():
-                        waiting.set_result(None)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass  # the worker is gone (or going): its end of the channel is closed
-        worker.serving = False
-        worker.channel = None
-        writer.close()
-        self.metrics.retire(worker.index)
-        for waiting in worker.snapshots.values():
-            waiting.cancel()
-        worker.snapshots.clear()
-        self._readiness()
-        code = await process.wait()
-        worker.process = None
-        # Its requests in flight are gone with it, and so are any probes it had sent.
-        self.memory.in_flight[worker.index] = 0
-        if self.memory.breaker_state is BreakerState.HALF_OPEN:
-            self.breaker.forget_probes()
-        return code
-
     # -- the pod --------------------------------------------------------------------------------
 
-    def _readiness(self) -> None:
+    def every_worker_served(self) -> bool:
+        return all(worker.served for worker in self.workers)
+
+    def readiness(self) -> None:
         """Ready while every worker serves (and no drain): tell the workers when that changes."""
-        ready = not self.draining and all(w.serving for w in self.workers)
+        ready = not self.draining and all(worker.serving for worker in self.workers)
         if ready == self.health.ready:
             return
         self.health.ready = ready
         for worker in self.workers:
-            if worker.channel is not None:
-                worker.channel.write(encode(PodReady(ready)))
+            worker.tell(PodReady(ready))
+
+    def worker_gone(self, index: int) -> None:
+        """Worker ``index`` has exited: its requests in flight went with it, and so did any
+        probes it had sent."""
+        self.memory.worker_gone(index)
+        if self.memory.breaker_state is BreakerState.HALF_OPEN:
+            self.breaker.forget_probes()
+
+    async def stops_within(self, seconds: float) -> bool:
+        """Wait ``seconds`` or until a stop begins; whether it has."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        return self.draining
 
     async def metrics_now(self) -> list[Metric]:
         """Fresh snapshots from every worker that answers within ``SNAPSHOT_TIMEOUT``, summed."""
         waits = []
         for worker in self.workers:
-            if worker.channel is None or not worker.serving:
-                continue
             self._seq += 1
-            waiting = worker.snapshots[self._seq] = asyncio.get_running_loop().create_future()
-            worker.channel.write(encode(SnapshotRequest(self._seq)))
-            waits.append(waiting)
+            waiting = worker.ask_snapshot(self._seq)
+            if waiting is not None:
+                waits.append(waiting)
         if waits:
             await asyncio.wait(waits, timeout=SNAPSHOT_TIMEOUT)
         return self.metrics.collect()
@@ -365,7 +400,8 @@ class Supervisor:
         self._begin_stop()
         self._signal_workers(signal.SIGTERM)
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
+        """A worker could not start: stop every worker at once, and exit 1."""
         self.aborted = True
         self._begin_stop()
         self._signal_workers(signal.SIGKILL)
@@ -373,20 +409,17 @@ class Supervisor:
     def _begin_stop(self) -> None:
         self.draining = True
         self._stop.set()
-        self._readiness()
+        self.readiness()
         # The workers' copies are the last: the port closes when they close theirs.
         self._close_listeners()
 
     def _signal_workers(self, signum: signal.Signals) -> None:
         for worker in self.workers:
-            if worker.process is not None and worker.process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    worker.process.send_signal(signum)
+            worker.signal(signum)
 
     def _close_listeners(self) -> None:
         for worker in self.workers:
-            for sock in worker.listeners:
-                sock.close()
+            worker.close_listeners()
 
 
 def _no_transition(old: BreakerState, new: BreakerState) -> None:
