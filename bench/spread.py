@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import signal
 import socket
@@ -135,7 +134,7 @@ def started(mode: str, count: int) -> Iterator[Workers]:
         for proc in procs:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         for sock in socks:
-            sock.close()  # the workers hold them now, as the sidecar's parent does after a drain
+            sock.close()  # the workers hold their own copies now
         yield Workers(port, procs)
     finally:
         for proc in procs:
@@ -217,5 +216,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONHASHSEED", "0")
     sys.exit(main())
