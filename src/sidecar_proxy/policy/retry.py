@@ -19,7 +19,7 @@ import enum
 from dataclasses import dataclass
 
 from sidecar_proxy.policy.backoff import Backoff
-from sidecar_proxy.policy.budget import RetryBudget
+from sidecar_proxy.policy.interfaces import Budget
 
 IDEMPOTENT_METHODS: frozenset[str] = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 """RFC 9110 §9.2.2. Method names are case-sensitive (§9.1), so ``get`` is not among them."""
@@ -72,7 +72,7 @@ class RetryPolicy:
     __slots__ = ("_backoff", "_budget", "_failures", "_max_retries", "_statuses")
 
     def __init__(
-        self, max_retries: int, retry_on: frozenset[str], backoff: Backoff, budget: RetryBudget
+        self, max_retries: int, retry_on: frozenset[str], backoff: Backoff, budget: Budget
     ) -> None:
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, not {max_retries!r}")
