@@ -32,12 +32,13 @@ from typing import TYPE_CHECKING, TextIO
 
 from sidecar_proxy.buildinfo import build_info
 from sidecar_proxy.config import FIELDS, ConfigError, LoadedSettings, Settings, load_settings
-from sidecar_proxy.config.kinds import BoolKind, DurationKind
+from sidecar_proxy.config.cpus import worker_count
+from sidecar_proxy.config.kinds import BoolKind, DurationKind, WorkersKind
 from sidecar_proxy.config.loader import CONFIG_ENV, CONFIG_FLAG
 from sidecar_proxy.lifecycle.client import admin_url, quit_sidecar, reachable, wait_ready
 
 if TYPE_CHECKING:
-    from sidecar_proxy.server import SettingsSource
+    from sidecar_proxy.config.reload import SettingsSource
 from sidecar_proxy.tls.material import CertInfo, MaterialError, check_files
 
 PROG = "sidecar-proxy"
@@ -80,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     if args.command == "check-config":
-        (print_json if args.json else print_table)(loaded, certs, sys.stdout)
+        workers = worker_count(loaded.settings.workers)
+        (print_json if args.json else print_table)(loaded, certs, workers, sys.stdout)
         return 0
     if args.command == "wait-ready":
         return wait_ready_command(loaded.settings, args.timeout)
@@ -175,10 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def print_table(loaded: LoadedSettings, certs: Sequence[CertInfo], out: TextIO) -> None:
-    """The settings table, then one line per loaded certificate."""
+def print_table(
+    loaded: LoadedSettings, certs: Sequence[CertInfo], workers: tuple[int, str], out: TextIO
+) -> None:
+    """The settings table, then one line per loaded certificate. ``auto`` workers also say
+    what they come to and why."""
+    sources = dict(loaded.sources)
+    if loaded.settings.workers == WorkersKind.AUTO:
+        sources["workers"] += f"; {workers[0]} ({workers[1]})"
     rows = [("SETTING", "VALUE", "SOURCE")] + [
-        (name, value, loaded.sources[name]) for name, value in _formatted(loaded.settings).items()
+        (name, value, sources[name]) for name, value in _formatted(loaded.settings).items()
     ]
     name_width = max(len(row[0]) for row in rows)
     value_width = max(len(row[1]) for row in rows)
@@ -191,9 +199,12 @@ def print_table(loaded: LoadedSettings, certs: Sequence[CertInfo], out: TextIO) 
         out.write(f"{cert.setting}  {cert.subject}  {_expiry(cert)}{sans}\n")
 
 
-def print_json(loaded: LoadedSettings, certs: Sequence[CertInfo], out: TextIO) -> None:
+def print_json(
+    loaded: LoadedSettings, certs: Sequence[CertInfo], workers: tuple[int, str], out: TextIO
+) -> None:
     """``{setting: {"value": native, "text": as in the table, "source": ...}}``; a setting that
-    names certificate files has ``"certificates"`` too, each with its subject, SANs and expiry."""
+    names certificate files has ``"certificates"`` too, each with its subject, SANs and expiry;
+    ``workers`` also has ``"count"``, the number of processes it comes to, and ``"count_from"``."""
     text = _formatted(loaded.settings)
     document: dict[str, dict[str, object]] = {
         field.name: {
@@ -213,6 +224,7 @@ def print_json(loaded: LoadedSettings, certs: Sequence[CertInfo], out: TextIO) -
                 "not_after": cert.not_after.isoformat().replace("+00:00", "Z"),
             }
         )
+    document["workers"] |= {"count": workers[0], "count_from": workers[1]}
     out.write(json.dumps(document, indent=2) + "\n")
 
 
@@ -245,9 +257,14 @@ def quit_command(settings: Settings) -> int:
 
 
 def serve(settings: Settings, reload_from: SettingsSource | None = None) -> int:
-    from sidecar_proxy import server  # noqa: PLC0415 - deferred: see the module docstring
+    workers, why = worker_count(settings.workers)
+    if workers == 1:
+        from sidecar_proxy import server  # noqa: PLC0415 - deferred: see the module docstring
 
-    return server.run(settings, reload_from=reload_from)
+        return server.run(settings, reload_from=reload_from)
+    from sidecar_proxy.workers import supervisor  # noqa: PLC0415 - as the server, deferred
+
+    return supervisor.run(settings, workers, why, reload_from=reload_from)
 
 
 def run_demo(settings: Settings, reload_from: SettingsSource | None = None) -> int:
