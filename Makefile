@@ -54,8 +54,8 @@ run: $(BUILT)
 	$(BIN)/sidecar-proxy demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench setup.py
-	$(BIN)/ruff format --check src tests bench setup.py
+	$(BIN)/ruff check src tests bench examples setup.py
+	$(BIN)/ruff format --check src tests bench examples setup.py
 	$(BIN)/mypy
 
 test: $(BUILT) $(PURE_BUILT)

@@ -5,7 +5,9 @@ binds a pooled app connection, the response is fed to the app leg and written ba
 is our code (parsing callbacks, header rules, policies, the record), not the kernel's, so the
 figure is stable enough to compare changes on a noisy machine where throughput is not.
 
-Run: ``python -m bench.dataplane``; ``--access-log`` includes the access-log line.
+Run: ``python -m bench.dataplane``; ``--access-log`` includes the access-log line, and
+``--hooks`` measures what no-op Python hooks add (``bench.run`` reports that too): the same
+request with and without them, runs interleaved so that both see the same machine.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ import argparse
 import dataclasses
 import os
 import timeit
+from collections.abc import Callable
 from typing import Any, cast
 
 import uvloop
 
 from sidecar_proxy.config import Settings
+from sidecar_proxy.hooks import AppResponse, Request
+from sidecar_proxy.hooks.load import Hooks
 from sidecar_proxy.http.context import ProxyContext, new_pool
 from sidecar_proxy.http.h1.app import H1AppConnection
 from sidecar_proxy.http.h1.client import H1ClientConnection
@@ -62,39 +67,100 @@ class FakeTransport:
         pass
 
 
+def _no_request_change(request: Request) -> None:
+    return None
+
+
+def _no_response_change(request: Request, response: AppResponse) -> None:
+    return None
+
+
+NOOP_ON_REQUEST = Hooks("bench", "bench/dataplane.py", _no_request_change, None)
+NOOP_BOTH = Hooks("bench", "bench/dataplane.py", _no_request_change, _no_response_change)
+
+
+class Pipeline:
+    """A client leg and a pooled app leg on fake transports, sharing one proxy context."""
+
+    def __init__(self, access_log: bool, hooks: Hooks | None = None) -> None:
+        self.loop = uvloop.new_event_loop()
+        settings = dataclasses.replace(Settings(), access_log=access_log)
+        metrics = Metrics()
+        self.log = AccessLog(os.open(os.devnull, os.O_WRONLY)) if access_log else None
+        recorder = Recorder(metrics, PathLabeler(settings.metrics_path_label_limit), self.log)
+        pool = new_pool(self.loop, settings, metrics)
+        ctx = ProxyContext(
+            self.loop, settings, metrics, recorder, HealthState(), pool=pool, hooks=hooks
+        )
+        self.app = app = H1AppConnection(pool)
+        app.connection_made(cast(Any, FakeTransport()))
+        pool.release(app)
+        self.client = client = H1ClientConnection(ctx)
+        client.connection_made(cast(Any, FakeTransport()))
+
+    def cycle(self) -> None:
+        """One request in, its response out."""
+        self.client.data_received(REQUEST)
+        self.app.data_received(RESPONSE)
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close(timeout=1.0)
+        self.loop.close()
+
+
+def _best(cycle: Callable[[], None], number: int) -> float:
+    return min(timeit.repeat(cycle, number=number, repeat=1)) / number * 1e6
+
+
 def measure(access_log: bool, number: int, repeat: int) -> float:
     """Best-of-``repeat`` microseconds per request/response cycle."""
-    loop = uvloop.new_event_loop()
-    settings = dataclasses.replace(Settings(), access_log=access_log)
-    metrics = Metrics()
-    log = AccessLog(os.open(os.devnull, os.O_WRONLY)) if access_log else None
-    recorder = Recorder(metrics, PathLabeler(settings.metrics_path_label_limit), log)
-    pool = new_pool(loop, settings, metrics)
-    ctx = ProxyContext(loop, settings, metrics, recorder, HealthState(), pool=pool)
-    app = H1AppConnection(pool)
-    app.connection_made(cast(Any, FakeTransport()))
-    pool.release(app)
-    client = H1ClientConnection(ctx)
-    client.connection_made(cast(Any, FakeTransport()))
-
-    def cycle() -> None:
-        client.data_received(REQUEST)
-        app.data_received(RESPONSE)
-
+    pipeline = Pipeline(access_log)
     try:
-        return min(timeit.repeat(cycle, number=number, repeat=repeat)) / number * 1e6
+        return min(_best(pipeline.cycle, number) for _ in range(repeat))
     finally:
-        if log is not None:
-            log.close(timeout=1.0)
-        loop.close()
+        pipeline.close()
+
+
+def hook_cost(number: int = 20_000, repeat: int = 7) -> dict[str, float]:
+    """Microseconds per request without hooks, with a no-op sync ``on_request``, and with both
+    hooks no-op: best of ``repeat`` runs each, the three interleaved."""
+    cases = {
+        "no hooks": Pipeline(False),
+        "no-op on_request": Pipeline(False, NOOP_ON_REQUEST),
+        "no-op on_request + on_response": Pipeline(False, NOOP_BOTH),
+    }
+    best = dict.fromkeys(cases, float("inf"))
+    try:
+        for _ in range(repeat):
+            for name, pipeline in cases.items():
+                best[name] = min(best[name], _best(pipeline.cycle, number))
+    finally:
+        for pipeline in cases.values():
+            pipeline.close()
+    return best
+
+
+def hook_report(results: dict[str, float]) -> str:
+    base = results["no hooks"]
+    lines = ["Python hooks, data path on fake transports (us per request, best of interleaved):"]
+    lines += [
+        f"  {name:<31} {us:6.2f} us" + (f"  (+{us - base:.2f})" if name != "no hooks" else "")
+        for name, us in results.items()
+    ]
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--access-log", action="store_true")
+    parser.add_argument("--hooks", action="store_true", help="measure no-op Python hooks")
     parser.add_argument("--number", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()
+    if args.hooks:
+        print(hook_report(hook_cost(args.number, args.repeat)))
+        return
     us = measure(args.access_log, args.number, args.repeat)
     label = "with" if args.access_log else "without"
     print(f"data path, {label} access log: {us:.2f} us per request (best of {args.repeat})")

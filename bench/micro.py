@@ -6,6 +6,9 @@ difference the way they show the access log's (ACCESS_LOG=false); this measures 
 The access log is measured writing to a pipe that a thread drains, as stdout to a container
 runtime would be.
 
+It also reports what no-op Python hooks add per request (:func:`bench.dataplane.hook_cost`),
+under keys starting ``hooks:``, since no end-to-end run has hooks set.
+
 Run alone: ``python -m bench.micro``. ``bench.run`` runs it too and puts it in its report.
 """
 
@@ -17,6 +20,7 @@ import time
 import timeit
 from collections.abc import Callable
 
+from bench.dataplane import hook_cost, hook_report
 from sidecar_proxy.observe.accesslog import AccessLog
 from sidecar_proxy.observe.metrics import Metrics
 from sidecar_proxy.observe.paths import PathLabeler
@@ -26,6 +30,7 @@ from sidecar_proxy.observe.slo import SloWindows
 
 _NUMBER = 20_000
 _REPEAT = 5
+HOOKS = "hooks: "  # the prefix of the hook-cost figures' keys
 
 
 def _exchange(traced: bool) -> Record:
@@ -94,13 +99,18 @@ def measure() -> dict[str, float]:
         drainer.wait(5.0)
     if dropped[0]:
         raise RuntimeError(f"the access log dropped {dropped[0]} lines: figures not valid")
+    results.update({HOOKS + name: us for name, us in hook_cost().items()})
     return results
 
 
 def report(results: dict[str, float]) -> str:
-    width = max(len(name) for name in results)
+    recorder = {name: us for name, us in results.items() if not name.startswith(HOOKS)}
+    hooks = {name[len(HOOKS) :]: us for name, us in results.items() if name.startswith(HOOKS)}
+    width = max(len(name) for name in recorder)
     lines = ["Recorder.started()+finished() per request (timeit, best of 5 x 20k):"]
-    lines += [f"  {name:<{width}}  {us:6.2f} us" for name, us in results.items()]
+    lines += [f"  {name:<{width}}  {us:6.2f} us" for name, us in recorder.items()]
+    if hooks:
+        lines += ["", hook_report(hooks)]
     return "\n".join(lines)
 
 

@@ -423,7 +423,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"a pure-Python install's sidecar-proxy script, measured as the {PURE} peer beside "
         "the compiled build (make bench passes .venv-pure's)",
     )
-    parser.add_argument("--no-micro", action="store_true", help="skip the recorder micro-benchmark")
+    parser.add_argument("--no-micro", action="store_true", help="skip the micro-benchmarks")
     parser.add_argument(
         "--baseline",
         metavar="REV",
@@ -604,7 +604,7 @@ def _micro() -> dict[str, float] | None:
         return micro.measure()
     except (ImportError, RuntimeError, TypeError, AttributeError) as exc:
         # The recorder's API may be mid-change in src/; the end-to-end figures still stand.
-        print(f"bench: recorder micro-benchmark skipped: {exc!r}", file=sys.stderr)
+        print(f"bench: micro-benchmarks skipped: {exc!r}", file=sys.stderr)
         return None
 
 

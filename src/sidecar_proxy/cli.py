@@ -16,6 +16,10 @@ sidecar's own environment), to find the admin port.
 ``run`` hands the server a way to load the configuration again, from the same flags, the
 environment as it was at start-up, and the same file: that is what a SIGHUP reload reads.
 
+``run``, ``demo`` and ``check-config`` load the hooks ``HOOKS`` names (executing their code, so
+a broken file stops them with exit 2); ``run`` and ``demo`` hand the loaded hooks on, so their
+code runs once at start-up. ``wait-ready`` and ``quit`` never run the hooks' code.
+
 The server is imported only when it is about to run, so ``--help`` and ``check-config`` stay
 quick and work on a machine where the data path's native dependencies do not load.
 """
@@ -35,6 +39,7 @@ from sidecar_proxy.config import FIELDS, ConfigError, LoadedSettings, Settings, 
 from sidecar_proxy.config.cpus import worker_count
 from sidecar_proxy.config.kinds import BoolKind, DurationKind, WorkersKind
 from sidecar_proxy.config.loader import CONFIG_ENV, CONFIG_FLAG
+from sidecar_proxy.hooks.load import HOOK_NAMES, HookLoadError, Hooks, load_hooks
 from sidecar_proxy.lifecycle.client import admin_url, quit_sidecar, reachable, wait_ready
 
 if TYPE_CHECKING:
@@ -80,17 +85,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: configuration error: {exc}", file=sys.stderr)
         return 2
 
-    if args.command == "check-config":
-        workers = worker_count(loaded.settings.workers)
-        (print_json if args.json else print_table)(loaded, certs, workers, sys.stdout)
-        return 0
     if args.command == "wait-ready":
         return wait_ready_command(loaded.settings, args.timeout)
     if args.command == "quit":
         return quit_command(loaded.settings)
+    hooks = None
+    if loaded.settings.hooks:
+        try:
+            hooks = load_hooks(loaded.settings.hooks)
+        except HookLoadError as exc:
+            print(f"{PROG}: configuration error: {exc}", file=sys.stderr)
+            return 2
+    if args.command == "check-config":
+        workers = worker_count(loaded.settings.workers)
+        (print_json if args.json else print_table)(loaded, certs, workers, hooks, sys.stdout)
+        return 0
     if args.command == "demo":
-        return run_demo(loaded.settings, load)
-    return serve(loaded.settings, load)
+        return run_demo(loaded.settings, load, hooks)
+    return serve(loaded.settings, load, hooks)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,10 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def print_table(
-    loaded: LoadedSettings, certs: Sequence[CertInfo], workers: tuple[int, str], out: TextIO
+    loaded: LoadedSettings,
+    certs: Sequence[CertInfo],
+    workers: tuple[int, str],
+    hooks: Hooks | None,
+    out: TextIO,
 ) -> None:
-    """The settings table, then one line per loaded certificate. ``auto`` workers also say
-    what they come to and why."""
+    """The settings table, then one line per loaded certificate, then the hooks loaded.
+    ``auto`` workers also say what they come to and why."""
     sources = dict(loaded.sources)
     if loaded.settings.workers == WorkersKind.AUTO:
         sources["workers"] += f"; {workers[0]} ({workers[1]})"
@@ -197,14 +213,22 @@ def print_table(
     for cert in certs:
         sans = f"  {', '.join(cert.sans)}" if cert.sans else ""
         out.write(f"{cert.setting}  {cert.subject}  {_expiry(cert)}{sans}\n")
+    if hooks is not None:
+        out.write(f"\nHOOKS\n{hooks.origin}  {hooks.describe()}\n")
 
 
 def print_json(
-    loaded: LoadedSettings, certs: Sequence[CertInfo], workers: tuple[int, str], out: TextIO
+    loaded: LoadedSettings,
+    certs: Sequence[CertInfo],
+    workers: tuple[int, str],
+    hooks: Hooks | None,
+    out: TextIO,
 ) -> None:
     """``{setting: {"value": native, "text": as in the table, "source": ...}}``; a setting that
     names certificate files has ``"certificates"`` too, each with its subject, SANs and expiry;
-    ``workers`` also has ``"count"``, the number of processes it comes to, and ``"count_from"``."""
+    ``workers`` also has ``"count"``, the number of processes it comes to, and ``"count_from"``;
+    ``hooks`` has ``"loaded"``: the file executed and each hook, ``"sync"``, ``"async"`` or
+    null."""
     text = _formatted(loaded.settings)
     document: dict[str, dict[str, object]] = {
         field.name: {
@@ -225,6 +249,11 @@ def print_json(
             }
         )
     document["workers"] |= {"count": workers[0], "count_from": workers[1]}
+    if hooks is not None:
+        document["hooks"]["loaded"] = {
+            "file": hooks.origin,
+            **{name: hooks.kind(name) for name in HOOK_NAMES},
+        }
     out.write(json.dumps(document, indent=2) + "\n")
 
 
@@ -256,18 +285,25 @@ def quit_command(settings: Settings) -> int:
     return 0 if accepted else 1
 
 
-def serve(settings: Settings, reload_from: SettingsSource | None = None) -> int:
+def serve(
+    settings: Settings, reload_from: SettingsSource | None = None, hooks: Hooks | None = None
+) -> int:
+    """Serve until stopped. One process runs the ``hooks`` already loaded; with several
+    workers, each worker loads its own copy of what ``settings.hooks`` names (the hooks the
+    CLI loaded were its check that they load)."""
     workers, why = worker_count(settings.workers)
     if workers == 1:
         from sidecar_proxy import server  # noqa: PLC0415 - deferred: see the module docstring
 
-        return server.run(settings, reload_from=reload_from)
+        return server.run(settings, reload_from=reload_from, hooks=hooks)
     from sidecar_proxy.workers import supervisor  # noqa: PLC0415 - as the server, deferred
 
     return supervisor.run(settings, workers, why, reload_from=reload_from)
 
 
-def run_demo(settings: Settings, reload_from: SettingsSource | None = None) -> int:
+def run_demo(
+    settings: Settings, reload_from: SettingsSource | None = None, hooks: Hooks | None = None
+) -> int:
     from sidecar_proxy.demo import start_demo_app  # noqa: PLC0415 - only `demo` needs it
 
     host, port = settings.upstream_host, settings.upstream_port
@@ -292,7 +328,7 @@ def run_demo(settings: Settings, reload_from: SettingsSource | None = None) -> i
         file=sys.stderr,
     )
     try:
-        return serve(settings, reload_from)
+        return serve(settings, reload_from, hooks)
     finally:
         app.shutdown()
         app.server_close()

@@ -11,11 +11,12 @@ lags the SIGTERM by a few seconds):
 3. In-flight requests may finish within ``shutdown_grace_period``; whatever is left is then cut.
 4. The process exits 0. A second signal exits at once (exit code 1).
 
-SIGHUP reloads the configuration (see :meth:`ProxyServer.reload`).
+SIGHUP reloads the configuration and the hooks file (see :meth:`ProxyServer.reload`).
 
 With ``WORKERS`` > 1 each worker process runs a :class:`ProxyServer` of its own, and its parent
 (:mod:`sidecar_proxy.workers.supervisor`) owns the signals: it forwards SIGTERM to every worker,
-which drains as above, and a reload's settings, which each applies as above.
+which drains as above, and a reload's settings, which each applies as above, loading its own
+copy of the hooks again.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ import uvloop
 from sidecar_proxy.admin.server import AdminServer
 from sidecar_proxy.buildinfo import build_info
 from sidecar_proxy.config import Settings
-from sidecar_proxy.config.reload import SettingsSource, reload
+from sidecar_proxy.config.reload import ReloadRefused, SettingsSource, reload
+from sidecar_proxy.hooks.load import HookLoadError, Hooks, load_hooks
 from sidecar_proxy.http.context import ProxyContext
 from sidecar_proxy.http.h1.client import H1ClientConnection
 from sidecar_proxy.lifecycle.appcheck import AppReadyCheck, start_app_check
@@ -71,7 +73,9 @@ class ProxyServer:
     """One proxy: listener, admin server, shared context. Usable in-process (tests, demo).
 
     ``reload_from`` loads the configuration again the way start-up did (same flags, env and
-    file); without it a reload has nothing to read and is refused.
+    file); without it a reload has nothing to read and is refused. ``hooks`` are the hooks the
+    CLI loaded while checking the configuration (so their code runs once at start-up); without
+    them, :meth:`start_proxy` loads what ``settings.hooks`` names.
 
     A worker of a multi-process sidecar runs one too, given its ``worker`` role: it serves the
     proxy port alone (:meth:`start_proxy`, on sockets its parent bound), and its parent runs the
@@ -84,6 +88,7 @@ class ProxyServer:
         settings: Settings,
         access_log_fd: int = 1,
         reload_from: SettingsSource | None = None,
+        hooks: Hooks | None = None,
         *,
         worker: WorkerRole | None = None,
     ) -> None:
@@ -91,6 +96,7 @@ class ProxyServer:
         self._access_log_fd = access_log_fd
         self._reload_from = reload_from
         self._worker = worker
+        self.hooks = hooks
         self.metrics = Metrics(_slo_windows(settings))
         if worker is None:
             self.health = HealthState(app_ready=settings.app_ready_check == "none")
@@ -113,8 +119,9 @@ class ProxyServer:
         self.admin_port = 0
 
     async def start(self) -> None:
-        """Start serving; raises :class:`MaterialError` for unusable TLS files, and OSError
-        when the ports cannot be bound."""
+        """Start serving; raises :class:`MaterialError` for unusable TLS files,
+        :class:`HookLoadError` for unusable hooks, and OSError when the ports cannot be
+        bound."""
         s = self.settings
         # The proxy port first: /ready on the admin port must never answer 200 for a process
         # that then fails to listen.
@@ -140,6 +147,7 @@ class ProxyServer:
                 "admin": f"{s.metrics_host}:{self.admin_port}",
                 "tls": self.tls is not None,
                 "upstream_tls": self.upstream_tls is not None,
+                "hooks": self.hooks.describe() if self.hooks is not None else "",
                 "version": build_info().version,
                 "build": build_info().kind,  # "compiled" or "pure Python"
             },
@@ -151,6 +159,8 @@ class ProxyServer:
         Raises as :meth:`start` does."""
         s = self.settings
         loop = self._loop = asyncio.get_running_loop()
+        if s.hooks and self.hooks is None:
+            self.hooks = load_hooks(s.hooks)
         self._start_tls()
         self.recorder = recorder = Recorder(
             self.metrics, PathLabeler(s.metrics_path_label_limit), None
@@ -165,6 +175,7 @@ class ProxyServer:
             self.health,
             upstream_tls=self.upstream_tls,
             policies=policies,
+            hooks=self.hooks,
         )
         ctx.start_ticking()
         self.ctx = ctx
@@ -249,11 +260,13 @@ class ProxyServer:
         self._loop.call_soon_threadsafe(self.request_stop, "quitquitquit")
 
     def reload(self) -> None:
-        """SIGHUP: load the configuration again and apply what may change while running.
+        """SIGHUP: load the configuration and the hooks again and apply what may change.
 
-        The new settings come from the same flags, env and file as at start-up. A bad value
-        keeps every running setting and logs the one-line error start-up would have printed;
-        settings that are not live (``Field.live``) keep their running value and are reported.
+        The new settings come from the same flags, env and file as at start-up, and the hooks
+        file they name is executed again. A bad value, or hooks that fail to load, keep every
+        running setting and the running hooks, and log the one-line error start-up would have
+        printed; settings that are not live (``Field.live``) keep their running value and are
+        reported.
         The rest is applied in one step on the loop thread (see ``ProxyContext.reconfigure``),
         so no request sees half of a reload. Reading the file blocks the loop for as long as a
         small local file takes to read and parse: well under a millisecond.
@@ -263,14 +276,25 @@ class ProxyServer:
                 "reload requested of one worker: send SIGHUP to the parent, which reloads all"
             )
             return
-        reload(self._reload_from, self.settings, self.apply, self.metrics.config_reloaded, log)
+        reload(
+            self._reload_from, self.settings, self._apply_reload, self.metrics.config_reloaded, log
+        )
+
+    def _apply_reload(self, settings: Settings) -> None:
+        try:
+            self.apply(settings)
+        except HookLoadError as exc:
+            raise ReloadRefused(f"hooks error: {exc}") from exc
 
     def apply(self, settings: Settings) -> None:
         """Run with ``settings`` from now on: a reload's, planned already (its own, or for a
-        worker its parent's)."""
+        worker its parent's), with the hooks ``settings.hooks`` names loaded again. Raises
+        :class:`HookLoadError` for hooks that fail to load, having changed nothing."""
+        hooks = load_hooks(settings.hooks) if settings.hooks else None
         old, self.settings = self.settings, settings
+        self.hooks = hooks
         if self.ctx is not None:
-            self.ctx.reconfigure(settings)
+            self.ctx.reconfigure(settings, hooks)
         if settings.log_level != old.log_level:
             set_log_level(settings.log_level)
         if settings.access_log != old.access_log:
@@ -338,11 +362,12 @@ def run(
     settings: Settings,
     before_start: Callable[[], None] | None = None,
     reload_from: SettingsSource | None = None,
+    hooks: Hooks | None = None,
 ) -> int:
     """Run a proxy until SIGTERM, SIGINT or a quit, drain, and return the exit code."""
     configure_logging(settings.log_level)
     tune_malloc()
-    return uvloop.run(_main(settings, before_start, reload_from))
+    return uvloop.run(_main(settings, before_start, reload_from, hooks))
 
 
 # glibc mallopt parameters (malloc.h)
@@ -372,8 +397,9 @@ async def _main(
     settings: Settings,
     before_start: Callable[[], None] | None,
     reload_from: SettingsSource | None,
+    hooks: Hooks | None,
 ) -> int:
-    server = ProxyServer(settings, reload_from=reload_from)
+    server = ProxyServer(settings, reload_from=reload_from, hooks=hooks)
     handle_stop_signals(server)
     if before_start is not None:
         before_start()
@@ -382,6 +408,10 @@ async def _main(
     except MaterialError as exc:
         # The CLI checked the files already; they changed in between.
         log.error("unusable TLS files", extra={"error": str(exc)})
+        await server.close()
+        return 2
+    except HookLoadError as exc:
+        log.error(f"hooks error: {exc}")
         await server.close()
         return 2
     except OSError as exc:

@@ -6,6 +6,9 @@ client, bytes or a connect result from the app, the clock) and returns the event
 on. The phase table is checked against the scenarios, so a move added to the table without a
 test here fails :func:`test_every_move_of_the_table_has_a_scenario`.
 
+The two hook phases are reached with async hooks that wait on a :class:`~support.fakes.Gate`
+until the scenario's event opens it.
+
 INTERIM is reached with a :class:`~support.fakes.ScriptedLeg`: the HTTP/1.1 app leg reports a
 1xx and its end in the same parser run (a 1xx has no body), so with it INTERIM never outlasts one
 read from the app and nothing else can happen in it. What the HTTP/1.1 leg does with 1xx is
@@ -19,8 +22,10 @@ from collections.abc import Callable
 
 import pytest
 from support.dataplane import TICKED, Client, DataPath, request, response
-from support.fakes import ScriptedLeg
+from support.fakes import Gate, ScriptedLeg
 
+from sidecar_proxy.hooks import AppResponse, Request, Response
+from sidecar_proxy.hooks.load import Hooks
 from sidecar_proxy.http.exchange import Exchange
 from sidecar_proxy.http.phase import (
     ALLOWED,
@@ -31,8 +36,11 @@ from sidecar_proxy.http.phase import (
     INTERIM,
     NEXT,
     QUEUED,
+    REQUEST_HOOK,
+    RESPONSE_HOOK,
     STREAMING,
     TUNNEL,
+    WAITING_FOR_APP,
     IllegalTransition,
     Phase,
 )
@@ -68,6 +76,58 @@ def pipelined(dp: DataPath) -> tuple[Client, Exchange, Exchange]:
     return c, first, second
 
 
+class Waiting:
+    """Async hooks that wait for the test: each call's gate, in order."""
+
+    def __init__(self) -> None:
+        self.gates: list[Gate] = []
+
+    async def on_request(self, request: Request) -> object:
+        return await self._gate()
+
+    async def on_response(self, request: Request, response: AppResponse) -> object:
+        return await self._gate()
+
+    async def _gate(self) -> object:
+        gate = Gate()
+        self.gates.append(gate)
+        return await gate
+
+    def request_hooks(self) -> Hooks:
+        return Hooks("test", "test", self.on_request, None)
+
+    def response_hooks(self) -> Hooks:
+        return Hooks("test", "test", None, self.on_response)
+
+
+def opened(dp: DataPath, gate: Gate, value: object = None) -> Event:
+    """The event: the awaited hook goes on with ``value``."""
+
+    def event() -> None:
+        gate.open(value)
+        dp.loop.run_ready()
+
+    return event
+
+
+def hooking_request(waiting: Waiting, warm: bool = False) -> tuple[DataPath, Client, Exchange]:
+    dp = DataPath.hooked(waiting.request_hooks())
+    if warm:
+        dp.pool.add_idle()
+    c, ex = dp.begin()
+    dp.loop.run_ready()  # the hook's task takes its first step, to the gate
+    return dp, c, ex
+
+
+def hooking_response(waiting: Waiting) -> tuple[DataPath, Client, Exchange]:
+    """The final head came, but only 3 of its 10 body bytes: the body goes on after the hook."""
+    dp = DataPath.hooked(waiting.response_hooks())
+    app = dp.pool.add_idle()
+    c, ex = dp.begin()
+    app.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    return dp, c, ex
+
+
 def scripted(dp: DataPath, leg: ScriptedLeg) -> tuple[Client, Exchange]:
     dp.pool.idle.append(leg)
     return dp.begin()
@@ -94,11 +154,47 @@ def _queued_awaiting_head() -> tuple[Exchange, Event]:
     return second, lambda: app.send(response())
 
 
+@scenario(QUEUED, REQUEST_HOOK)
+def _queued_request_hook() -> tuple[Exchange, Event]:
+    # The first request's hook lets it through; its response starts the second, whose hook
+    # then waits.
+    waiting = Waiting()
+    dp = DataPath.hooked(waiting.request_hooks())
+    _, _, second = pipelined(dp)
+    opened(dp, waiting.gates[0])()
+    app = dp.pool.accept()
+    return second, lambda: app.send(response())
+
+
 @scenario(QUEUED, DONE)
 def _queued_done() -> tuple[Exchange, Event]:
     dp = DataPath()
     c, _, second = pipelined(dp)
     return second, c.transport.peer_reset
+
+
+# == from REQUEST_HOOK =============================================================================
+
+
+@scenario(REQUEST_HOOK, CONNECTING)
+def _request_hook_connecting() -> tuple[Exchange, Event]:
+    waiting = Waiting()
+    dp, _, ex = hooking_request(waiting)
+    return ex, opened(dp, waiting.gates[0])
+
+
+@scenario(REQUEST_HOOK, AWAITING_HEAD)
+def _request_hook_awaiting_head() -> tuple[Exchange, Event]:
+    waiting = Waiting()
+    dp, _, ex = hooking_request(waiting, warm=True)
+    return ex, opened(dp, waiting.gates[0])
+
+
+@scenario(REQUEST_HOOK, DONE)
+def _request_hook_done() -> tuple[Exchange, Event]:
+    waiting = Waiting()
+    dp, _, ex = hooking_request(waiting)
+    return ex, opened(dp, waiting.gates[0], Response(403))  # answered by the hook
 
 
 # == from CONNECTING ===============================================================================
@@ -165,6 +261,30 @@ def _awaiting_head_done() -> tuple[Exchange, Event]:
     dp.pool.add_idle()
     _, ex = dp.begin()
     return ex, lambda: dp.advance(2.0 + TICKED)  # the deadline: 504
+
+
+@scenario(AWAITING_HEAD, RESPONSE_HOOK)
+def _awaiting_head_response_hook() -> tuple[Exchange, Event]:
+    dp = DataPath.hooked(Waiting().response_hooks())
+    app = dp.pool.add_idle()
+    _, ex = dp.begin()
+    return ex, lambda: app.send(response())
+
+
+# == from RESPONSE_HOOK ============================================================================
+
+
+@scenario(RESPONSE_HOOK, STREAMING)
+def _response_hook_streaming() -> tuple[Exchange, Event]:
+    waiting = Waiting()
+    dp, _, ex = hooking_response(waiting)
+    return ex, opened(dp, waiting.gates[0])
+
+
+@scenario(RESPONSE_HOOK, DONE)
+def _response_hook_done() -> tuple[Exchange, Event]:
+    _, c, ex = hooking_response(Waiting())
+    return ex, c.transport.peer_reset
 
 
 # == from INTERIM ==================================================================================
@@ -250,6 +370,16 @@ ILLEGAL = sorted((old, new) for old in Phase for new in Phase if new not in NEXT
 
 def test_every_move_of_the_table_has_a_scenario() -> None:
     assert sorted(SCENARIOS) == LEGAL
+
+
+def test_the_hook_phases_sit_where_their_hooks_run() -> None:
+    # on_request: after the guards, before any attempt; a retry does not run it again.
+    assert {p for p in Phase if REQUEST_HOOK in NEXT[p]} == {QUEUED}
+    # on_response: on the final head only, before it is committed; nothing is retried after.
+    assert {p for p in Phase if RESPONSE_HOOK in NEXT[p]} == {AWAITING_HEAD}
+    assert NEXT[RESPONSE_HOOK] == frozenset({STREAMING, DONE})
+    # Neither is the app's time: the request deadline runs only once the hook is done.
+    assert not WAITING_FOR_APP >> REQUEST_HOOK & 1 and not WAITING_FOR_APP >> RESPONSE_HOOK & 1
 
 
 def test_the_bit_masks_say_what_the_table_says() -> None:

@@ -62,6 +62,8 @@ METRICS: dict[str, Exported] = {
     "sidecar_grpc_request_duration_seconds": _m("histogram", "service", "method"),
     "sidecar_grpc_request_messages_total": _m("counter", "service", "method"),
     "sidecar_grpc_response_messages_total": _m("counter", "service", "method"),
+    "sidecar_retry_spool_errors_total": _m("counter"),
+    "sidecar_hook_errors_total": _m("counter", "hook"),
 }
 
 # The seed's histogram buckets, which sidecar_request_duration_seconds keeps.

@@ -426,6 +426,22 @@ def test_resources_fit_the_seeds_budget_and_our_rss_targets(variant: str) -> Non
     assert mebibytes(resources["limits"]["memory"]) >= 1.5 * RSS_LOADED_MIB
 
 
+@pytest.mark.parametrize("variant", [*VARIANTS, "tls"])
+def test_the_replay_spool_is_an_emptydir_on_the_nodes_disk(variant: str) -> None:
+    """RETRY_SPOOL_DIR is a volume of its own (the root filesystem is read-only), on disk rather
+    than in RAM, with room for RETRY_SPOOL_MAX_TOTAL below the size at which the kubelet would
+    evict the pod."""
+    side = sidecar(variant)
+    settings = load_env(env_of(side)).settings
+    mounts = {m["mountPath"]: m["name"] for m in side["volumeMounts"]}
+    volume = {v["name"]: v for v in pod_spec(variant)["volumes"]}[mounts[settings.retry_spool_dir]]
+    empty_dir = volume["emptyDir"]
+    assert empty_dir.get("medium", "") == ""  # not Memory: that would be RAM charged to the pod
+    size_limit = mebibytes(empty_dir["sizeLimit"]) * 1024 * 1024
+    assert settings.retry_spool_max_total < size_limit
+    assert settings.retry_spool_limit <= settings.retry_spool_max_total
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_auto_workers_follow_the_cpu_limit(variant: str, tmp_path: Path) -> None:
     # What the container sees of limits.cpu: cgroup v2's cpu.max, quota over a 100 ms period

@@ -57,7 +57,7 @@ def test_the_tls_settings_point_into_the_mounted_secret() -> None:
     container = sidecar("tls")
     env = env_of(container)
     settings = load_env(env).settings
-    (mount,) = container["volumeMounts"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "tls"]
     assert mount["readOnly"] is True
     for path in (settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file):
         assert path.startswith(mount["mountPath"] + "/"), path

@@ -442,3 +442,50 @@ def test_a_missing_certificate_stops_the_proxy(tmp_path: Path) -> None:
     result = run_cli("run", env=tls_env(pki) | {"TLS_CERT_FILE": missing})
     assert result.returncode == 2
     assert result.stderr == f"{CONFIG_ERROR}TLS_CERT_FILE={missing!r}: file not found\n"
+
+
+# --- hooks ----------------------------------------------------------------------------------
+
+EXAMPLE_HOOKS = str(Path(__file__).parents[2] / "examples" / "hooks.py")
+
+
+def test_check_config_shows_the_hooks_loaded() -> None:
+    table = run_cli("check-config", env={"HOOKS": EXAMPLE_HOOKS})
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.endswith(f"\nHOOKS\n{EXAMPLE_HOOKS}  on_request, on_response\n")
+    document = json.loads(run_cli("check-config", "--json", env={"HOOKS": EXAMPLE_HOOKS}).stdout)
+    assert document["hooks"] == {
+        "value": EXAMPLE_HOOKS,
+        "text": EXAMPLE_HOOKS,
+        "source": "env HOOKS",
+        "loaded": {"file": EXAMPLE_HOOKS, "on_request": "sync", "on_response": "sync"},
+    }
+    plain = json.loads(run_cli("check-config", "--json").stdout)
+    assert "loaded" not in plain["hooks"]
+
+
+@pytest.mark.parametrize("command", [["check-config"], ["run"], ["demo"]])
+def test_hooks_that_do_not_load_stop_the_command(tmp_path: Path, command: list[str]) -> None:
+    broken = tmp_path / "hooks.py"
+    broken.write_text("def on_request(request):\n    return (\n")
+    port = free_port()
+    result = run_cli(*command, f"--listen-port={port}", env={"HOOKS": str(broken)})
+    assert_config_error(result, f"HOOKS='{broken}'", "SyntaxError", "line 2")
+    with socket.socket() as sock:  # nothing was started
+        assert sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_a_hooks_value_that_names_nothing_loadable(tmp_path: Path) -> None:
+    assert_config_error(
+        run_cli("check-config", env={"HOOKS": "not a module"}), "HOOKS='not a module'"
+    )
+    missing = tmp_path / "missing.py"
+    assert_config_error(run_cli("run", env={"HOOKS": str(missing)}), "no such file")
+
+
+def test_wait_ready_and_quit_never_run_the_hooks(tmp_path: Path) -> None:
+    broken = tmp_path / "hooks.py"
+    broken.write_text("raise SystemExit('the hooks ran')\n")
+    env = {"HOOKS": str(broken), "METRICS_PORT": str(free_port())}
+    assert run_cli("wait-ready", "--timeout", "0s", env=env).returncode == 1
+    assert run_cli("quit", env=env).returncode == 1

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,8 @@ from support.upstream import Upstream
 from sidecar_proxy.http.h2 import frames as F
 from sidecar_proxy.http.h2.hpack import new_encoder
 from sidecar_proxy.server import ProxyServer
+
+EXAMPLE_HOOKS = Path(__file__).parents[2] / "examples" / "hooks.py"
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("curl") and shutil.which("nghttp") and shutil.which("h2load")),
@@ -212,3 +215,22 @@ def test_shutdown_drains_http2_with_two_goaways(
         got = read_frames(sock, lambda t, f, s, p: s == 1 and bool(f & F.END_STREAM))
         assert any(t == F.DATA and p == b"h2 GET /held" for t, _, s, p in got)
         stopping.result(10)
+
+
+def test_hooks_see_an_http2_request_as_any_other(
+    start_upstream: Callable[..., Upstream],
+    start_proxy: Callable[..., ProxyServer],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The hooks are a step of the exchange, which does not know the client's protocol: the
+    # example's API-key check and header injection work the same over HTTP/2.
+    monkeypatch.setenv("API_KEYS", "key-one:acme")
+    up = start_upstream()
+    proxy = start_proxy(up.port, hooks=str(EXAMPLE_HOOKS))
+    refused = curl(proxy.port, "/api/orders", "-w", " %{http_version} %{http_code}")
+    assert refused.stdout == "a valid X-API-Key is required\n 2 401", refused.stderr
+    assert up.received == []
+    passed = curl(proxy.port, "/api/orders", "-H", "X-API-Key: key-one", "-w", " %{http_code}")
+    assert passed.stdout == "GET /api/orders 200", passed.stderr
+    assert up.received[-1].header("x-tenant") == "acme"
+    assert up.received[-1].header("x-api-key") is None

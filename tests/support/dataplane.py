@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sidecar_proxy.config import Settings
+from sidecar_proxy.hooks.load import Hooks
 from sidecar_proxy.http.context import TICK, ProxyContext
 from sidecar_proxy.http.exchange import Exchange
 from sidecar_proxy.http.h1.client import H1ClientConnection
@@ -116,6 +117,13 @@ class DataPath:
             pool=self.pool,
         )
         self.ctx.start_ticking()
+
+    @classmethod
+    def hooked(cls, hooks: Hooks, **settings: Any) -> DataPath:
+        """A data path running ``hooks``, as a proxy does once they are loaded."""
+        dp = cls(**settings)
+        dp.ctx.reconfigure(dp.settings, hooks)
+        return dp
 
     def client(self, peer: str = "192.0.2.7") -> Client:
         transport = FakeTransport(self.loop, (peer, 41000))

@@ -7,7 +7,8 @@ boundary, in microseconds, and the same way every run.
 
 The data path types its loop as ``asyncio.AbstractEventLoop`` and its timers and tasks as
 asyncio's. :class:`FakeLoop` implements only what the data path calls (``time``, ``call_soon``,
-``call_later``) and is handed over with ``cast``: those types are not native classes, so a
+``call_later``, and ``create_task`` for an async hook, whose coroutine may await a :class:`Gate`
+the test opens) and is handed over with ``cast``: those types are not native classes, so a
 mypyc-compiled data path does not check them at run time either. Nothing here patches a module.
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -79,6 +80,9 @@ class FakeLoop:
         heapq.heappush(self._timers, (timer.when, next(self._order), timer))
         return cast(asyncio.TimerHandle, timer)
 
+    def create_task(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        return cast("asyncio.Task[Any]", CoroutineTask(self, coro))
+
     def timers(self) -> list[FakeTimer]:
         """The timers still pending, soonest first."""
         return [t for _, _, t in sorted(self._timers) if not t.is_cancelled]
@@ -122,12 +126,21 @@ class FakeTransport(asyncio.Transport):
 
     Closing it (``close`` or ``abort``) calls the protocol's ``connection_lost`` at the loop's
     next :meth:`FakeLoop.run_ready`, as asyncio's transports do. The peer's side is played by
-    :meth:`peer_eof` and :meth:`peer_reset`.
+    :meth:`peer_eof` and :meth:`peer_reset`. With a ``high_water`` mark, more than that many
+    bytes written and not yet taken make it call the protocol's ``pause_writing``, and
+    :meth:`take` its ``resume_writing``, as a real transport's buffer does.
     """
 
-    def __init__(self, loop: FakeLoop, peername: tuple[str, int] = ("192.0.2.7", 41000)) -> None:
+    def __init__(
+        self,
+        loop: FakeLoop,
+        peername: tuple[str, int] = ("192.0.2.7", 41000),
+        high_water: int | None = None,
+    ) -> None:
         super().__init__(extra={"peername": peername})
         self.loop = loop
+        self.high_water = high_water
+        self.write_paused = False
         self.protocol: asyncio.Protocol | None = None
         self.data = bytearray()  # written and not yet taken by the test
         self.writes = 0  # write() and writelines() calls: one writev each on a real socket
@@ -141,21 +154,34 @@ class FakeTransport(asyncio.Transport):
         protocol.connection_made(self)
 
     def take(self) -> bytes:
-        """What was written since the last take."""
+        """What was written since the last take; the peer has read it, so a protocol told to
+        pause writing may write again."""
         out = bytes(self.data)
         self.data.clear()
+        if self.write_paused and self.protocol is not None:
+            self.write_paused = False
+            self.protocol.resume_writing()
         return out
+
+    def _buffered(self) -> None:
+        high = self.high_water
+        if high is not None and not self.write_paused and len(self.data) > high:
+            self.write_paused = True
+            if self.protocol is not None:
+                self.protocol.pause_writing()
 
     # -- what the protocol calls -----------------------------------------------------------------
 
     def write(self, data: bytes | bytearray | memoryview[Any]) -> None:
         self.writes += 1
         self.data += data
+        self._buffered()
 
     def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview[Any]]) -> None:
         self.writes += 1
         for data in list_of_data:
             self.data += data
+        self._buffered()
 
     def write_eof(self) -> None:
         self.eof_written = True
@@ -202,6 +228,95 @@ class FakeTransport(asyncio.Transport):
         self.closed = True
         self._lose(ConnectionResetError("reset by peer"))
         self.loop.run_ready()
+
+
+class Gate:
+    """What a hook awaits in a data-path test: it waits until the test opens it."""
+
+    def __init__(self) -> None:
+        self.waiter: CoroutineTask | None = None
+        self.opened = False
+        self.value: object = None
+
+    def __await__(self) -> Generator[Gate, None, object]:
+        while not self.opened:
+            yield self
+        return self.value
+
+    def open(self, value: object = None) -> None:
+        """Let the awaiting coroutine go on, the awaited expression being ``value``."""
+        self.opened = True
+        self.value = value
+        if self.waiter is not None:
+            self.waiter.wake()
+
+
+class CoroutineTask:
+    """What :meth:`FakeLoop.create_task` returns: runs a coroutine a step at a time on the fake
+    loop, as an asyncio task does on a real one (steps, cancellation and done callbacks all go
+    through ``call_soon``). The coroutine may only wait on a :class:`Gate`."""
+
+    def __init__(self, loop: FakeLoop, coro: Coroutine[Any, Any, Any]) -> None:
+        self.loop = loop
+        self.coro = coro
+        self.callbacks: list[Callable[[Any], object]] = []
+        self.finished = False
+        self.was_cancelled = False
+        self.value: object = None
+        self.error: BaseException | None = None
+        loop.call_soon(self._step, None)
+
+    def _step(self, exc: BaseException | None) -> None:
+        if self.finished:
+            return
+        try:
+            gate = self.coro.send(None) if exc is None else self.coro.throw(exc)
+        except StopIteration as stop:
+            self._finish(value=stop.value)
+        except asyncio.CancelledError:
+            self._finish(cancelled=True)
+        except BaseException as error:
+            self._finish(error=error)
+        else:
+            assert isinstance(gate, Gate), f"a fake task can only wait on a Gate, not {gate!r}"
+            gate.waiter = self
+
+    def _finish(
+        self, value: object = None, error: BaseException | None = None, cancelled: bool = False
+    ) -> None:
+        self.finished = True
+        self.value, self.error, self.was_cancelled = value, error, cancelled
+        for callback in self.callbacks:
+            self.loop.call_soon(callback, self)
+
+    def wake(self) -> None:
+        self.loop.call_soon(self._step, None)
+
+    def cancel(self) -> bool:
+        if self.finished:
+            return False
+        self.loop.call_soon(self._step, asyncio.CancelledError())
+        return True
+
+    def cancelled(self) -> bool:
+        return self.was_cancelled
+
+    def done(self) -> bool:
+        return self.finished
+
+    def result(self) -> object:
+        assert self.finished, "the task is still running"
+        if self.was_cancelled:
+            raise asyncio.CancelledError
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+    def add_done_callback(self, callback: Callable[[Any], object]) -> None:
+        if self.finished:
+            self.loop.call_soon(callback, self)
+        else:
+            self.callbacks.append(callback)
 
 
 @dataclass
@@ -260,10 +375,11 @@ class FakePool:
     apps: dict[int, App] = field(default_factory=dict)  # by id(leg)
     connects: int = 0
     closed: bool = False
+    app_high_water: int | None = None  # for the app connections made from now on
 
     def new_app(self) -> App:
         leg = H1AppConnection(self)
-        transport = FakeTransport(self.loop, ("127.0.0.1", 3000))
+        transport = FakeTransport(self.loop, ("127.0.0.1", 3000), self.app_high_water)
         transport.connect(leg)
         app = App(leg, transport)
         self.apps[id(leg)] = app
@@ -348,6 +464,7 @@ class ScriptedLeg:
         self.bound: AppEvents | None = None
         self.calls: list[str] = []
         self.on_request = on_request
+        self.write_paused = False  # never: it takes whatever it is sent
 
     @property
     def events(self) -> AppEvents:

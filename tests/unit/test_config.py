@@ -604,3 +604,69 @@ def test_grpc_status_lists() -> None:
         "...) or codes 0-16"
     )
     assert "'17'" in error(env={"GRPC_RETRY_ON": "17"})
+
+
+# --- hooks --------------------------------------------------------------------------------
+
+
+def test_hooks_name_a_file_or_a_module() -> None:
+    assert (Settings().hooks, Settings().hook_timeout) == ("", 1.0)  # no hooks by default
+    assert load(env={"HOOKS": "/etc/sidecar/hooks.py"}).settings.hooks == "/etc/sidecar/hooks.py"
+    assert load(env={"HOOKS": "hooks.py"}).settings.hooks == "hooks.py"  # relative to the cwd
+    assert load(env={"HOOKS": "my_pkg.edge.hooks"}).settings.hooks == "my_pkg.edge.hooks"
+    assert load(flags={"hooks": "''"}).settings.hooks == ""
+    assert load(env={"HOOK_TIMEOUT": "250ms"}).settings.hook_timeout == 0.25
+
+
+@pytest.mark.parametrize("value", ["my pkg", "pkg..hooks", "1pkg.hooks", "pkg.hooks.", "a\tb"])
+def test_hooks_that_are_neither_file_nor_module(value: str) -> None:
+    assert error(env={"HOOKS": value}) == (
+        f"HOOKS={value!r}: expected a Python file (e.g. /etc/sidecar/hooks.py) or a dotted "
+        "module name (e.g. mypkg.hooks)"
+    )
+
+
+def test_a_hook_timeout_must_be_positive() -> None:
+    assert error(env={"HOOK_TIMEOUT": "0s"}) == "HOOK_TIMEOUT='0s': must be greater than 0"
+
+
+# --- the replay spool ---------------------------------------------------------------------
+
+
+def test_the_spool_is_off_by_default_and_its_settings(tmp_path: Path) -> None:
+    s = Settings()
+    assert (s.retry_spool_limit, s.retry_spool_dir, s.retry_spool_max_total) == (0, "", 1 << 30)
+    on = load(
+        env={
+            "RETRY_SPOOL_LIMIT": "64MiB",
+            "RETRY_SPOOL_DIR": str(tmp_path),
+            "RETRY_SPOOL_MAX_TOTAL": "256MiB",
+        }
+    ).settings
+    assert (on.retry_spool_limit, on.retry_spool_dir) == (64 << 20, str(tmp_path))
+    assert on.retry_spool_max_total == 256 << 20
+    # The directory is only checked when spooling is on; unset, it is the system temp dir.
+    assert load(env={"RETRY_SPOOL_DIR": "/nowhere"}).settings.retry_spool_limit == 0
+    assert load(env={"RETRY_SPOOL_LIMIT": "1MiB"}).settings.retry_spool_dir == ""
+
+
+def test_a_spool_that_could_never_be_used(tmp_path: Path) -> None:
+    assert error(env={"RETRY_SPOOL_LIMIT": "64KiB"}) == (
+        "RETRY_SPOOL_LIMIT='64KiB' is not above retry_buffer_limit=64KiB (default): bodies up "
+        "to retry_buffer_limit are kept in memory, so nothing would be spooled"
+    )
+    assert error(env={"RETRY_SPOOL_LIMIT": "2GiB"}) == (
+        "RETRY_SPOOL_LIMIT='2GiB' exceeds retry_spool_max_total=1GiB (default): "
+        "retry_spool_max_total bounds all spooled bodies together"
+    )
+    missing = tmp_path / "missing"
+    assert error(env={"RETRY_SPOOL_LIMIT": "1MiB", "RETRY_SPOOL_DIR": str(missing)}) == (
+        f"RETRY_SPOOL_DIR={str(missing)!r}: {str(missing)!r} is not a directory"
+    )
+    afile = tmp_path / "file"
+    afile.write_text("")
+    assert "is not a directory" in error(
+        env={"RETRY_SPOOL_LIMIT": "1MiB", "RETRY_SPOOL_DIR": str(afile)}
+    )
+    assert "expected a size" in error(env={"RETRY_SPOOL_MAX_TOTAL": "0"})
+    assert "expected a directory path" in error(env={"RETRY_SPOOL_DIR": "bad\x01dir"})

@@ -119,3 +119,11 @@ def test_the_app_leg_knows_nothing_of_the_exchange() -> None:
     for module in ("sidecar_proxy.http.h1.app", "sidecar_proxy.http.pool"):
         assert "sidecar_proxy.http.exchange" not in EDGES[module]
         assert "sidecar_proxy.http.h1.client" not in EDGES[module]
+
+
+def test_the_hooks_api_is_a_bottom_package() -> None:
+    """What users' hooks import (sidecar_proxy.hooks) pulls in nothing of the proxy: the data
+    path reaches the hooks through http/hookstep.py, never the other way round."""
+    for module, deps in layer("sidecar_proxy.hooks").items():
+        assert deps <= {"sidecar_proxy", *layer("sidecar_proxy.hooks")}, module
+    assert "sidecar_proxy.hooks.api" in EDGES["sidecar_proxy.http.hookstep"]

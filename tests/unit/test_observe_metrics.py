@@ -157,6 +157,8 @@ def test_exactly_the_documented_metrics(metrics: Metrics) -> None:
         "sidecar_tls_reload_failing": "gauge",
         "sidecar_slo_burn_rate": "gauge",
         "sidecar_slo_error_budget_remaining": "gauge",
+        "sidecar_retry_spool_errors": "counter",
+        "sidecar_hook_errors": "counter",
     }
     # The seed's help strings.
     assert families["sidecar_requests"].documentation == (

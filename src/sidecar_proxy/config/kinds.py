@@ -39,6 +39,7 @@ from sidecar_proxy.config.units import (
     parse_duration_nanos,
     parse_size,
 )
+from sidecar_proxy.hooks.load import is_file
 from sidecar_proxy.observe.record import GRPC_STATUS_NAMES
 
 T = TypeVar("T")
@@ -430,6 +431,37 @@ class FileKind(Kind[str]):
 
     def format(self, value: str) -> str:
         return value or "''"
+
+
+class HooksKind(Kind[str]):
+    """Where the Python hooks are: a file (a path with a ``/``, or ending in ``.py``) or an
+    importable module's dotted name; empty means none. Only the text is checked here: the code
+    is loaded by :func:`sidecar_proxy.hooks.load.load_hooks`, which reports its own errors."""
+
+    metavar = "FILE|MODULE"
+    expected = (
+        "expected a Python file (e.g. /etc/sidecar/hooks.py) or a dotted module name "
+        "(e.g. mypkg.hooks)"
+    )
+
+    def parse(self, text: str) -> str:
+        if text in _UNSET:
+            return ""
+        if any(ord(c) < 0x20 for c in text):
+            raise ValueError(self.expected)
+        if is_file(text) or all(part.isidentifier() for part in text.split(".")):
+            return text
+        raise ValueError(self.expected)
+
+    def format(self, value: str) -> str:
+        return value or "''"
+
+
+class DirKind(FileKind):
+    """A directory path; empty means "not set" (the setting says what it then stands for)."""
+
+    metavar = "DIR"
+    expected = "expected a directory path without control characters"
 
 
 class IdentityListKind(_ListKind[str]):

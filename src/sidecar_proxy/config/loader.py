@@ -22,6 +22,7 @@ a mistake, while tests construct ``Settings`` directly to ask for any free port.
 from __future__ import annotations
 
 import difflib
+import os
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ import yaml
 
 from sidecar_proxy.config.settings import FIELDS, FIELDS_BY_NAME, Field, Settings
 from sidecar_proxy.config.units import format_duration
+from sidecar_proxy.replay.spool import spool_directory
 
 CONFIG_ENV = "SIDECAR_CONFIG"
 CONFIG_FLAG = "--config"
@@ -228,7 +230,28 @@ def _check_relations(settings: Settings, origins: Mapping[str, _Origin]) -> None
             f"{describe('request_timeout')}: circuit_breaker_slow_call_duration must be "
             "less than request_timeout"
         )
+    _check_spool(settings, describe)
     _check_tls(settings, origins, describe)
+
+
+def _check_spool(settings: Settings, describe: Callable[[str], str]) -> None:
+    """A spool that could never be used, or that has nowhere to go."""
+    limit = settings.retry_spool_limit
+    if not limit:
+        return
+    if limit <= settings.retry_buffer_limit:
+        raise ConfigError(
+            f"{describe('retry_spool_limit')} is not above {describe('retry_buffer_limit')}: "
+            "bodies up to retry_buffer_limit are kept in memory, so nothing would be spooled"
+        )
+    if limit > settings.retry_spool_max_total:
+        raise ConfigError(
+            f"{describe('retry_spool_limit')} exceeds {describe('retry_spool_max_total')}: "
+            "retry_spool_max_total bounds all spooled bodies together"
+        )
+    directory = spool_directory(settings.retry_spool_dir)
+    if not os.path.isdir(directory):
+        raise ConfigError(f"{describe('retry_spool_dir')}: {directory!r} is not a directory")
 
 
 def _check_tls(

@@ -51,6 +51,11 @@ def plan_reload(running: Settings, loaded: Settings) -> ReloadPlan:
     return ReloadPlan(dataclasses.replace(loaded, **keep), applied, kept)
 
 
+class ReloadRefused(Exception):
+    """Raised by a reload's ``apply`` that cannot use what the new settings name (a hooks file
+    that fails to load): nothing has changed, and the message is one line for the log."""
+
+
 def reload(
     source: SettingsSource | None,
     running: Settings,
@@ -61,7 +66,8 @@ def reload(
     """A SIGHUP reload's steps, the same for one process and for the parent of several: load
     from ``source`` (a bad value keeps every running setting and logs the one-line error
     start-up would have printed), plan against the ``running`` settings (reporting what waits
-    for a restart), ``apply`` the plan, and report the outcome to ``counted`` and the log."""
+    for a restart), ``apply`` the plan, and report the outcome to ``counted`` and the log. An
+    ``apply`` that raises :class:`ReloadRefused` has kept everything running: a failed reload."""
     if source is None:
         log.warning("reload requested, but there is no configuration source to reload")
         return
@@ -79,7 +85,12 @@ def reload(
             "reload: some settings change only with a restart; their running values are kept",
             extra={"kept": {name: f"{old} (new: {new})" for name, (old, new) in plan.kept.items()}},
         )
-    apply(plan.settings)
+    try:
+        apply(plan.settings)
+    except ReloadRefused as exc:
+        counted(False)
+        log.error(str(exc), extra={"reload": "running settings and hooks kept"})
+        return
     counted(True)
     log.info(
         "configuration reloaded",

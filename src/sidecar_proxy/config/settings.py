@@ -25,11 +25,13 @@ from sidecar_proxy.config.kinds import (
     AppCheckKind,
     BoolKind,
     CidrListKind,
+    DirKind,
     DurationKind,
     EnumKind,
     FileKind,
     FloatKind,
     GrpcStatusListKind,
+    HooksKind,
     HostKind,
     IdentityListKind,
     IntKind,
@@ -140,7 +142,31 @@ class Settings:
         "RETRY_BUFFER_LIMIT",
         SizeKind(0),
         "64KiB",
-        "largest request body kept for replay; larger bodies are not retried",
+        "largest request body kept in memory for replay; larger bodies are not retried unless "
+        "retry_spool_limit spools them",
+        live=True,
+    )
+    retry_spool_limit: int = _setting(
+        "RETRY_SPOOL_LIMIT",
+        SizeKind(0),
+        "0",
+        "largest replay-safe request body copied to disk as it streams, so it can still be "
+        "retried (above retry_buffer_limit, e.g. 64MiB); 0 = off",
+        live=True,
+    )
+    retry_spool_dir: str = _setting(
+        "RETRY_SPOOL_DIR",
+        DirKind(),
+        "",
+        "directory for the spool's nameless files, on a local disk (an emptyDir); '' = the "
+        "system temp dir",
+        live=True,
+    )
+    retry_spool_max_total: int = _setting(
+        "RETRY_SPOOL_MAX_TOTAL",
+        SizeKind(1),
+        "1GiB",
+        "disk all spooled bodies together may take; past it a body streams without a replay copy",
         live=True,
     )
     retry_budget_ratio: float = _setting(
@@ -389,6 +415,22 @@ class Settings:
         BOOL,
         "false",
         "with several workers, label every worker's series with worker=N instead of summing",
+    )
+    hooks: str = _setting(
+        "HOOKS",
+        HooksKind(),
+        "",
+        "Python hooks on every request: a file (/etc/sidecar/hooks.py) or a module (mypkg.hooks) "
+        "defining on_request(request) and/or on_response(request, response); reloaded on SIGHUP",
+        live=True,
+    )
+    hook_timeout: float = _setting(
+        "HOOK_TIMEOUT",
+        POSITIVE_DURATION,
+        "1s",
+        "longest an async hook is awaited: then on_request answers 504, on_response leaves the "
+        "response unchanged",
+        live=True,
     )
     trust_forwarded_headers: bool = _setting(
         "TRUST_FORWARDED_HEADERS",

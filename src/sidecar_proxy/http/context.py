@@ -18,7 +18,9 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Protocol
 
+from sidecar_proxy.hooks.load import Hooks
 from sidecar_proxy.http.h2.app import H2AppPool
+from sidecar_proxy.http.hookstep import HookStep
 from sidecar_proxy.http.legs import AppPool
 from sidecar_proxy.http.phase import IllegalTransition
 from sidecar_proxy.http.pool import H1Pool
@@ -26,6 +28,7 @@ from sidecar_proxy.policy.backoff import Backoff
 from sidecar_proxy.policy.breaker import BreakerState, OpenReason
 from sidecar_proxy.policy.configured import LocalPolicies, Policies, budget_settings
 from sidecar_proxy.policy.retry import RetryPolicy
+from sidecar_proxy.replay.spool import SpoolArea, spool_directory
 
 if TYPE_CHECKING:
     from sidecar_proxy.config import Settings
@@ -104,6 +107,7 @@ class ProxyContext:
         "failure_statuses",
         "goodbye",
         "health",
+        "hooks",
         "limiter",
         "loop",
         "metrics",
@@ -113,6 +117,7 @@ class ProxyContext:
         "recorder",
         "retry",
         "settings",
+        "spool",
         "ticker",
     )
 
@@ -127,6 +132,7 @@ class ProxyContext:
         pool: AppPool | None = None,
         upstream_tls: UpstreamTLS | None = None,
         policies: Policies | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.loop = loop
         self.settings = settings
@@ -141,6 +147,8 @@ class ProxyContext:
         self.budget = self.policies.budget(settings)
         self.retry = self._retry(settings)
         self.rate_limit = self.policies.rate_limit(settings)
+        self.hooks = self._hooks(hooks, settings)
+        self.spool = self._spool(settings)
         self.failure_statuses = settings.circuit_breaker_failure_statuses
         self.connections: set[ClientConnection] = set()
         # Shutdown, in two steps (see server.ProxyServer.shutdown): from the signal on every
@@ -154,14 +162,33 @@ class ProxyContext:
         backoff = Backoff(s.retry_backoff, s.retry_max_backoff)
         return RetryPolicy(s.max_retries, s.retry_on, backoff, self.budget, s.grpc_retry_on)
 
-    def reconfigure(self, settings: Settings) -> None:
-        """A reload: run with ``settings`` from the next event on.
+    def _hooks(self, hooks: Hooks | None, s: Settings) -> HookStep | None:
+        if hooks is None:
+            return None  # off: the data path's whole cost is one `is None`
+        return HookStep(hooks, self.loop, s.hook_timeout, self.metrics.hook_error)
+
+    def _spool(self, s: Settings) -> SpoolArea | None:
+        if not s.retry_spool_limit:
+            return None  # off: a body over retry_buffer_limit is simply not replayable
+        return SpoolArea(
+            spool_directory(s.retry_spool_dir),
+            s.retry_spool_limit,
+            s.retry_spool_max_total,
+            self.loop.time,
+            self.metrics.spool_error,
+        )
+
+    def reconfigure(self, settings: Settings, hooks: Hooks | None) -> None:
+        """A reload: run with ``settings`` and ``hooks`` (loaded again from their file) from the
+        next event on.
 
         Policies that hold state about the app or the requests in flight are reconfigured in
         place: the breaker keeps its state, the concurrency limit its places taken (a new limit
-        object would be released into by requests that acquired the old one). The retry budget
-        and the rate limit's buckets start afresh only when one of their own settings changed;
-        the retry policy and its backoff hold nothing and are simply made again. Settings that
+        object would be released into by requests that acquired the old one). The retry budget,
+        the rate limit's buckets and the spool area start afresh only when one of their own
+        settings changed (spools under way finish in the area they started in);
+        the retry policy and its backoff hold nothing and are simply made again, and so is the
+        hooks' step (exchanges under way finish with the hooks they started with). Settings that
         are not live (``Field.live``) must already carry their old values here; the pool is
         built from those alone.
         """
@@ -178,6 +205,9 @@ class ProxyContext:
         self.retry = self._retry(s)
         if _rate_limit_settings(old) != _rate_limit_settings(s):
             self.rate_limit = self.policies.rate_limit(s)
+        self.hooks = self._hooks(hooks, s)
+        if _spool_settings(old) != _spool_settings(s):
+            self.spool = self._spool(s)
         self.failure_statuses = s.circuit_breaker_failure_statuses
 
     def say_goodbye(self) -> None:
@@ -219,6 +249,10 @@ class ProxyContext:
         if reason is not None:
             extra["reason"] = reason.value
         log.log(level, "circuit breaker " + new.name.lower(), extra=extra)
+
+
+def _spool_settings(s: Settings) -> tuple[int, str, int]:
+    return s.retry_spool_limit, s.retry_spool_dir, s.retry_spool_max_total
 
 
 def _rate_limit_settings(s: Settings) -> tuple[float, int, str, int, bool]:

@@ -8,11 +8,13 @@ no Task, no Future and no timer (deadlines are checked by the context's ticker, 
 Its phase is one :class:`~sidecar_proxy.http.phase.Phase`, changed only by :meth:`_to`, which
 refuses any move the phase table does not list. The legs call in through the events of
 :mod:`sidecar_proxy.http.legs` and the exchange asks the policies what to do: the concurrency
-limit and the breaker before an attempt, the retry policy after a failed one. It never touches a
+limit and the breaker before an attempt, the retry policy after a failed one; the hooks, when
+``HOOKS`` is set, run as one more step (:mod:`sidecar_proxy.http.hookstep`). It never touches a
 socket and never frames a byte: it tells the legs what to send, and each leg frames it for its
 protocol. It never accumulates a body either: request chunks are kept only while they may still
-have to be replayed (bounded by ``retry_buffer_limit``), response chunks pass straight to the
-client leg, and flow control pauses whichever side is faster.
+have to be replayed (bounded by ``retry_buffer_limit``; a larger replay-safe body may be copied to
+a spool file instead, up to ``retry_spool_limit``), response chunks pass straight to the client
+leg, and flow control pauses whichever side is faster.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import asyncio
 import logging
 import math
 import time
+from typing import Any
 
 from sidecar_proxy.http import grpc as G
 from sidecar_proxy.http.context import ProxyContext
@@ -28,6 +31,7 @@ from sidecar_proxy.http.fields import RequestHead, ResponseHead
 from sidecar_proxy.http.framing import CRLF, response_has_body
 from sidecar_proxy.http.grpc import GrpcCall, is_grpc
 from sidecar_proxy.http.headers import list_tokens, new_request_id, valid_request_id
+from sidecar_proxy.http.hookstep import HookCall, HookStep, LocalAnswer
 from sidecar_proxy.http.legs import AppLeg, ClientLeg, Trailers
 from sidecar_proxy.http.phase import (
     ALLOWED,
@@ -37,6 +41,8 @@ from sidecar_proxy.http.phase import (
     DONE,
     INTERIM,
     QUEUED,
+    REQUEST_HOOK,
+    RESPONSE_HOOK,
     STREAMING,
     TUNNEL,
     WAITING_FOR_APP,
@@ -52,6 +58,7 @@ from sidecar_proxy.observe.tracecontext import trace_id
 from sidecar_proxy.policy.backoff import parse_retry_after
 from sidecar_proxy.policy.breaker import BreakerState
 from sidecar_proxy.policy.retry import REASON_BUDGET, REASON_EXHAUSTED, Failure
+from sidecar_proxy.replay.spool import Spool
 from sidecar_proxy.tls.identity import Peer
 
 log = logging.getLogger("sidecar_proxy.exchange")
@@ -66,6 +73,10 @@ _FAILURES = {
     Failure.RESET: (502, R.ERR_RESET, R.UPSTREAM_RESET, "the app closed the connection"),
     Failure.TIMEOUT: (504, R.ERR_TIMEOUT, R.UPSTREAM_TIMEOUT, "the app did not answer in time"),
 }
+
+# How much of a spooled body a replay reads from disk and sends at a time: the app's write
+# buffer's high-water mark is 64 KiB, so one piece is about what it takes before pausing.
+REPLAY_PIECE = 64 * 1024
 
 # the flag of a request the client leg rejected, by status; any other status is DPE
 _REJECTION_FLAGS = {408: R.DOWNSTREAM_TIMEOUT, 403: R.CLIENT_IDENTITY_DENIED}
@@ -100,16 +111,17 @@ class Exchange:
         "attempt_no",
         "chunks",
         "client",
-        "connecting",
         "ctx",
         "deadline",
         "grpc",
         "head",
         "held",
+        "hooked",
         "kept_bytes",
         "last_activity",
         "last_failure",
         "limited",
+        "pending",
         "phase",
         "rec",
         "rejected",
@@ -119,6 +131,8 @@ class Exchange:
         "resp",
         "rid_line",
         "sent_at",
+        "spool",
+        "spool_sent",
         "timer",
         "to_eof",
         "written",
@@ -150,9 +164,15 @@ class Exchange:
         # ...and the request may also be replayed after the app did see it
         self.replayable = self.held and ctx.retry.replay_safe(rec.method, head.idempotency_key)
         self.kept_bytes = 0
+        # A body that outgrew the memory buffer, copied to disk instead (see _outgrown); the
+        # current attempt has had its first spool_sent bytes.
+        self.spool: Spool | None = None
+        self.spool_sent = 0
         # the current attempt
         self.app: AppLeg | None = None
-        self.connecting: asyncio.Task[None] | None = None
+        # what the exchange waits on: a new app connection, or an async hook
+        self.pending: asyncio.Task[Any] | None = None
+        self.hooked: HookCall | None = None  # the hooks' part in the response, if any
         self.attempt_no = 0
         self.timer: asyncio.TimerHandle | None = None  # per-try timeout, or the backoff
         self.admitted = False  # holds a breaker permit that still needs a verdict
@@ -240,12 +260,57 @@ class Exchange:
             self.reply(503, "too many requests in flight", retry_after=1)
             return
         self.limited = True
+        hooks = ctx.hooks
+        if hooks is not None and self._request_hook(hooks):
+            return
+        self._forward()
+
+    def _forward(self) -> None:
+        """The guards let the request through: on to the first attempt."""
+        ctx = self.ctx
         ctx.budget.deposit()
         timeout = ctx.settings.request_timeout
+        grpc = self.grpc
         if grpc is not None and grpc.timeout is not None:
             timeout = min(timeout, grpc.timeout)  # the whole call's, streaming or not
         self.deadline = ctx.loop.time() + timeout
         self._attempt()
+
+    def _request_hook(self, hooks: HookStep) -> bool:
+        """Run ``on_request``; True when the request goes no further for now (answered by the
+        hook, or waiting for an async one)."""
+        call = HookCall(hooks, self.head, self.rec)
+        if hooks.on_response is not None:
+            self.hooked = call  # on_response sees the same request object
+        outcome = call.on_request()
+        if outcome is None:
+            return False
+        if isinstance(outcome, LocalAnswer):
+            self._hook_answer(outcome)
+        else:
+            self._to(REQUEST_HOOK)
+            self.pending = outcome
+            outcome.add_done_callback(self._request_hooked)
+        return True
+
+    def _request_hooked(self, task: asyncio.Task[Any]) -> None:
+        """An async ``on_request`` is done (it cannot fail: the step turns every failure into
+        an answer); a task cancelled because the exchange ended is no longer ``pending``."""
+        if task is not self.pending:
+            return
+        self.pending = None
+        try:
+            answer: LocalAnswer | None = task.result()
+            if answer is None:
+                self._forward()
+            else:
+                self._hook_answer(answer)
+        except IllegalTransition as bug:
+            self._aborted(bug)
+
+    def _hook_answer(self, answer: LocalAnswer) -> None:
+        """A hook's answer, or the error a failed hook earned (in gRPC form to a gRPC call)."""
+        self.answer(answer.status, answer.body, answer.content_type, answer.extra)
 
     def _grpc_refused(self, grpc: GrpcCall) -> bool:
         """Answer a gRPC call the sidecar cannot carry; True if it did."""
@@ -304,7 +369,7 @@ class Exchange:
                 if app is not None:
                     app.release(True)  # nobody waits for it any more: a fresh leg, pool it
                 return
-            self.connecting = None
+            self.pending = None
             try:
                 if app is None:
                     self._attempt_failed(Failure.CONNECT)
@@ -314,7 +379,7 @@ class Exchange:
             except IllegalTransition as bug:
                 self._aborted(bug)
 
-        self.connecting = ctx.pool.connect(connected)
+        self.pending = ctx.pool.connect(connected)
 
     def _bind(self, app: AppLeg) -> None:
         self.app = app
@@ -322,7 +387,10 @@ class Exchange:
         self.written = 0
         body: list[bytes] = []
         end: Trailers | None = None
-        if not self.head.upgrade:  # bytes after an Upgrade request wait for the 101
+        spool = self.spool
+        if spool is not None:
+            self.spool_sent = 0  # a retry: the whole body again, from the disk copy
+        elif not self.head.upgrade:  # bytes after an Upgrade request wait for the 101
             self._unsent(body)
             if self.req_done:
                 end = self.req_trailers
@@ -331,6 +399,8 @@ class Exchange:
         self.client.resume_request_body()
         if self.client.write_paused:
             app.pause_reading()
+        if spool is not None:
+            self._replay(app, spool)
 
     def _added_request_lines(self) -> list[bytes]:
         """The fields the proxy adds to the request: Host when missing, X-Forwarded-*, the
@@ -370,14 +440,17 @@ class Exchange:
         if self.phase is DONE:
             return  # answered early (413, 503, ...): the rest of the body is not needed
         self.rec.bytes_in += len(data)
+        spool = self.spool
+        if spool is not None:
+            self._spooled_body(spool, data)
+            return
         self.chunks.append(data)
         if self.grpc is not None:
             self.grpc.requests.feed(data)
         if self.held:
             self.kept_bytes += len(data)
-            if self.kept_bytes > self.ctx.settings.retry_buffer_limit:
-                # too large to replay: stream it, never retry it
-                self.held = self.replayable = False
+            if self.kept_bytes > self.ctx.settings.retry_buffer_limit and self._outgrown():
+                return
         app = self.app
         if app is not None:
             for chunk in self._unsent([]):
@@ -396,8 +469,105 @@ class Exchange:
         if grpc is None or grpc.timeout is None:
             self.deadline = self.ctx.loop.time() + self.ctx.settings.request_timeout
         self.req_trailers = trailers
-        if self.app is not None:
-            self.app.send_end(trailers)
+        app = self.app
+        if app is not None:
+            spool = self.spool
+            if spool is None or self.spool_sent == spool.size:
+                app.send_end(trailers)  # else the replay sends it when it catches up
+
+    # -- the replay copy on disk ---------------------------------------------------------------
+
+    def _outgrown(self) -> bool:
+        """The body outgrew the memory buffer (RETRY_BUFFER_LIMIT). With a spool it is copied
+        to disk from here on, and this chunk is dealt with (True); otherwise it streams on
+        without a copy and can no longer be retried (False).
+
+        A spool starts only while an attempt's leg is bound and has had every chunk held: from
+        then on the disk copy is the only one, so before it the chunks stay in memory (the client
+        is paused while no leg is bound: one read more, at most).
+        """
+        area = self.ctx.spool
+        length = self.head.content_length
+        if (
+            area is None
+            or not self.replayable  # held only in case the app never sees it: memory alone
+            or (length is not None and length > area.limit)
+        ):
+            self.held = self.replayable = False  # too large to replay: stream it, never retry
+            return False
+        app = self.app
+        if app is None:
+            return False  # decided once an attempt has a leg
+        chunks = self.chunks
+        spool = area.start(chunks)
+        if spool is None:  # over the spools' total, or the disk failed: as if there were none
+            self.held = self.replayable = False
+            return False
+        for chunk in chunks[self.written :]:
+            app.send_body(chunk)
+        chunks.clear()
+        self.written = 0
+        self.spool = spool
+        self.spool_sent = spool.size
+        return True
+
+    def _spooled_body(self, spool: Spool, data: bytes) -> None:
+        """A chunk of a spooled body: copied to disk, and sent on at once when the attempt
+        has had everything before it (else the replay sends it in its turn)."""
+        app = self.app
+        streaming = app is not None and self.spool_sent == spool.size
+        if not spool.append(data):  # over a bound, or the disk failed: the copy is gone
+            self.spool = None
+            self.held = self.replayable = False
+            if app is not None and streaming:
+                app.send_body(data)  # nothing lost: stream on without a copy
+            else:
+                self._copy_lost()
+            return
+        if app is not None and streaming:
+            self.spool_sent = spool.size
+            app.send_body(data)
+        elif app is None:
+            self.client.pause_request_body()
+
+    def _replay(self, app: AppLeg, spool: Spool) -> None:
+        """Send the attempt the spooled body it has not had, a piece at a time while the app
+        takes it; the rest follows when it reads again (app_write_paused). Once caught up, the
+        end of the request goes too, if it has come."""
+        while self.spool_sent < spool.size and not app.write_paused:
+            piece = spool.read(self.spool_sent, REPLAY_PIECE)
+            if not piece:  # the disk failed: the copy is gone
+                self.spool = None
+                self.held = self.replayable = False
+                self._copy_lost()
+                return
+            self.spool_sent += len(piece)
+            app.send_body(piece)
+        if self.spool_sent == spool.size:
+            if self.req_done:
+                app.send_end(self.req_trailers)
+            if self.committed:
+                self._drop_copy(spool)  # the response is on its way: no retry will need it
+
+    def _copy_lost(self) -> None:
+        """The disk copy failed while an attempt still needed it: that retry cannot go ahead,
+        and the client gets what the failed attempt earned, as if there had been no spool
+        (the request would not have been retried then)."""
+        if self.committed:
+            # The app answered before the replay caught up; its connection is owed body bytes
+            # that are gone, so it cannot be completed or reused.
+            self._cancel_attempt()
+            self.client.abort()
+            self.finish()
+            return
+        status, detail = self.last_failure or (502, _FAILURES[Failure.RESET][3])
+        self.reply(status, detail)
+
+    def _drop_copy(self, spool: Spool) -> None:
+        """No retry can come any more: give the disk space back now, not at the end."""
+        self.spool = None
+        self.held = self.replayable = False
+        spool.close()
 
     def _unsent(self, out: list[bytes]) -> list[bytes]:
         """Append to ``out`` the body chunks this attempt has not sent yet; drop the ones that
@@ -460,15 +630,65 @@ class Exchange:
             and resp.content_length is None
             and not resp.transfer_encoding
         )
-        self._to(STREAMING)
-        added = [] if resp.has_request_id else [self.rid_line]
-        if ctx.settings.attempts_header:
-            added.append(b"X-Sidecar-Attempts: %d\r\n" % rec.attempts)
-        if ctx.settings.server_timing:
-            added.append(server_timing_line(rec.start, self.sent_at, rec.ttfb))
-        self.client.send_head(status, resp, added, has_body)
+        hooked = self.hooked
+        if hooked is not None and self._response_hook(hooked, app, resp):
+            return
+        self._commit(resp, has_body)
         if not has_body:
             self._response_complete(app, None)
+
+    def _commit(self, resp: ResponseHead, has_body: bool) -> None:
+        """The final head goes to the client leg, with the proxy's own fields: from here on
+        the response streams and can no longer be retried."""
+        s = self.ctx.settings
+        rec = self.rec
+        self._to(STREAMING)
+        spool = self.spool
+        if spool is not None and self.spool_sent == spool.size:
+            self._drop_copy(spool)  # else still being replayed to the app (_replay drops it)
+        added = [] if resp.has_request_id else [self.rid_line]
+        if s.attempts_header:
+            added.append(b"X-Sidecar-Attempts: %d\r\n" % rec.attempts)
+        if s.server_timing and rec.ttfb is not None:  # always set by a final head
+            added.append(server_timing_line(rec.start, self.sent_at, rec.ttfb))
+        self.client.send_head(resp.status, resp, added, has_body)
+
+    def _response_hook(self, hooked: HookCall, app: AppLeg, resp: ResponseHead) -> bool:
+        """Run ``on_response`` on the final head; True while an async one runs. Reading from
+        the app pauses meanwhile, and what the current read still brings is held."""
+        task = hooked.on_response(resp)
+        if task is None:
+            return False
+        self._to(RESPONSE_HOOK)
+        self.pending = task
+        app.pause_reading()
+        task.add_done_callback(self._response_hooked)
+        return True
+
+    def _response_hooked(self, task: asyncio.Task[Any]) -> None:
+        """An async ``on_response`` is done (or gave up): the head goes out, then whatever
+        of the body was held."""
+        hooked = self.hooked
+        resp = self.resp
+        if task is not self.pending or hooked is None or resp is None:
+            return
+        self.pending = None
+        try:
+            has_body = response_has_body(self.head.method, resp.status)
+            self._commit(resp, has_body)
+            for data in hooked.held or ():
+                self.response_body(data)
+            app = self.app
+            if hooked.ended or app is None:
+                self._end_response(hooked.trailers)  # the app leg went back at the end
+            elif not has_body:
+                self._response_complete(app, None)
+            else:
+                if not self.client.write_paused:
+                    app.resume_reading()
+                self.client.flush()
+        except IllegalTransition as bug:
+            self._aborted(bug)
 
     def _grpc_head(self, resp: ResponseHead) -> bool:
         """A gRPC call's answer: its status is in the head only when it is Trailers-Only (the
@@ -483,6 +703,9 @@ class Exchange:
 
     def response_body(self, data: bytes) -> None:
         if self.phase is not STREAMING:
+            hooked = self.hooked
+            if self.phase is RESPONSE_HOOK and hooked is not None:
+                hooked.hold(data)  # the head waits for an async on_response
             return  # a 1xx has no body; anything else was refused at its head
         self.rec.bytes_out += len(data)
         if self.grpc is not None:
@@ -495,17 +718,34 @@ class Exchange:
             self._to(AWAITING_HEAD)  # the 1xx is over; the final response follows
         elif self.phase is STREAMING:
             self._response_complete(app, trailers)
+        elif self.phase is RESPONSE_HOOK:
+            self._hold_end(app, trailers)
 
     def _response_complete(self, app: AppLeg, trailers: Trailers | None) -> None:
+        self._release(app)
+        self._end_response(trailers)
+
+    def _release(self, app: AppLeg) -> None:
+        """The response is read whole: the attempt is over."""
         self.app = None
-        # Reusable only if the request went out whole and the body did not end with the
-        # connection; whether the app keeps it alive is the leg's to judge.
-        app.release(self.req_done and not self.to_eof)
+        # Reusable only if the request went out whole (a replay from the spool still under
+        # way has not) and the body did not end with the connection; whether the app keeps it
+        # alive is the leg's to judge.
+        app.release(self.req_done and not self.to_eof and self.spool is None)
+
+    def _end_response(self, trailers: Trailers | None) -> None:
         if self.grpc is not None:
             self._grpc_end(trailers)
         self.client.send_end(trailers)
         self.client.flush()
         self.finish()
+
+    def _hold_end(self, app: AppLeg, trailers: Trailers | None) -> None:
+        """The response ended while an async on_response runs: the app leg is done with, the
+        end waits for the head."""
+        self._release(app)
+        if self.hooked is not None:
+            self.hooked.end(trailers)
 
     def _grpc_end(self, trailers: Trailers | None) -> None:
         """A gRPC call's response is complete: its status, and the breaker's verdict on it."""
@@ -524,18 +764,20 @@ class Exchange:
     # == failures from the app ==================================================================
 
     def app_eof(self, app: AppLeg) -> None:
-        if self.to_eof and self.phase is STREAMING and app is self.app:
-            self._response_complete(app, None)  # EOF is how this body ends
-        else:
-            self.app_lost(app, None)
+        # EOF is how a close-delimited body ends; otherwise the connection is lost
+        self.app_lost(app, None)
 
     def app_lost(self, app: AppLeg, exc: BaseException | None) -> None:
         if app is not self.app or self.phase is DONE:
             return
         phase = self.phase
-        if phase is STREAMING and self.to_eof:
-            self._response_complete(app, None)  # the leg will not reuse a close-delimited one
-            return
+        if self.to_eof:  # the end of a close-delimited body; the leg will not reuse it
+            if phase is STREAMING:
+                self._response_complete(app, None)
+                return
+            if phase is RESPONSE_HOOK:
+                self._hold_end(app, None)
+                return
         self.app = None
         app.abandon()
         if phase is TUNNEL:
@@ -544,6 +786,12 @@ class Exchange:
             self.finish()
         elif phase is STREAMING:
             self._abort_client(R.UPSTREAM_RESET, R.ERR_RESET)
+        elif phase is RESPONSE_HOOK:
+            # The head is in, but its body will not come; the client has seen nothing yet.
+            status, error, flag, detail = _FAILURES[Failure.RESET]
+            self.rec.upstream_errors.append(error)
+            self.rec.flags.append(flag)
+            self.reply(status, detail)
         else:
             self._attempt_failed(Failure.RESET)
 
@@ -732,7 +980,7 @@ class Exchange:
             self._aborted(bug)
 
     def _aborted(self, bug: IllegalTransition) -> None:
-        """A bug met in a timer or connect callback, where no leg is on the stack to catch it:
+        """A bug met in a timer, connect or hook callback, where no leg is on the stack to catch it:
         log it and cut the client's connection, whose loss ends the exchange."""
         log.error("exchange aborted", exc_info=bug, extra={"request_id": self.rec.request_id})
         self._cancel_attempt()
@@ -744,9 +992,9 @@ class Exchange:
             self.timer = None
 
     def _cancel_attempt(self) -> None:
-        if self.connecting is not None:
-            self.connecting.cancel()
-            self.connecting = None
+        if self.pending is not None:
+            self.pending.cancel()
+            self.pending = None
         app = self.app
         if app is not None:
             # Cleared first: a leg may report its loss from abandon() itself, and app_lost must
@@ -775,7 +1023,7 @@ class Exchange:
 
     def client_write_paused(self, paused: bool) -> None:
         app = self.app
-        if app is not None:
+        if app is not None and self.phase is not RESPONSE_HOOK:  # the hook's wait pauses it
             if paused:
                 app.pause_reading()
             else:
@@ -788,8 +1036,12 @@ class Exchange:
     def app_write_paused(self, paused: bool) -> None:
         if paused:
             self.client.pause_request_body()
-        else:
-            self.client.resume_request_body()
+            return
+        self.client.resume_request_body()
+        spool = self.spool
+        app = self.app
+        if spool is not None and app is not None and self.spool_sent < spool.size:
+            self._replay(app, spool)  # may pause the client again
 
     # == upgrade tunnel ===========================================================================
 
@@ -882,6 +1134,10 @@ class Exchange:
         if self.limited:
             self.limited = False
             ctx.limiter.release()
+        spool = self.spool
+        if spool is not None:  # the disk copy never outlives its exchange
+            self.spool = None
+            spool.close()
         rec = self.rec
         rec.end = time.monotonic()
         grpc = self.grpc

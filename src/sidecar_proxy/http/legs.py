@@ -183,6 +183,12 @@ class AppLeg(Protocol):
 
     def send_end(self, trailers: Trailers) -> None: ...
 
+    @property
+    def write_paused(self) -> bool:
+        """The app reads slower than the proxy sends: a replay from disk waits for it
+        (:meth:`AppEvents.app_write_paused` says when it reads again)."""
+        ...
+
     def pause_reading(self) -> None:
         """The client reads slower than the app sends."""
         ...

@@ -14,6 +14,13 @@ take the process with it (see ``docs/architecture.md``)::
        │                            AWAITING_HEAD ─► TUNNEL (101) ─► DONE
        └─► AWAITING_HEAD (a warm pooled connection)     any phase but DONE ─► DONE
 
+    while an async hook runs:
+    QUEUED ─► REQUEST_HOOK ─► CONNECTING or AWAITING_HEAD     (on_request)
+    AWAITING_HEAD ─► RESPONSE_HOOK ─► STREAMING               (on_response, the final head)
+
+The two hook phases exist only while an ``async def`` hook is awaited; a plain hook runs inside
+the move it guards, and with no hooks set neither phase is ever entered.
+
 The request side has one more fact, orthogonal to these: whether the request body is complete
 (``Exchange.request_complete``); a response may start, and even end, before it is.
 """
@@ -26,33 +33,39 @@ from typing import Final
 
 class Phase(enum.IntEnum):
     QUEUED = 0  # parsed; waits its turn on the connection (HTTP/1.1 answers in order)
-    CONNECTING = 1  # an attempt waits for a new app connection
-    AWAITING_HEAD = 2  # the request is (being) sent; no response head yet
-    INTERIM = 3  # a 1xx came; its message ends before the final head
-    BACKOFF = 4  # a failed attempt will be retried after a delay (maybe zero)
-    STREAMING = 5  # the response head is committed; the body flows
-    TUNNEL = 6  # 101 Switching Protocols: raw bytes both ways
-    DONE = 7  # answered, failed or abandoned, and recorded
+    REQUEST_HOOK = 1  # an async on_request hook runs; no attempt has started
+    CONNECTING = 2  # an attempt waits for a new app connection
+    AWAITING_HEAD = 3  # the request is (being) sent; no response head yet
+    INTERIM = 4  # a 1xx came; its message ends before the final head
+    BACKOFF = 5  # a failed attempt will be retried after a delay (maybe zero)
+    RESPONSE_HOOK = 6  # the final head came; an async on_response hook runs before it goes out
+    STREAMING = 7  # the response head is committed; the body flows
+    TUNNEL = 8  # 101 Switching Protocols: raw bytes both ways
+    DONE = 9  # answered, failed or abandoned, and recorded
 
 
 # The members as module constants, for the hot path: ``Phase.DONE`` is an attribute lookup on
 # the enum class (measured ~150 ns on CPython 3.11), a module constant a cached global (~10 ns)
 # and, compiled, a C static.
 QUEUED: Final = Phase.QUEUED
+REQUEST_HOOK: Final = Phase.REQUEST_HOOK
 CONNECTING: Final = Phase.CONNECTING
 AWAITING_HEAD: Final = Phase.AWAITING_HEAD
 INTERIM: Final = Phase.INTERIM
 BACKOFF: Final = Phase.BACKOFF
+RESPONSE_HOOK: Final = Phase.RESPONSE_HOOK
 STREAMING: Final = Phase.STREAMING
 TUNNEL: Final = Phase.TUNNEL
 DONE: Final = Phase.DONE
 
 NEXT: Final[dict[Phase, frozenset[Phase]]] = {
-    QUEUED: frozenset({CONNECTING, AWAITING_HEAD, DONE}),
+    QUEUED: frozenset({REQUEST_HOOK, CONNECTING, AWAITING_HEAD, DONE}),
+    REQUEST_HOOK: frozenset({CONNECTING, AWAITING_HEAD, DONE}),
     CONNECTING: frozenset({AWAITING_HEAD, BACKOFF, DONE}),
-    AWAITING_HEAD: frozenset({INTERIM, STREAMING, TUNNEL, BACKOFF, DONE}),
+    AWAITING_HEAD: frozenset({INTERIM, RESPONSE_HOOK, STREAMING, TUNNEL, BACKOFF, DONE}),
     INTERIM: frozenset({AWAITING_HEAD, BACKOFF, DONE}),
     BACKOFF: frozenset({CONNECTING, AWAITING_HEAD, DONE}),
+    RESPONSE_HOOK: frozenset({STREAMING, DONE}),
     STREAMING: frozenset({DONE}),
     TUNNEL: frozenset({DONE}),
     DONE: frozenset(),

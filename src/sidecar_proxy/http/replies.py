@@ -13,6 +13,9 @@ _STATUS_LINES = {s.value: b"HTTP/1.1 %d %b\r\n" % (s.value, s.phrase.encode()) f
 _LINES_BY_REASON = {(s.value, s.phrase.encode()): _STATUS_LINES[s.value] for s in HTTPStatus}
 
 
+_BODILESS = frozenset({204, 304})
+
+
 def status_line(status: int, reason: bytes = b"") -> bytes:
     if reason:
         line = _LINES_BY_REASON.get((status, reason))
@@ -30,13 +33,17 @@ def local_reply(
     extra: list[tuple[bytes, bytes]] | None = None,
     head_only: bool = False,
 ) -> bytes:
-    """A complete response with a Content-Length body."""
-    lines = [
-        status_line(status),
-        b"Content-Type: ",
-        content_type,
-        b"\r\nContent-Length: %d\r\n" % len(body),
-    ]
+    """A complete response with a Content-Length body; a 204 or 304 (only a hook's local
+    answer is one) has neither body nor Content-Length (RFC 9110 §8.6, §15.3.5)."""
+    if status in _BODILESS:
+        lines = [status_line(status)]
+    else:
+        lines = [
+            status_line(status),
+            b"Content-Type: ",
+            content_type,
+            b"\r\nContent-Length: %d\r\n" % len(body),
+        ]
     if request_id_line:
         lines.append(request_id_line)
     for name, value in extra or ():
@@ -44,7 +51,7 @@ def local_reply(
     if close:
         lines.append(b"Connection: close\r\n")
     lines.append(b"\r\n")
-    if not head_only:
+    if not head_only and status not in _BODILESS:
         lines.append(body)
     return b"".join(lines)
 

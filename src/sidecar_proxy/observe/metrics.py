@@ -73,6 +73,8 @@ TLS_RELOAD_RESULTS = ("success", "failure")
 REJECT_SHED = "shed"
 REJECT_CIRCUIT_OPEN = "circuit_open"
 REJECT_RATE_LIMIT = "rate_limit"
+# sidecar_hook_errors_total{hook} values
+HOOKS = ("on_request", "on_response")
 # sidecar_config_reloads_total{result}, by whether the reload succeeded
 RELOAD_RESULTS = {True: "success", False: "failure"}
 
@@ -417,6 +419,18 @@ class Metrics:
             "Sets of TLS files whose current version was rejected; older material serves",
             registry=r,
         )
+        self.retry_spool_errors = Counter(
+            "sidecar_retry_spool_errors",
+            "Request-body spool files that could not be created, written or read back: those "
+            "requests went on without a replay copy",
+            registry=r,
+        )
+        self.hook_errors = Counter(
+            "sidecar_hook_errors",
+            "Hook calls that raised or timed out, by hook (on_request, on_response)",
+            ("hook",),
+            registry=r,
+        )
         build = build_info()
         info = Gauge(
             "sidecar_build_info",
@@ -442,6 +456,7 @@ class Metrics:
         self._reloads = {ok: self.config_reloads.labels(RELOAD_RESULTS[ok]) for ok in (True, False)}
         for reason in BREAKER_OPEN_REASONS:
             self.circuit_breaker_opened.labels(reason)
+        self._hook_errors = {hook: self.hook_errors.labels(hook) for hook in HOOKS}
 
     def on_breaker_transition(self, old: int, new: int, reason: str | None) -> None:
         """The breaker moved from state ``old`` to ``new``, given as gauge values (0, 1, 2);
@@ -501,3 +516,12 @@ class Metrics:
         """A reload was tried; ``failing`` sets of files are now rejected."""
         self._tls_reloads[0 if ok else 1].inc()
         self.tls_reload_failing.set(failing)
+
+    def spool_error(self, exc: OSError) -> None:
+        """A spool file failed (``on_error`` of :class:`~sidecar_proxy.replay.spool.SpoolArea`);
+        the error itself is logged there."""
+        self.retry_spool_errors.inc()
+
+    def hook_error(self, hook: str) -> None:
+        """A call of ``hook`` (one of :data:`HOOKS`) raised or timed out."""
+        self._hook_errors[hook].inc()

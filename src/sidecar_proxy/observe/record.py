@@ -25,6 +25,8 @@ RETRIES_EXHAUSTED = "URX"  # the last attempt failed too and retries ran out
 RETRY_BUDGET_EXHAUSTED = "RBX"  # a retry was wanted but the retry budget refused it
 DOWNSTREAM_TIMEOUT = "DT"  # the client was too slow sending the request
 LOCAL_REPLY = "LR"  # answered by the sidecar itself (health probe on the proxy port)
+HOOK_ANSWERED = "HA"  # the on_request hook answered with a Response of its own
+HOOK_FAILED = "HF"  # a hook raised or timed out (500/504 from on_request; on_response: unchanged)
 CLIENT_IDENTITY_DENIED = "CID"  # the client certificate's identity is not allowed in (403)
 
 # Label values of sidecar_upstream_errors_total{type}. The first three are the seed's.

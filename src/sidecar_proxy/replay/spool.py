@@ -43,6 +43,11 @@ log = logging.getLogger("sidecar_proxy.spool")
 WARN_INTERVAL = 60.0  # seconds between two warnings for the same error
 
 
+def spool_directory(configured: str) -> str:
+    """Where spool files go: RETRY_SPOOL_DIR, or the system temp dir when it is empty."""
+    return configured or tempfile.gettempdir()
+
+
 def open_unlinked(directory: str) -> int:
     """A read-write descriptor on a new, nameless file in ``directory``.
 

@@ -6,7 +6,9 @@ the pod's shared policies and access-log lock, without an admin server or an app
 check (the parent runs the pod's). It tells the parent when it serves, answers snapshot
 requests with its metric families, sets its ``/ready`` on the proxy port from the parent's word
 on the whole pod, and applies the settings of each reload the parent sends. It loads its TLS
-files itself, from the paths in the settings, and watches them for rotation as one process does.
+files itself, from the paths in the settings, and watches them for rotation as one process does;
+it loads its own copy of the hooks (``HOOKS``) too, at start and again on each reload (hooks
+that fail to load then keep the worker's running settings and hooks, logged by the worker).
 
 Signals: the parent owns them. A worker runs in its own session (Ctrl-C in a terminal reaches
 the parent alone) and drains on the SIGTERM the parent forwards; a second SIGTERM exits at once,
@@ -26,6 +28,7 @@ from typing import cast
 
 import uvloop
 
+from sidecar_proxy.hooks.load import HookLoadError
 from sidecar_proxy.observe.logs import configure_logging
 from sidecar_proxy.server import (
     ProxyServer,
@@ -90,7 +93,13 @@ class _Control(asyncio.Protocol):
                 families = list(server.metrics.registry.collect())
                 self.send(Snapshot(message.seq, families))
             elif isinstance(message, Reload):
-                server.apply(message.settings)
+                try:
+                    server.apply(message.settings)
+                except HookLoadError as exc:
+                    # The parent does not run the hooks' code, so only the worker can find out.
+                    log.error(
+                        f"hooks error: {exc}", extra={"reload": "running settings and hooks kept"}
+                    )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -111,6 +120,10 @@ async def _serve(hello: Hello, control: socket.socket) -> int:
         await server.start_proxy(listeners)
     except MaterialError as exc:  # the parent's check passed; the files changed in between
         log.error("unusable TLS files", extra={"error": str(exc)})
+        await server.close()
+        return 2
+    except HookLoadError as exc:  # the parent's check passed; the file changed in between
+        log.error(f"hooks error: {exc}")
         await server.close()
         return 2
     except OSError as exc:
