@@ -235,6 +235,35 @@ def test_a_reload_reaches_every_worker_and_is_counted_once(app: Upstream, tmp_pa
         assert messages.count("configuration reloaded") == 1
 
 
+def test_a_reload_loads_every_workers_hooks_again_and_a_broken_file_keeps_them(
+    app: Upstream, tmp_path: Path
+) -> None:
+    hooks = tmp_path / "hooks.py"
+    version = 'def on_request(request):\n    request.headers["X-Hooks-Version"] = "{}"\n'
+    hooks.write_text(version.format(1))
+    with run_pod(app.port, {**PER_WORKER, "HOOKS": str(hooks)}) as pod:
+        conns = pod.connections_by_worker(each=1)
+
+        def versions() -> list[str | None]:
+            out = []
+            for (sock,) in (socks[:1] for socks in conns.values()):
+                assert send(sock, "/ok") == 200
+                out.append(app.received[-1].header("X-Hooks-Version"))
+            return out
+
+        assert versions() == ["1", "1"]  # each worker loaded the file at start
+        hooks.write_text(version.format(2))
+        pod.proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: versions() == ["2", "2"], 5)  # both workers, again
+        hooks.write_text("def on_request(request):\n    return (\n")  # half-written
+        pod.proc.send_signal(signal.SIGHUP)
+        assert wait_for(
+            lambda: sum("hooks error" in e["message"] for e in pod.log()) == 2, 5
+        )  # one line from each worker, which alone runs the hooks' code
+        assert versions() == ["2", "2"]
+        assert pod.proc.poll() is None and len(pod.workers()) == 2
+
+
 def test_app_ready_check_runs_once_for_the_whole_pod(app: Upstream) -> None:
     env = {"APP_READY_CHECK": "http:/fail", "APP_READY_INTERVAL": "100ms"}
     with run_pod(app.port, env, started="/health") as pod:
