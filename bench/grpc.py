@@ -58,7 +58,7 @@ from bench.run import REPO, RESULTS, rotated, sidecar_binary
 PEERS = ("direct", "nginx", "sidecar")
 SHAPES = {"16x16": ("-c16", "-m16"), "64x1": ("-c64", "-m1")}
 METHOD = "/sidecar.test.Echo/Unary"
-# Targets from the issue: unary req/s >= 1.0x nginx grpc_pass, streaming >= 0.5x nginx msgs/s.
+# Targets: unary req/s >= 1.0x nginx grpc_pass, streaming >= 0.5x nginx msgs/s.
 UNARY_TARGET = 1.0
 STREAM_TARGET = 0.5
 
