@@ -68,6 +68,7 @@ bench: $(BUILT) $(PURE_BUILT)
 	bash scripts/install-test-tools.sh
 	$(BIN)/python -m bench.run --pure $(PURE)/bin/sidecar-proxy
 	$(BIN)/python -m bench.h2
+	$(BIN)/python -m bench.grpc
 
 soak: $(BUILT)
 	$(BIN)/python -m bench.soak

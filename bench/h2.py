@@ -94,20 +94,29 @@ def h2load(port: int, seconds: float, warmup: float, h1: bool = False) -> tuple[
     """req/s, requests done, and 2xx, from one h2load run: 16x16 over HTTP/2, or 64 HTTP/1.1
     connections one request at a time (``h1``, the shape of ``bench.run``'s small scenario)."""
     shape = ["--h1", "-c64", "-m1"] if h1 else ["-c16", "-m16"]
-    argv = ["h2load", *shape, "-t1", f"-D{seconds:g}", f"--warm-up-time={warmup:g}"]
-    argv.append(f"http://{HOST}:{port}/small")
-    out = subprocess.run(
-        pinned(CORE_LOAD, argv),
+    return run_h2load([*shape, f"http://{HOST}:{port}/small"], seconds, warmup, CORE_LOAD)
+
+
+def run_h2load(
+    args: list[str], seconds: float, warmup: float, core: int | None
+) -> tuple[float, int, int]:
+    """req/s, requests done, and 2xx, from one h2load run of ``seconds`` with ``args`` (the
+    shape, any request options and the URL), on ``core``."""
+    # h2load reads a bare number as whole seconds; milliseconds allow fractions
+    duration = [f"-D{seconds * 1000:.0f}ms", f"--warm-up-time={warmup * 1000:.0f}ms"]
+    ran = subprocess.run(
+        pinned(core, ["h2load", "-t1", *duration, *args]),
         capture_output=True,
         text=True,
         timeout=seconds + warmup + 30,
         check=False,
-    ).stdout
+    )
+    out = ran.stdout
     rps = re.search(r"finished in [^,]+, ([\d.]+) req/s", out)
     done = re.search(r"requests: \d+ total, \d+ started, (\d+) done", out)
     ok = re.search(r"status codes: (\d+) 2xx", out)
     if not (rps and done and ok):
-        raise RuntimeError("h2load said:\n" + out)
+        raise RuntimeError("h2load said:\n" + out + ran.stderr)
     return float(rps.group(1)), int(done.group(1)), int(ok.group(1))
 
 

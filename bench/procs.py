@@ -200,6 +200,29 @@ def rss_bytes(pid: int) -> int:
     return sum(status_kib(each, "VmRSS") for each in [pid, *descendants(pid)]) * 1024
 
 
+def unique_bytes(pid: int) -> int:
+    """Memory of ``pid``'s process tree with each resident page counted once: every process's
+    private pages, plus the largest process's shared ones.
+
+    :func:`rss_bytes` counts the pages the processes share (the interpreter, its libraries)
+    once per process. The processes of one program share nearly the same set, which is what
+    the container's memory cgroup is charged for once; the largest set stands for all of them
+    (``/proc/PID/smaps_rollup``, Linux 4.14+).
+    """
+    private = shared = 0
+    for each in [pid, *descendants(pid)]:
+        fields: dict[str, int] = {}
+        try:
+            for line in Path(f"/proc/{each}/smaps_rollup").read_text().splitlines()[1:]:
+                name, value = line.split(":", 1)
+                fields[name] = int(value.split()[0]) * 1024
+        except (OSError, ValueError):
+            continue
+        private += fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
+        shared = max(shared, fields.get("Shared_Clean", 0) + fields.get("Shared_Dirty", 0))
+    return private + shared
+
+
 @dataclass(frozen=True)
 class CpuSample:
     """Scheduler time of a process tree, summed over every thread, in nanoseconds."""

@@ -268,7 +268,7 @@ class Report:
                         vs,
                     ]
                 )
-            out.append(_table(rows))
+            out.append(table(rows))
             out.append(
                 f"  last column: {SIDECAR}'s {sc.headline_unit} / the peer's. CPU us/req: the "
                 "peer's own CPU time per request. waited: share of the run the peer was runnable "
@@ -288,7 +288,7 @@ class Report:
                 cpu = self.cpu_ratio(sc, peer)
                 cpu_cells.append("-" if cpu is None else f"{cpu:.2f}")
             rows.append([sc.name, "req/CPU-s", *cpu_cells])
-        out.append(_table(rows))
+        out.append(table(rows))
         out.append(
             "  req/CPU-s: requests per second of the peer's own CPU time, the sidecar's over the "
             "peer's: what the throughput ratio would be with a quiet core each."
@@ -323,7 +323,7 @@ class Report:
                     str(mem.keepalive_open),
                 ]
             )
-        out.append(_table(rows))
+        out.append(table(rows))
 
         targets = self.targets()
         if targets:
@@ -333,7 +333,7 @@ class Report:
                 shown = f"{t.value:.2f}x" if t.unit == "x" else f"{t.value:.1f} MiB"
                 cpu_text = "-" if t.cpu_ratio is None else f"{t.cpu_ratio:.2f}x"
                 rows.append([t.text, shown, t.describe(), cpu_text])
-            out.append(_table(rows))
+            out.append(table(rows))
 
         if self.notes:
             out.append("\n== peers ==")
@@ -399,7 +399,7 @@ def _mib(value: int | None) -> str:
     return "-" if value is None else f"{value / MIB:.1f}"
 
 
-def _table(rows: Iterable[list[str]]) -> str:
+def table(rows: Iterable[list[str]]) -> str:
     rows = list(rows)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []

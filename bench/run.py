@@ -133,7 +133,27 @@ class Bench:
         wait_ready(proc, "upstream nginx", port, "/1m", LARGE_SIZE)
         self.upstream, self.upstream_port = proc, port
 
+    def start_all(self, names: list[str]) -> None:
+        """The upstream, then every peer of ``names``."""
+        self.start_upstream()
+        for name in names:
+            self.start_peer(name)
+
     def start_peer(self, name: str) -> Peer:
+        """Start ``name`` and check it answers (and serves /metrics, where it has them)."""
+        peer = self.launch(name)
+        if peer.proc is not None:
+            wait_ready(peer.proc, name, peer.port, "/small", SMALL_SIZE)
+            check_answers(peer.proc, name, peer.port, "/1m", LARGE_SIZE)
+            if peer.admin_port is not None:
+                wait_metrics(peer.proc, name, peer.admin_port)
+            time.sleep(1.0)  # let start-up garbage settle before the idle reading
+            self.memory[name] = Memory(idle=rss_bytes(peer.proc.pid))
+        self.peers[name] = peer
+        return peer
+
+    def launch(self, name: str) -> Peer:
+        """Start the process of peer ``name``."""
         env = {k: os.environ[k] for k in _BASE_ENV_KEYS if k in os.environ}
         core = self.core(CORE_PROXY)
         if name == "direct":
@@ -159,32 +179,13 @@ class Bench:
             proc = self.sup.start(name, argv, core=core, env=env, cwd=REPO)
             peer = Peer(name, port, proc)
         elif name in (SIDECAR, PURE, "sidecar-pipe", "sidecar-nolog", "sidecar-baseline"):
-            port, admin = free_port(), free_port()
-            env |= self.seed_env(port, admin) | {
-                "LOG_LEVEL": "warning",
-                "ACCESS_LOG": "false" if name == "sidecar-nolog" else "true",
-                # Loopback only, and a stop that does not wait out the drain delay.
-                "LISTEN_HOST": "127.0.0.1",
-                "METRICS_HOST": "127.0.0.1",
-                "DRAIN_DELAY": "0s",
-                "SHUTDOWN_GRACE_PERIOD": "1s",
-            }
-            pipe = name == "sidecar-pipe"
+            settings = {"ACCESS_LOG": "false" if name == "sidecar-nolog" else "true"}
             argv = [str(self.args.pure if name == PURE else sidecar_binary()), "run"]
             if name == "sidecar-baseline":
                 # The baseline's source first on the path, ahead of this install (pure Python).
-                env["PYTHONPATH"] = str(self.baseline_source())
+                settings["PYTHONPATH"] = str(self.baseline_source())
                 argv = [sys.executable, "-m", "sidecar_proxy", "run"]
-            proc = self.sup.start(
-                name,
-                argv,
-                core=core,
-                env=env,
-                stdout=subprocess.PIPE if pipe else subprocess.DEVNULL,
-            )
-            stdout = proc.popen.stdout
-            drain = LineDrain(stdout) if stdout is not None else None
-            peer = Peer(name, port, proc, admin_port=admin, drain=drain)
+            peer = self.start_sidecar(name, settings, pipe=name == "sidecar-pipe", argv=argv)
         elif name == "seed-go":
             port, admin = free_port(), free_port()
             env |= self.seed_env(port, admin) | {
@@ -198,16 +199,43 @@ class Bench:
             peer = Peer(name, port, proc, admin_port=admin)
         else:
             raise ValueError(name)
-
-        if peer.proc is not None:
-            wait_ready(peer.proc, name, peer.port, "/small", SMALL_SIZE)
-            check_answers(peer.proc, name, peer.port, "/1m", LARGE_SIZE)
-            if peer.admin_port is not None:
-                wait_metrics(peer.proc, name, peer.admin_port)
-            time.sleep(1.0)  # let start-up garbage settle before the idle reading
-            self.memory[name] = Memory(idle=rss_bytes(peer.proc.pid))
-        self.peers[name] = peer
         return peer
+
+    def start_sidecar(
+        self,
+        name: str,
+        settings: dict[str, str],
+        *,
+        pipe: bool = False,
+        argv: list[str] | None = None,
+    ) -> Peer:
+        """``sidecar-proxy run`` (or ``argv``) on loopback with the seed's environment plus
+        ``settings``; its access log goes to a pipe this script reads when ``pipe``, else to
+        /dev/null."""
+        env = {k: os.environ[k] for k in _BASE_ENV_KEYS if k in os.environ}
+        port, admin = free_port(), free_port()
+        env |= (
+            self.seed_env(port, admin)
+            | {
+                "LOG_LEVEL": "warning",
+                # Loopback only, and a stop that does not wait out the drain delay.
+                "LISTEN_HOST": "127.0.0.1",
+                "METRICS_HOST": "127.0.0.1",
+                "DRAIN_DELAY": "0s",
+                "SHUTDOWN_GRACE_PERIOD": "1s",
+            }
+            | settings
+        )
+        proc = self.sup.start(
+            name,
+            argv or [str(sidecar_binary()), "run"],
+            core=self.core(CORE_PROXY),
+            env=env,
+            stdout=subprocess.PIPE if pipe else subprocess.DEVNULL,
+        )
+        stdout = proc.popen.stdout
+        drain = LineDrain(stdout) if stdout is not None else None
+        return Peer(name, port, proc, admin_port=admin, drain=drain)
 
     # -- measuring ----------------------------------------------------------------------------
 
@@ -483,9 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="sidecar-bench-") as tmp, sigterm_as_interrupt():
         bench = Bench(args, Path(tmp))
         try:
-            bench.start_upstream()
-            for name in args.peer_list:
-                bench.start_peer(name)
+            bench.start_all(args.peer_list)
             print(
                 f"bench: upstream on :{bench.upstream_port}; "
                 + ", ".join(f"{p.name} on :{p.port}" for p in bench.peers.values())

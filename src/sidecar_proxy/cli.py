@@ -36,13 +36,14 @@ from typing import TYPE_CHECKING, TextIO
 
 from sidecar_proxy.buildinfo import build_info
 from sidecar_proxy.config import FIELDS, ConfigError, LoadedSettings, Settings, load_settings
-from sidecar_proxy.config.kinds import BoolKind, DurationKind
+from sidecar_proxy.config.cpus import worker_count
+from sidecar_proxy.config.kinds import BoolKind, DurationKind, WorkersKind
 from sidecar_proxy.config.loader import CONFIG_ENV, CONFIG_FLAG
 from sidecar_proxy.hooks.load import HOOK_NAMES, HookLoadError, Hooks, load_hooks
 from sidecar_proxy.lifecycle.client import admin_url, quit_sidecar, reachable, wait_ready
 
 if TYPE_CHECKING:
-    from sidecar_proxy.server import SettingsSource
+    from sidecar_proxy.config.reload import SettingsSource
 from sidecar_proxy.tls.material import CertInfo, MaterialError, check_files
 
 PROG = "sidecar-proxy"
@@ -96,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{PROG}: configuration error: {exc}", file=sys.stderr)
             return 2
     if args.command == "check-config":
-        (print_json if args.json else print_table)(loaded, certs, hooks, sys.stdout)
+        workers = worker_count(loaded.settings.workers)
+        (print_json if args.json else print_table)(loaded, certs, workers, hooks, sys.stdout)
         return 0
     if args.command == "demo":
         return run_demo(loaded.settings, load, hooks)
@@ -188,11 +190,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def print_table(
-    loaded: LoadedSettings, certs: Sequence[CertInfo], hooks: Hooks | None, out: TextIO
+    loaded: LoadedSettings,
+    certs: Sequence[CertInfo],
+    workers: tuple[int, str],
+    hooks: Hooks | None,
+    out: TextIO,
 ) -> None:
-    """The settings table, then one line per loaded certificate, then the hooks loaded."""
+    """The settings table, then one line per loaded certificate, then the hooks loaded.
+    ``auto`` workers also say what they come to and why."""
+    sources = dict(loaded.sources)
+    if loaded.settings.workers == WorkersKind.AUTO:
+        sources["workers"] += f"; {workers[0]} ({workers[1]})"
     rows = [("SETTING", "VALUE", "SOURCE")] + [
-        (name, value, loaded.sources[name]) for name, value in _formatted(loaded.settings).items()
+        (name, value, sources[name]) for name, value in _formatted(loaded.settings).items()
     ]
     name_width = max(len(row[0]) for row in rows)
     value_width = max(len(row[1]) for row in rows)
@@ -208,11 +218,16 @@ def print_table(
 
 
 def print_json(
-    loaded: LoadedSettings, certs: Sequence[CertInfo], hooks: Hooks | None, out: TextIO
+    loaded: LoadedSettings,
+    certs: Sequence[CertInfo],
+    workers: tuple[int, str],
+    hooks: Hooks | None,
+    out: TextIO,
 ) -> None:
     """``{setting: {"value": native, "text": as in the table, "source": ...}}``; a setting that
-    names certificate files has ``"certificates"`` too, each with its subject, SANs and expiry,
-    and ``hooks`` has ``"loaded"``: the file executed and each hook, ``"sync"``, ``"async"`` or
+    names certificate files has ``"certificates"`` too, each with its subject, SANs and expiry;
+    ``workers`` also has ``"count"``, the number of processes it comes to, and ``"count_from"``;
+    ``hooks`` has ``"loaded"``: the file executed and each hook, ``"sync"``, ``"async"`` or
     null."""
     text = _formatted(loaded.settings)
     document: dict[str, dict[str, object]] = {
@@ -233,6 +248,7 @@ def print_json(
                 "not_after": cert.not_after.isoformat().replace("+00:00", "Z"),
             }
         )
+    document["workers"] |= {"count": workers[0], "count_from": workers[1]}
     if hooks is not None:
         document["hooks"]["loaded"] = {
             "file": hooks.origin,
@@ -272,9 +288,17 @@ def quit_command(settings: Settings) -> int:
 def serve(
     settings: Settings, reload_from: SettingsSource | None = None, hooks: Hooks | None = None
 ) -> int:
-    from sidecar_proxy import server  # noqa: PLC0415 - deferred: see the module docstring
+    """Serve until stopped. One process runs the ``hooks`` already loaded; with several
+    workers, each worker loads its own copy of what ``settings.hooks`` names (the hooks the
+    CLI loaded were its check that they load)."""
+    workers, why = worker_count(settings.workers)
+    if workers == 1:
+        from sidecar_proxy import server  # noqa: PLC0415 - deferred: see the module docstring
 
-    return server.run(settings, reload_from=reload_from, hooks=hooks)
+        return server.run(settings, reload_from=reload_from, hooks=hooks)
+    from sidecar_proxy.workers import supervisor  # noqa: PLC0415 - as the server, deferred
+
+    return supervisor.run(settings, workers, why, reload_from=reload_from)
 
 
 def run_demo(

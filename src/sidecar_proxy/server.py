@@ -12,6 +12,11 @@ lags the SIGTERM by a few seconds):
 4. The process exits 0. A second signal exits at once (exit code 1).
 
 SIGHUP reloads the configuration and the hooks file (see :meth:`ProxyServer.reload`).
+
+With ``WORKERS`` > 1 each worker process runs a :class:`ProxyServer` of its own, and its parent
+(:mod:`sidecar_proxy.workers.supervisor`) owns the signals: it forwards SIGTERM to every worker,
+which drains as above, and a reload's settings, which each applies as above, loading its own
+copy of the hooks again.
 """
 
 from __future__ import annotations
@@ -24,17 +29,19 @@ import os
 import signal
 import socket
 from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 
 import uvloop
 
 from sidecar_proxy.admin.server import AdminServer
 from sidecar_proxy.buildinfo import build_info
-from sidecar_proxy.config import ConfigError, LoadedSettings, Settings
-from sidecar_proxy.config.reload import plan_reload
+from sidecar_proxy.config import Settings
+from sidecar_proxy.config.reload import ReloadRefused, SettingsSource, reload
 from sidecar_proxy.hooks.load import HookLoadError, Hooks, load_hooks
 from sidecar_proxy.http.context import ProxyContext
 from sidecar_proxy.http.h1.client import H1ClientConnection
-from sidecar_proxy.lifecycle.appcheck import AppReadyCheck
+from sidecar_proxy.lifecycle.appcheck import AppReadyCheck, start_app_check
 from sidecar_proxy.lifecycle.health import HealthState
 from sidecar_proxy.observe.accesslog import FLUSH_INTERVAL, AccessLog
 from sidecar_proxy.observe.logs import configure_logging, set_log_level
@@ -42,6 +49,7 @@ from sidecar_proxy.observe.metrics import Metrics
 from sidecar_proxy.observe.paths import PathLabeler
 from sidecar_proxy.observe.recorder import Recorder
 from sidecar_proxy.observe.slo import SloWindows
+from sidecar_proxy.policy.configured import Policies
 from sidecar_proxy.tls.accept import ServerTLS
 from sidecar_proxy.tls.material import MaterialError
 from sidecar_proxy.tls.reload import POLL_SECONDS, Reloader
@@ -49,7 +57,16 @@ from sidecar_proxy.tls.upstream import UpstreamTLS
 
 log = logging.getLogger("sidecar_proxy.server")
 
-SettingsSource = Callable[[], LoadedSettings]
+BACKLOG = 2048  # the listen() backlog of the proxy port
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRole:
+    """What a worker of a multi-process sidecar (:mod:`sidecar_proxy.workers`) is handed by its
+    parent: the pod's shared policies and the pod's access-log lock."""
+
+    policies: Policies
+    log_lock: AbstractContextManager[object]
 
 
 class ProxyServer:
@@ -58,7 +75,12 @@ class ProxyServer:
     ``reload_from`` loads the configuration again the way start-up did (same flags, env and
     file); without it a reload has nothing to read and is refused. ``hooks`` are the hooks the
     CLI loaded while checking the configuration (so their code runs once at start-up); without
-    them, :meth:`start` loads what ``settings.hooks`` names.
+    them, :meth:`start_proxy` loads what ``settings.hooks`` names.
+
+    A worker of a multi-process sidecar runs one too, given its ``worker`` role: it serves the
+    proxy port alone (:meth:`start_proxy`, on sockets its parent bound), and its parent runs the
+    admin port, the app readiness check and reloads for the whole pod. Its ``/ready`` on the
+    proxy port follows the parent's word on the pod (:meth:`HealthState.set_pod_ready`).
     """
 
     def __init__(
@@ -67,20 +89,26 @@ class ProxyServer:
         access_log_fd: int = 1,
         reload_from: SettingsSource | None = None,
         hooks: Hooks | None = None,
+        *,
+        worker: WorkerRole | None = None,
     ) -> None:
         self.settings = settings
         self._access_log_fd = access_log_fd
         self._reload_from = reload_from
+        self._worker = worker
         self.hooks = hooks
         self.metrics = Metrics(_slo_windows(settings))
-        self.health = HealthState(app_ready=settings.app_ready_check == "none")
+        if worker is None:
+            self.health = HealthState(app_ready=settings.app_ready_check == "none")
+        else:  # the parent checks the app, and says when the whole pod is ready
+            self.health = HealthState(pod_ready=False)
         self.access_log: AccessLog | None = None
         self.recorder: Recorder | None = None
         self.ctx: ProxyContext | None = None
         self.admin: AdminServer | None = None
         self.stopping = asyncio.Event()  # a shutdown was asked for (signal or quit)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.base_events.Server | None = None
+        self._servers: list[asyncio.base_events.Server] = []
         self._flusher: asyncio.TimerHandle | None = None
         self._app_check: AppReadyCheck | None = None
         self.tls: ServerTLS | None = None
@@ -95,54 +123,12 @@ class ProxyServer:
         :class:`HookLoadError` for unusable hooks, and OSError when the ports cannot be
         bound."""
         s = self.settings
-        loop = self._loop = asyncio.get_running_loop()
-        if s.hooks and self.hooks is None:
-            self.hooks = load_hooks(s.hooks)
-        self._start_tls()
-        self.recorder = recorder = Recorder(
-            self.metrics, PathLabeler(s.metrics_path_label_limit), None
-        )
-        self._use_access_log(s.access_log)
-        ctx = ProxyContext(
-            loop,
-            s,
-            self.metrics,
-            recorder,
-            self.health,
-            upstream_tls=self.upstream_tls,
-            hooks=self.hooks,
-        )
-        ctx.start_ticking()
-        self.ctx = ctx
-        tls = self.tls
-        factory: Callable[[], asyncio.Protocol] = (
-            (lambda: H1ClientConnection(ctx))
-            if tls is None
-            else tls.acceptor(lambda: H1ClientConnection(ctx, tls))
-        )
         # The proxy port first: /ready on the admin port must never answer 200 for a process
         # that then fails to listen.
-        self._server = await loop.create_server(
-            factory,
-            s.listen_host,
-            s.listen_port,
-            backlog=2048,
-            reuse_address=True,
-        )
-        sock: socket.socket = self._server.sockets[0]
-        self.port = sock.getsockname()[1]
+        await self.start_proxy()
         if s.app_ready_check != "none":
             self.metrics.app_ready_changed(False)
-            self._app_check = AppReadyCheck(
-                s.app_ready_check,
-                s.upstream_host,
-                s.upstream_port,
-                interval=s.app_ready_interval,
-                failures=s.app_ready_failures,
-                health=self.health,
-                on_change=self.metrics.app_ready_changed,
-            )
-            self._app_check.start()
+        self._app_check = start_app_check(s, self.health, self.metrics.app_ready_changed)
         self.admin = AdminServer(
             s.metrics_host,
             s.metrics_port,
@@ -159,7 +145,7 @@ class ProxyServer:
                 "listen": f"{s.listen_host}:{self.port}",
                 "upstream": f"{s.upstream_host}:{s.upstream_port}",
                 "admin": f"{s.metrics_host}:{self.admin_port}",
-                "tls": tls is not None,
+                "tls": self.tls is not None,
                 "upstream_tls": self.upstream_tls is not None,
                 "hooks": self.hooks.describe() if self.hooks is not None else "",
                 "version": build_info().version,
@@ -167,12 +153,61 @@ class ProxyServer:
             },
         )
 
+    async def start_proxy(self, listeners: list[socket.socket] | None = None) -> None:
+        """Serve the proxy port: on ``listeners`` when given (bound and listening already, one
+        per address: a worker's), else on sockets bound here to ``listen_host:listen_port``.
+        Raises as :meth:`start` does."""
+        s = self.settings
+        loop = self._loop = asyncio.get_running_loop()
+        if s.hooks and self.hooks is None:
+            self.hooks = load_hooks(s.hooks)
+        self._start_tls()
+        self.recorder = recorder = Recorder(
+            self.metrics, PathLabeler(s.metrics_path_label_limit), None
+        )
+        self._use_access_log(s.access_log)
+        policies = None if self._worker is None else self._worker.policies
+        ctx = ProxyContext(
+            loop,
+            s,
+            self.metrics,
+            recorder,
+            self.health,
+            upstream_tls=self.upstream_tls,
+            policies=policies,
+            hooks=self.hooks,
+        )
+        ctx.start_ticking()
+        self.ctx = ctx
+        tls = self.tls
+        factory: Callable[[], asyncio.Protocol] = (
+            (lambda: H1ClientConnection(ctx))
+            if tls is None
+            else tls.acceptor(lambda: H1ClientConnection(ctx, tls))
+        )
+        if listeners is None:
+            self._servers = [
+                await loop.create_server(
+                    factory, s.listen_host, s.listen_port, backlog=BACKLOG, reuse_address=True
+                )
+            ]
+        else:
+            self._servers = [
+                await loop.create_server(factory, sock=sock, backlog=BACKLOG) for sock in listeners
+            ]
+        sock: socket.socket = self._servers[0].sockets[0]
+        self.port = sock.getsockname()[1]
+
     def _use_access_log(self, on: bool) -> None:
         """Turn the access log on or off. Its writer, once made, is kept until close(): turning
         it off only detaches it, so a reload never blocks the loop waiting for stdout."""
         assert self.recorder is not None and self._loop is not None
         if on and self.access_log is None:
-            self.access_log = AccessLog(self._access_log_fd, on_drop=self.metrics.access_log_drop)
+            self.access_log = AccessLog(
+                self._access_log_fd,
+                on_drop=self.metrics.access_log_drop,
+                exclusive=None if self._worker is None else self._worker.log_lock,
+            )
             self._flusher = self._loop.call_later(FLUSH_INTERVAL, self._flush_access_log)
         self.recorder.set_access_log(self.access_log if on else None)
 
@@ -236,42 +271,26 @@ class ProxyServer:
         so no request sees half of a reload. Reading the file blocks the loop for as long as a
         small local file takes to read and parse: well under a millisecond.
         """
-        if self._reload_from is None:
-            log.warning("reload requested, but there is no configuration source to reload")
-            return
-        try:
-            loaded = self._reload_from()
-        except ConfigError as exc:
-            self.metrics.config_reloaded(False)
-            log.error(f"configuration error: {exc}", extra={"reload": "running settings kept"})
-            return
-        plan = plan_reload(self.settings, loaded.settings)
-        try:
-            hooks = load_hooks(plan.settings.hooks) if plan.settings.hooks else None
-        except HookLoadError as exc:
-            self.metrics.config_reloaded(False)
-            log.error(f"hooks error: {exc}", extra={"reload": "running settings and hooks kept"})
-            return
-        for warning in loaded.warnings:
-            log.warning(warning)
-        if plan.kept:
+        if self._worker is not None:
             log.warning(
-                "reload: some settings change only with a restart; their running values are kept",
-                extra={
-                    "kept": {name: f"{old} (new: {new})" for name, (old, new) in plan.kept.items()}
-                },
+                "reload requested of one worker: send SIGHUP to the parent, which reloads all"
             )
-        self._apply(plan.settings, hooks)
-        self.metrics.config_reloaded(True)
-        log.info(
-            "configuration reloaded",
-            extra={
-                "changed": {name: f"{old} -> {new}" for name, (old, new) in plan.applied.items()},
-                "hooks": hooks.describe() if hooks is not None else "",
-            },
+            return
+        reload(
+            self._reload_from, self.settings, self._apply_reload, self.metrics.config_reloaded, log
         )
 
-    def _apply(self, settings: Settings, hooks: Hooks | None) -> None:
+    def _apply_reload(self, settings: Settings) -> None:
+        try:
+            self.apply(settings)
+        except HookLoadError as exc:
+            raise ReloadRefused(f"hooks error: {exc}") from exc
+
+    def apply(self, settings: Settings) -> None:
+        """Run with ``settings`` from now on: a reload's, planned already (its own, or for a
+        worker its parent's), with the hooks ``settings.hooks`` names loaded again. Raises
+        :class:`HookLoadError` for hooks that fail to load, having changed nothing."""
+        hooks = load_hooks(settings.hooks) if settings.hooks else None
         old, self.settings = self.settings, settings
         self.hooks = hooks
         if self.ctx is not None:
@@ -284,14 +303,15 @@ class ProxyServer:
     async def shutdown(self) -> None:
         """The drain described in the module docstring; returns when the proxy has stopped."""
         ctx = self.ctx
-        assert ctx is not None and self._server is not None
+        assert ctx is not None and self._servers
         self.health.shut_down()
         ctx.say_goodbye()
         drain_delay = self.settings.drain_delay
         log.info("draining", extra={"drain_delay_s": drain_delay})
         if drain_delay > 0:
             await asyncio.sleep(drain_delay)
-        self._server.close()
+        for server in self._servers:
+            server.close()
         ctx.drain()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.shutdown_grace_period
@@ -308,8 +328,8 @@ class ProxyServer:
 
     async def close(self) -> None:
         """Release everything at once (the end of a drain, or a test's teardown)."""
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         if self._app_check is not None:
             self._app_check.stop()
         if self.ctx is not None:
@@ -346,7 +366,7 @@ def run(
 ) -> int:
     """Run a proxy until SIGTERM, SIGINT or a quit, drain, and return the exit code."""
     configure_logging(settings.log_level)
-    _tune_malloc()
+    tune_malloc()
     return uvloop.run(_main(settings, before_start, reload_from, hooks))
 
 
@@ -355,7 +375,7 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
 
-def _tune_malloc() -> None:
+def tune_malloc() -> None:
     """Keep large read buffers on the heap instead of a fresh mmap each.
 
     uvloop copies every read (up to 256 KiB) into a new bytes object. Above glibc's mmap threshold
@@ -379,27 +399,10 @@ async def _main(
     reload_from: SettingsSource | None,
     hooks: Hooks | None,
 ) -> int:
-    loop = asyncio.get_running_loop()
     server = ProxyServer(settings, reload_from=reload_from, hooks=hooks)
+    handle_stop_signals(server)
     if before_start is not None:
         before_start()
-    # The handlers come first: a SIGTERM that arrives once the port listens (a pod deleted
-    # as it starts) must drain, not kill the process with the default action.
-    signals_seen = 0
-
-    def on_signal(signum: int) -> None:
-        nonlocal signals_seen
-        signals_seen += 1
-        if signals_seen > 1:
-            log.warning("second signal, exiting now", extra={"signal": signal.Signals(signum).name})
-            if server.access_log is not None:
-                server.access_log.flush()
-            os._exit(1)
-        server.request_stop(signal.Signals(signum).name)
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
-    loop.add_signal_handler(signal.SIGHUP, server.reload)
     try:
         await server.start()
     except MaterialError as exc:
@@ -415,11 +418,54 @@ async def _main(
         log.error("cannot listen", extra={"error": str(exc)})
         await server.close()
         return 1
+    return await serve_until_stopped(server)
+
+
+def handle_stop_signals(
+    server: ProxyServer, signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
+) -> None:
+    """The first of ``signals`` asks ``server`` to stop (the drain); a second exits at once
+    (code 1). Installed before the server starts: once it answers ``/ready``, a SIGTERM must
+    drain it, never kill it with the signal's default action."""
+    loop = asyncio.get_running_loop()
+    signals_seen = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen > 1:
+            log.warning("second signal, exiting now", extra={"signal": signal.Signals(signum).name})
+            if server.access_log is not None:
+                server.access_log.flush()
+            os._exit(1)
+        server.request_stop(signal.Signals(signum).name)
+
+    for signum in signals:
+        loop.add_signal_handler(signum, on_signal, signum)
+
+
+async def serve_until_stopped(server: ProxyServer, abandon: asyncio.Event | None = None) -> int:
+    """Serve a started ``server`` until a stop is asked for (a signal, a quit), then drain;
+    SIGHUP reloads (:meth:`ProxyServer.reload`).
+
+    ``abandon`` (a worker's: its parent is gone) stops at once instead, without a drain, and
+    returns 1.
+    """
+    loop = asyncio.get_running_loop()
     # Everything allocated so far (modules, settings, metric families) lives as long as the
     # process: take it out of the collector's view so each full collection, triggered by the
     # churn of per-request objects, does not walk it again.
     gc.collect()
     gc.freeze()
-    await server.stopping.wait()
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
+    waits = [asyncio.ensure_future(server.stopping.wait())]
+    if abandon is not None:
+        waits.append(asyncio.ensure_future(abandon.wait()))
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for wait in waits:
+        wait.cancel()
+    if not server.stopping.is_set():
+        await server.close()
+        return 1
     await server.shutdown()
     return 0

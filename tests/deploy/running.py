@@ -167,11 +167,11 @@ def sidecar_env(listen_port: int, metrics_port: int, upstream_port: int) -> dict
 
 
 @contextlib.contextmanager
-def sidecar(upstream_port: int) -> Iterator[tuple[int, int]]:
+def sidecar(upstream_port: int, workers: int = 1) -> Iterator[tuple[int, int]]:
     """The real `sidecar-proxy run` in front of upstream_port, once /ready answers 200 on the
     metrics port; yields (proxy port, metrics port)."""
     listen_port, metrics_port = free_port(), free_port()
-    env = sidecar_env(listen_port, metrics_port, upstream_port)
+    env = {**sidecar_env(listen_port, metrics_port, upstream_port), "WORKERS": str(workers)}
     with process([str(SIDECAR), "run"], env) as proc:
         wait_http_ok(metrics_port, "/ready", timeout=15, proc=proc)
         yield listen_port, metrics_port

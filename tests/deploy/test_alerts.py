@@ -18,7 +18,7 @@ from running import PROMTOOL, REPO
 PROM = REPO / "deploy" / "prometheus"
 ALERTS = PROM / "alerts.yml"
 
-# Each alert the issue asks for: how long its condition must hold, and its severity.
+# Each alert shipped: how long its condition must hold, and its severity.
 EXPECTED = {
     "SidecarCircuitBreakerOpen": ("1m", "critical"),
     "SidecarHighErrorRatio": ("5m", "critical"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -33,6 +34,7 @@ from support.process import free_port, http_get
 from sidecar_proxy.admin.server import allowed
 from sidecar_proxy.cli import build_parser
 from sidecar_proxy.config import ConfigError, Settings, parse_duration
+from sidecar_proxy.config.cpus import worker_count
 
 KUBE = REPO / "deploy" / "kubernetes"
 VARIANTS = ("classic", "native")
@@ -441,6 +443,28 @@ def test_the_replay_spool_is_an_emptydir_on_the_nodes_disk(variant: str) -> None
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+def test_auto_workers_follow_the_cpu_limit(variant: str, tmp_path: Path) -> None:
+    # What the container sees of limits.cpu: cgroup v2's cpu.max, quota over a 100 ms period
+    # (the kubelet's), in its own cgroup namespace. The node has many cores; auto must not care.
+    side = sidecar(variant)
+    env = env_of(side)
+    assert env["WORKERS"] == "auto"
+    millis = millicores(side["resources"]["limits"]["cpu"])
+    (tmp_path / "proc/self").mkdir(parents=True)
+    (tmp_path / "proc/self/cgroup").write_text("0::/\n")
+    (tmp_path / "proc/self/mountinfo").write_text(
+        "30 23 0:27 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n"
+    )
+    (tmp_path / "sys/fs/cgroup").mkdir(parents=True)
+    (tmp_path / "sys/fs/cgroup/cpu.max").write_text(f"{int(millis * 100)} 100000\n")
+    requested = BY_ENV["WORKERS"].kind.parse(env["WORKERS"])
+    workers, why = worker_count(requested, tmp_path, available=64)
+    assert workers == math.ceil(millis / 1000), why
+    # One process at the seed's 100m: the memory figures above are a single process's.
+    assert workers == 1
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_sidecar_security_context(variant: str) -> None:
     sc = sidecar(variant)["securityContext"]
     assert sc["readOnlyRootFilesystem"] is True
@@ -453,9 +477,11 @@ def test_sidecar_security_context(variant: str) -> None:
     assert pod_spec(variant)["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
 
 
-def test_the_sidecar_runs_on_a_read_only_root_filesystem() -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_the_sidecar_runs_on_a_read_only_root_filesystem(workers: str) -> None:
     """readOnlyRootFilesystem: true, tried: the sidecar runs, proxies, serves metrics and shuts
-    down with / remounted read-only in a private mount namespace."""
+    down with / remounted read-only in a private mount namespace; with two workers too (their
+    shared memory is a memfd, not a file)."""
     unshare = shutil.which("unshare")
     probe = [unshare, "--mount", "true"] if unshare else None
     if probe is None or subprocess.run(probe, capture_output=True, check=False).returncode:
@@ -468,7 +494,11 @@ def test_the_sidecar_runs_on_a_read_only_root_filesystem() -> None:
     )
     with serve(b"hello from the app") as app:
         proxy, metrics = free_port(), free_port()
-        env = {**sidecar_env(proxy, metrics, app.port), "PYTHONDONTWRITEBYTECODE": "1"}
+        env = {
+            **sidecar_env(proxy, metrics, app.port),
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "WORKERS": workers,
+        }
         args = [unshare, "--mount", "--propagation", "private", "sh", "-c", script, str(SIDECAR)]
         with process(args, env) as proc:
             wait_http_ok(metrics, "/ready", timeout=15, proc=proc)

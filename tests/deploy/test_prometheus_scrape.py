@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from exported import METRICS, SEED_BUCKETS
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -154,10 +155,12 @@ def steady_traffic(proxy_port: int) -> Iterator[list[int]]:
         thread.join(timeout=10)
 
 
-def test_prometheus_scrapes_the_running_sidecar(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_prometheus_scrapes_the_running_sidecar(tmp_path: Path, workers: int) -> None:
+    # With two workers Prometheus reads the parent's sum of them, in the format it negotiates.
     with (
         serve(b"hello from the app") as app,
-        sidecar(app.port) as (proxy_port, metrics_port),
+        sidecar(app.port, workers) as (proxy_port, metrics_port),
         steady_traffic(proxy_port) as statuses,
     ):
         check_prometheus_reads(metrics_port, tmp_path)

@@ -6,6 +6,7 @@ import http.client
 import ipaddress
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -158,6 +159,20 @@ def test_probe_bodies_are_the_seeds() -> None:
     assert ready_body(HealthState(app_ready=False)) == (503, b'{"status":"not ready"}\n')
 
 
+def test_ready_needs_every_input_and_a_shutdown_is_final() -> None:
+    # The pod's input (several workers) is independent of the app's, and neither undoes a drain.
+    state = HealthState(pod_ready=False)
+    assert not state.ready
+    state.set_pod_ready(True)
+    assert state.ready
+    state.set_app_ready(False)
+    assert not state.ready
+    state.set_app_ready(True)
+    state.shut_down()
+    state.set_pod_ready(True)
+    assert not state.ready
+
+
 def test_query_strings_are_ignored_for_routing(admin: Admin) -> None:
     assert admin.request("GET", "/health?verbose=1")[0] == 200
 
@@ -181,6 +196,11 @@ def test_quitquitquit_from_loopback_starts_the_shutdown(admin: Admin) -> None:
     status, headers, body = admin.request("POST", "/quitquitquit")
     assert (status, body) == (200, b"draining; the sidecar exits when done\n")
     assert headers["Connection"] == "close"
+    # The reply goes first (so a stop that follows at once cannot cut it), the callback right
+    # after it, on the same thread: wait for it rather than race it.
+    deadline = time.monotonic() + 2.0
+    while not admin.quits and time.monotonic() < deadline:
+        time.sleep(0.005)
     assert len(admin.quits) == 1
     assert admin.quits[0] != threading.main_thread().name  # the callback runs on the admin thread
 

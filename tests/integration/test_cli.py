@@ -182,6 +182,23 @@ def test_check_config_yaml_file_relative_path(tmp_path: Path) -> None:
     assert document["retry_on"]["value"] == ["timeout"]
 
 
+def test_check_config_says_what_auto_workers_come_to() -> None:
+    result = run_cli("check-config", env={"WORKERS": "auto"})
+    assert result.returncode == 0, result.stderr
+    (row,) = [line for line in result.stdout.splitlines() if line.startswith("workers ")]
+    value, source = row.split(maxsplit=2)[1:]
+    assert value == "auto"
+    assert source.startswith("env WORKERS; ") and "auto: " in source
+    document = json.loads(run_cli("check-config", "--json", "--workers", "3").stdout)
+    assert document["workers"] == {
+        "value": 3,
+        "text": "3",
+        "source": "flag --workers",
+        "count": 3,
+        "count_from": "as given",
+    }
+
+
 def test_check_config_prints_warnings_but_succeeds() -> None:
     result = run_cli("check-config", env={"SHUTDOWN_GRACE_PERIOD": "40s"})
     assert result.returncode == 0
@@ -198,6 +215,11 @@ def test_check_config_prints_warnings_but_succeeds() -> None:
         ({"METRICS_PORT": "8080"}, ["METRICS_PORT='8080'", "must differ"]),
         ({"APP_READY_CHECK": "udp"}, ["APP_READY_CHECK='udp'", "none, tcp or http:/path"]),
         ({"RATE_LIMIT_BURST": "5"}, ["RATE_LIMIT_BURST='5'", "needs a rate_limit_rps"]),
+        ({"WORKERS": "0"}, ["WORKERS='0'", "expected auto or an integer 1-256"]),
+        ({"WORKERS": "-2"}, ["WORKERS='-2'", "expected auto or an integer 1-256"]),
+        ({"WORKERS": "all"}, ["WORKERS='all'", "expected auto or an integer 1-256"]),
+        ({"WORKERS": "1.5"}, ["WORKERS='1.5'", "expected auto or an integer 1-256"]),
+        ({"METRICS_PER_WORKER": "yes please"}, ["METRICS_PER_WORKER=", "expected a boolean"]),
     ],
 )
 def test_check_config_bad_env_value(env: dict[str, str], parts: list[str]) -> None:
@@ -226,17 +248,21 @@ def test_check_config_missing_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("command", [[], ["run"], ["demo"]])
-def test_run_and_demo_with_bad_value_exit_2_without_starting(command: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("env", "parts"),
+    [
+        ({"REQUEST_TIMEOUT": "-5s"}, ["REQUEST_TIMEOUT='-5s'", "must not be negative"]),
+        ({"WORKERS": "0", "REQUEST_TIMEOUT": "5s"}, ["WORKERS='0'", "auto or an integer"]),
+    ],
+)
+def test_run_and_demo_with_bad_value_exit_2_without_starting(
+    command: list[str], env: dict[str, str], parts: list[str]
+) -> None:
     upstream = free_port()
     started = time.monotonic()
-    result = run_cli(
-        *command,
-        "--upstream-host=127.0.0.1",
-        f"--upstream-port={upstream}",
-        env={"REQUEST_TIMEOUT": "-5s"},
-    )
+    result = run_cli(*command, "--upstream-host=127.0.0.1", f"--upstream-port={upstream}", env=env)
     assert time.monotonic() - started < 10
-    assert_config_error(result, "REQUEST_TIMEOUT='-5s'", "must not be negative")
+    assert_config_error(result, *parts)
     with socket.socket() as sock:  # the demo app was never bound
         assert sock.connect_ex(("127.0.0.1", upstream)) != 0
 

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 from support.client import closed_by_peer, connect, get, read_responses
-from support.loop import LoopThread
+from support.pod import alive, run_pod, wait_for
 from support.process import run_proxy
-from support.upstream import Received, Upstream, response
+from support.upstream import Received, Upstream, response, upstream_thread
 
 
 @pytest.fixture
@@ -25,12 +25,8 @@ def slow_app() -> Iterator[Upstream]:
             await asyncio.sleep(1.0)
         w.write(response(200, req.target.encode()))
 
-    lt = LoopThread()
-    up = Upstream(slow)
-    lt.run(up.start())
-    yield up
-    lt.run(up.stop())
-    lt.stop()
+    with upstream_thread(slow) as up:
+        yield up
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_zero(slow_app: Upstream) -> None:
@@ -91,15 +87,18 @@ def test_grace_period_cuts_what_is_left(slow_app: Upstream) -> None:
         assert sock.recv(100) == b""
 
 
-def test_second_signal_exits_at_once(slow_app: Upstream) -> None:
-    env = {"DRAIN_DELAY": "10s"}
-    with run_proxy(slow_app.port, env) as proc:
-        proc.proc.send_signal(signal.SIGTERM)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_second_signal_exits_at_once(slow_app: Upstream, workers: int) -> None:
+    with run_pod(slow_app.port, {"DRAIN_DELAY": "10s"}, workers=workers) as pod:
+        children = pod.workers()
+        assert len(children) == (workers if workers > 1 else 0)
+        pod.proc.send_signal(signal.SIGTERM)
         time.sleep(0.2)
         started = time.monotonic()
-        proc.proc.send_signal(signal.SIGINT)
-        assert proc.proc.wait(3) == 1
+        pod.proc.send_signal(signal.SIGINT)
+        assert pod.proc.wait(3) == 1
         assert time.monotonic() - started < 1
+        assert wait_for(lambda: not any(alive(pid) for pid in children), 2)
 
 
 def test_drain_says_goodbye_on_every_response_and_loses_nothing(slow_app: Upstream) -> None:

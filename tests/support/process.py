@@ -95,11 +95,10 @@ class PortTaken(Exception):
     pass
 
 
-def _start(
-    upstream_port: int, env: dict[str, str] | None, stdout: int | None, started: str
-) -> ProxyProcess:
-    port, admin = free_port(), free_port()
-    full_env = {
+def sidecar_env(port: int, admin: int, upstream_port: int, env: dict[str, str]) -> dict[str, str]:
+    """This process's environment, the proxy on loopback in front of ``upstream_port``, no
+    drain delay, and ``env`` over all that."""
+    return {
         **os.environ,
         "SIDECAR_LISTEN_PORT": str(port),
         "METRICS_PORT": str(admin),
@@ -109,11 +108,17 @@ def _start(
         "UPSTREAM_PORT": str(upstream_port),
         "DRAIN_DELAY": "0s",
         "LOG_LEVEL": "warning",
-        **(env or {}),
+        **env,
     }
+
+
+def _start(
+    upstream_port: int, env: dict[str, str] | None, stdout: int | None, started: str
+) -> ProxyProcess:
+    port, admin = free_port(), free_port()
     proc = subprocess.Popen(
         [COMMAND, "run"],
-        env=full_env,
+        env=sidecar_env(port, admin, upstream_port, env or {}),
         stdout=stdout if stdout is not None else subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 import httptools
 
 from support.client import HeaderFields
+from support.loop import LoopThread
 
 
 @dataclass
@@ -120,6 +121,19 @@ class Upstream(Listener):
         finally:
             self._tasks.discard(task)
             writer.transport.abort()
+
+
+@contextlib.contextmanager
+def upstream_thread(handler: Handler) -> Iterator[Upstream]:
+    """An upstream on an event loop thread of its own, for tests whose proxy is a process."""
+    lt = LoopThread()
+    up = Upstream(handler)
+    lt.run(up.start())
+    try:
+        yield up
+    finally:
+        lt.run(up.stop())
+        lt.stop()
 
 
 class _Collector:

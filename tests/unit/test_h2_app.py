@@ -176,6 +176,29 @@ def test_refused_and_reset_streams(loop: asyncio.AbstractEventLoop) -> None:
     assert reset.kinds() == ["lost"]
 
 
+def test_a_response_to_a_stream_we_reset_is_ignored(loop: asyncio.AbstractEventLoop) -> None:
+    # A client cancels its call while the app is answering it: the app's response head crosses
+    # our RST_STREAM on the wire. RFC 9113 §5.1 (closed): frames the peer sent before it saw the
+    # reset are ignored; the other calls on the connection go on.
+    pair = AppPair(loop)
+    cancelled, kept = Events(), Events()
+    a, b = pair.stream(cancelled), pair.stream(kept)
+    a.send_request(post(), [], [], [])
+    b.send_request(post(), [], [], [])
+    first, second = (e.stream_id for e in of(pair.to_app(), h2.events.RequestReceived))
+    pair.app.send_headers(first, [(b":status", b"200"), (b"content-type", b"application/grpc")])
+    a.abandon()  # RST_STREAM CANCEL goes out; the app's HEADERS are already on their way
+    pair.to_proxy()
+    pair.app.send_headers(second, [(b":status", b"200")])
+    pair.app.send_headers(second, [(b"grpc-status", b"0")], end_stream=True)
+    pair.to_proxy()
+    assert cancelled.kinds() == []
+    assert kept.kinds() == ["head", "end"]
+    events = pair.to_app()
+    assert [e.stream_id for e in of(events, h2.events.StreamReset)] == [first]
+    assert of(events, h2.events.ConnectionTerminated) == []
+
+
 def test_goaway_refuses_the_streams_above_its_last_id(loop: asyncio.AbstractEventLoop) -> None:
     pair = AppPair(loop)
     kept, gone = Events(), Events()

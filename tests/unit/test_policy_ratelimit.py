@@ -179,3 +179,30 @@ def test_per_client_limit_names_the_partition() -> None:
     got = fields(limit.check(b"10.0.0.3", b"203.0.113.7"))
     pk = base64.b64encode(b"203.0.113.7")
     assert got[b"RateLimit"] == b'"sidecar";r=0;t=1;pk=:' + pk + b":"
+
+
+@pytest.mark.parametrize(
+    ("rate", "burst", "shares", "admitted", "policy"),
+    [
+        (10.0, 0, 2, 5, b'"sidecar";q=5;w=1'),  # the default burst (10) split, and the rate
+        (10.0, 3, 2, 2, b'"sidecar";q=2;w=1'),  # a burst of 3 in two: 2 each, rounded up
+        (1.0, 0, 4, 1, b'"sidecar";q=1;w=4'),  # a share never holds less than one request
+    ],
+)
+def test_a_share_of_the_limit_gets_its_part_of_the_rate_and_the_burst(
+    rate: float, burst: int, shares: int, admitted: int, policy: bytes
+) -> None:
+    clock = FakeClock(0.0)
+    limit = RateLimit(rate, burst, clock, shares=shares)
+    assert [limit.check(b"p", b"") is None for _ in range(admitted + 1)] == [True] * admitted + [
+        False
+    ]
+    assert fields(limit.check(b"p", b""))[b"RateLimit-Policy"] == policy
+    clock.now += shares / rate  # one token of the share's rate
+    assert limit.check(b"p", b"") is None
+    assert limit.check(b"p", b"") is not None
+
+
+def test_shares_below_one_are_refused() -> None:
+    with pytest.raises(ValueError, match="shares"):
+        RateLimit(1.0, 1, FakeClock(0.0), shares=0)

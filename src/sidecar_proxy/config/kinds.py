@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Generic, TypeVar
 
@@ -150,6 +150,38 @@ class PortKind(IntKind):
 
     def __init__(self) -> None:
         super().__init__(1, 65535, noun="a port number")
+
+
+class WorkersKind(Kind[int]):
+    """A number of worker processes, or ``auto`` (stored as :data:`AUTO`): the CPU limit's,
+    worked out by :func:`sidecar_proxy.config.cpus.worker_count` when the proxy starts."""
+
+    metavar = "{INT,auto}"
+    AUTO = 0
+
+    def __init__(self, high: int) -> None:
+        self._count = IntKind(1, high)
+        self.expected = f"expected auto or an integer 1-{high}"
+
+    def parse(self, text: str) -> int:
+        if text.lower() == "auto":
+            return self.AUTO
+        return self._number(self._count.parse, text)
+
+    def coerce_native(self, value: object) -> int:
+        return self._number(self._count.coerce_native, value)
+
+    def _number(self, parse: Callable[[T], int], value: T) -> int:
+        try:
+            return parse(value)
+        except ValueError:
+            raise ValueError(self.expected) from None
+
+    def format(self, value: int) -> str:
+        return "auto" if value == self.AUTO else str(value)
+
+    def to_json(self, value: int) -> JSONValue:
+        return self.format(value) if value == self.AUTO else value
 
 
 class FloatKind(Kind[float]):

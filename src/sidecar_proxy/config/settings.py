@@ -41,6 +41,7 @@ from sidecar_proxy.config.kinds import (
     ServerNameKind,
     SizeKind,
     StatusListKind,
+    WorkersKind,
 )
 
 T = TypeVar("T")
@@ -402,6 +403,18 @@ class Settings:
         "false",
         "add Server-Timing: sidecar;dur=..., app;dur=... to the app's responses",
         live=True,
+    )
+    workers: int = _setting(
+        "WORKERS",
+        WorkersKind(256),
+        "1",
+        "processes serving the proxy port; auto = the container's CPU limit, rounded up",
+    )
+    metrics_per_worker: bool = _setting(
+        "METRICS_PER_WORKER",
+        BOOL,
+        "false",
+        "with several workers, label every worker's series with worker=N instead of summing",
     )
     hooks: str = _setting(
         "HOOKS",

@@ -5,6 +5,11 @@ of these with a single attribute load. A reload (:meth:`ProxyContext.reconfigure
 settings and brings the policies in line in one call on the loop thread: every request reads
 ``ctx.settings`` and the policies afresh where it needs them, so none sees new settings beside
 old policies.
+
+The breaker, retry budget, concurrency limit and rate limit come from a
+:class:`~sidecar_proxy.policy.configured.Policies` factory: ``LocalPolicies`` (the default)
+builds the plain classes, and a worker of a multi-process sidecar passes one whose policies are
+shared by the whole pod.
 """
 
 from __future__ import annotations
@@ -20,11 +25,9 @@ from sidecar_proxy.http.legs import AppPool
 from sidecar_proxy.http.phase import IllegalTransition
 from sidecar_proxy.http.pool import H1Pool
 from sidecar_proxy.policy.backoff import Backoff
-from sidecar_proxy.policy.breaker import BreakerState, CircuitBreaker, OpenReason
-from sidecar_proxy.policy.budget import RetryBudget
-from sidecar_proxy.policy.ratelimit import RateLimit
+from sidecar_proxy.policy.breaker import BreakerState, OpenReason
+from sidecar_proxy.policy.configured import LocalPolicies, Policies, budget_settings
 from sidecar_proxy.policy.retry import RetryPolicy
-from sidecar_proxy.policy.shedding import ConcurrencyLimit
 from sidecar_proxy.replay.spool import SpoolArea, spool_directory
 
 if TYPE_CHECKING:
@@ -108,6 +111,7 @@ class ProxyContext:
         "limiter",
         "loop",
         "metrics",
+        "policies",
         "pool",
         "rate_limit",
         "recorder",
@@ -127,6 +131,7 @@ class ProxyContext:
         *,
         pool: AppPool | None = None,
         upstream_tls: UpstreamTLS | None = None,
+        policies: Policies | None = None,
         hooks: Hooks | None = None,
     ) -> None:
         self.loop = loop
@@ -136,20 +141,12 @@ class ProxyContext:
         self.health = health
         # Tests give a pool of fake legs; a proxy makes the one its settings ask for.
         self.pool: AppPool = pool or app_pool(loop, settings, metrics, upstream_tls)
-        self.breaker = CircuitBreaker(
-            settings.circuit_breaker_threshold,
-            settings.circuit_breaker_timeout,
-            settings.circuit_breaker_half_open_requests,
-            loop.time,
-            on_transition=self._breaker_transition,
-            slow_call_duration=settings.circuit_breaker_slow_call_duration,
-            slow_call_rate=settings.circuit_breaker_slow_call_rate,
-            window=settings.circuit_breaker_window,
-        )
-        self.limiter = ConcurrencyLimit(settings.max_in_flight)
-        self.budget = self._budget(settings)
+        self.policies: Policies = LocalPolicies(loop.time) if policies is None else policies
+        self.breaker = self.policies.breaker(settings, self._breaker_transition)
+        self.limiter = self.policies.limiter(settings)
+        self.budget = self.policies.budget(settings)
         self.retry = self._retry(settings)
-        self.rate_limit = self._rate_limit(settings)
+        self.rate_limit = self.policies.rate_limit(settings)
         self.hooks = self._hooks(hooks, settings)
         self.spool = self._spool(settings)
         self.failure_statuses = settings.circuit_breaker_failure_statuses
@@ -161,26 +158,9 @@ class ProxyContext:
         self.draining = False
         self.ticker: asyncio.TimerHandle | None = None
 
-    def _budget(self, s: Settings) -> RetryBudget:
-        return RetryBudget(
-            s.retry_budget_ratio, s.retry_budget_min_per_second, s.retry_budget_ttl, self.loop.time
-        )
-
     def _retry(self, s: Settings) -> RetryPolicy:
         backoff = Backoff(s.retry_backoff, s.retry_max_backoff)
         return RetryPolicy(s.max_retries, s.retry_on, backoff, self.budget, s.grpc_retry_on)
-
-    def _rate_limit(self, s: Settings) -> RateLimit | None:
-        if not s.rate_limit_rps:
-            return None  # off: the data path's whole cost is one `is None`
-        return RateLimit(
-            s.rate_limit_rps,
-            s.rate_limit_burst,
-            self.loop.time,
-            per_client=s.rate_limit_key == "client_ip",
-            max_keys=s.rate_limit_max_keys,
-            trust_forwarded=s.trust_forwarded_headers,
-        )
 
     def _hooks(self, hooks: Hooks | None, s: Settings) -> HookStep | None:
         if hooks is None:
@@ -220,11 +200,11 @@ class ProxyContext:
             s.circuit_breaker_half_open_requests,
         )
         self.limiter.set_limit(s.max_in_flight)
-        if _budget_settings(old) != _budget_settings(s):
-            self.budget = self._budget(s)
+        if budget_settings(old) != budget_settings(s):
+            self.budget = self.policies.budget(s)
         self.retry = self._retry(s)
         if _rate_limit_settings(old) != _rate_limit_settings(s):
-            self.rate_limit = self._rate_limit(s)
+            self.rate_limit = self.policies.rate_limit(s)
         self.hooks = self._hooks(hooks, s)
         if _spool_settings(old) != _spool_settings(s):
             self.spool = self._spool(s)
@@ -269,10 +249,6 @@ class ProxyContext:
         if reason is not None:
             extra["reason"] = reason.value
         log.log(level, "circuit breaker " + new.name.lower(), extra=extra)
-
-
-def _budget_settings(s: Settings) -> tuple[float, int, float]:
-    return s.retry_budget_ratio, s.retry_budget_min_per_second, s.retry_budget_ttl
 
 
 def _spool_settings(s: Settings) -> tuple[int, str, int]:

@@ -23,6 +23,7 @@ import re
 from collections.abc import Callable
 
 from sidecar_proxy import __version__
+from sidecar_proxy.config import Settings
 from sidecar_proxy.lifecycle.health import HealthState
 from sidecar_proxy.policy.readiness import ReadinessGate
 
@@ -110,3 +111,23 @@ class AppReadyCheck:
                     extra={"check": self._check, "app": f"{self._host}:{self._port}"},
                 )
             await asyncio.sleep(max(0.0, started + interval - loop.time()))
+
+
+def start_app_check(
+    s: Settings, health: HealthState, on_change: Callable[[bool], None]
+) -> AppReadyCheck | None:
+    """Start the check ``APP_READY_CHECK`` asks for (on the running loop), or ``None`` when it
+    is ``none``. A multi-process sidecar runs it once, in the parent."""
+    if s.app_ready_check == "none":
+        return None
+    check = AppReadyCheck(
+        s.app_ready_check,
+        s.upstream_host,
+        s.upstream_port,
+        interval=s.app_ready_interval,
+        failures=s.app_ready_failures,
+        health=health,
+        on_change=on_change,
+    )
+    check.start()
+    return check

@@ -15,27 +15,35 @@ _NOT_READY = b'{"status":"not ready"}\n'
 
 
 class HealthState:
-    """Whether the pod should receive traffic: the app is ready and no shutdown has begun.
+    """Whether the pod should receive traffic: the app is ready, every process serves, and no
+    shutdown has begun.
 
-    Two independent inputs, each with one writer: the shutdown (:meth:`shut_down`, once, so
-    Kubernetes takes the pod out of its Service endpoints before the listener closes) and the
-    app readiness check (:meth:`set_app_ready`; without a check the app counts as ready from the
-    start, the seed's behaviour). Bool attributes are read and written atomically under the GIL,
-    so the admin thread and the event loop share them freely.
+    Three independent inputs, each with one writer: the shutdown (:meth:`shut_down`, once, so
+    Kubernetes takes the pod out of its Service endpoints before the listener closes), the app
+    readiness check (:meth:`set_app_ready`; without a check the app counts as ready from the
+    start, the seed's behaviour), and, with several worker processes, whether the whole pod
+    serves (:meth:`set_pod_ready`: in the parent, every worker serves; in a worker, the parent's
+    verdict, app check included). One process is always its own pod. Bool attributes are read
+    and written atomically under the GIL, so the admin thread and the event loop share them
+    freely.
     """
 
-    __slots__ = ("_app_ready", "_shutting_down")
+    __slots__ = ("_app_ready", "_pod_ready", "_shutting_down")
 
-    def __init__(self, app_ready: bool = True) -> None:
+    def __init__(self, app_ready: bool = True, pod_ready: bool = True) -> None:
         self._app_ready = app_ready
+        self._pod_ready = pod_ready
         self._shutting_down = False
 
     @property
     def ready(self) -> bool:
-        return self._app_ready and not self._shutting_down
+        return self._app_ready and self._pod_ready and not self._shutting_down
 
     def set_app_ready(self, ready: bool) -> None:
         self._app_ready = ready
+
+    def set_pod_ready(self, ready: bool) -> None:
+        self._pod_ready = ready
 
     def shut_down(self) -> None:
         self._shutting_down = True

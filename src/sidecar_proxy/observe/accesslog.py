@@ -18,6 +18,10 @@ process. So the work is split:
 
 Only the writer thread writes to the fd, and it writes each batch completely before the next, so
 lines never interleave or split. Lifecycle logs go to stderr (:mod:`.logs`) for the same reason.
+Worker processes of one sidecar share the fd; each holds the ``exclusive`` lock it is given (one
+for the whole pod) for the whole of each write, short writes included, so their batches never
+interleave either, however long a line is: ``write(2)`` to a pipe is atomic only up to
+``PIPE_BUF`` (4 KiB), and one line can be longer than that.
 
 Hand-over is a :class:`queue.SimpleQueue`. Measured on the development machine (CPython 3.11):
 ``SimpleQueue.put`` costs 0.07 us, or 5.5 us median when it wakes the idle writer, against
@@ -39,6 +43,7 @@ import queue
 import select
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 FLUSH_INTERVAL = 0.05  # seconds between the owner's flush() calls
 FLUSH_BYTES = 64 * 1024  # write() flushes by itself once the batch is this big
@@ -59,6 +64,7 @@ class AccessLog:
         "_accepted",
         "_batch",
         "_batch_bytes",
+        "_exclusive",
         "_failed",
         "_failed_reported",
         "_fd",
@@ -74,8 +80,10 @@ class AccessLog:
         fd: int = 1,
         max_buffer: int = DEFAULT_MAX_BUFFER,
         on_drop: Callable[[int], None] = _ignore_drops,
+        exclusive: AbstractContextManager[object] | None = None,
     ) -> None:
         self._fd = fd
+        self._exclusive = nullcontext() if exclusive is None else exclusive
         self._max_buffer = max_buffer
         self._on_drop = on_drop
         self._batch: list[bytes] = []
@@ -141,7 +149,8 @@ class AccessLog:
                     closing = True
                     break
                 batches.append(more)
-            self._write_all(batches)
+            with self._exclusive:
+                self._write_all(batches)
             self._written += sum(map(len, batches))
             if closing:
                 return

@@ -12,18 +12,22 @@ from sidecar_proxy.policy.backoff import Backoff, parse_retry_after
 from sidecar_proxy.policy.breaker import BreakerState, CircuitBreaker, OpenReason
 from sidecar_proxy.policy.budget import RetryBudget
 from sidecar_proxy.policy.clock import Clock
+from sidecar_proxy.policy.interfaces import Breaker, Budget, Limiter
 from sidecar_proxy.policy.retry import IDEMPOTENT_METHODS, Decision, Failure, RetryPolicy
 from sidecar_proxy.policy.shedding import ConcurrencyLimit
 
 __all__ = [
     "IDEMPOTENT_METHODS",
     "Backoff",
+    "Breaker",
     "BreakerState",
+    "Budget",
     "CircuitBreaker",
     "Clock",
     "ConcurrencyLimit",
     "Decision",
     "Failure",
+    "Limiter",
     "OpenReason",
     "RetryBudget",
     "RetryPolicy",

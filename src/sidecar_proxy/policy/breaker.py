@@ -24,8 +24,15 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Callable
+from typing import TypeAlias
 
 from sidecar_proxy.policy.clock import Clock
+
+BreakerFields: TypeAlias = tuple[int, int, float, int, int, int]
+"""A breaker's state as plain numbers: state, failures, probe_at, probes, successes, slow probes.
+
+The slow-call window is not among them: it stays with each breaker (see :meth:`CircuitBreaker.
+export_fields`)."""
 
 
 class BreakerState(enum.IntEnum):
@@ -243,6 +250,12 @@ class CircuitBreaker:
         """The current state. OPEN past its ``open_for`` until the next :meth:`allow`."""
         return self._state
 
+    @property
+    def judges_speed(self) -> bool:
+        """Whether the slow-call rule is on: then every verdict, a success too, is a call for
+        the window."""
+        return self._window is not None
+
     def allow(self) -> bool:
         """Whether an attempt may go now; ``False`` means refuse it.
 
@@ -316,6 +329,38 @@ class CircuitBreaker:
             return 0.0
         return max(0.0, self._probe_at - self._clock())
 
+    def forget_probes(self) -> None:
+        """The probes in flight will never report (the process that sent them is gone): free
+        their slots, so that new probes may go. It errs the safe way the stale verdicts above
+        do: when some of them are still alive elsewhere, more probes than the limit may be in
+        flight for as long as those take."""
+        if self._state is BreakerState.HALF_OPEN:
+            self._probes = 0
+
+    def forget_calls(self) -> None:
+        """Empty the slow-call window, as opening does: the breaker opened elsewhere (another
+        process sharing its state), so the calls in this one's window are from before that."""
+        if self._window is not None:
+            self._window.clear()
+
+    def export_fields(self) -> BreakerFields:
+        """The state, for keeping it where several processes share it. The slow-call window is
+        left out: it is ``window`` bytes, and each process judges its own calls by it."""
+        return (
+            self._state,
+            self._failures,
+            self._probe_at,
+            self._probes,
+            self._successes,
+            self._slow_probes,
+        )
+
+    def import_fields(self, fields: BreakerFields) -> None:
+        """Take over a state from :meth:`export_fields`; no transition is reported."""
+        state, self._failures, self._probe_at, self._probes, self._successes, slow = fields
+        self._slow_probes = slow
+        self._state = BreakerState(state)
+
     def _slow(self, started: float) -> bool:
         # Strictly longer, as resilience4j: a call taking exactly the duration is not slow.
         return self._clock() - started > self._slow_after
@@ -326,8 +371,7 @@ class CircuitBreaker:
         # starts a fresh window on every transition, too): verdicts in OPEN are ignored, so
         # nothing is added until then.
         self._failures = 0
-        if self._window is not None:
-            self._window.clear()
+        self.forget_calls()
         self._transition(BreakerState.OPEN, reason)
 
     def _transition(self, new: BreakerState, reason: OpenReason | None) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from typing import TypeAlias
 
 from sidecar_proxy.policy.clock import Clock
 
@@ -21,6 +22,11 @@ _SLOTS = _BUCKETS + 1  # the ring holds the current, partly filled bucket and te
 # so that credit is counted in integers and no float rounding can grant or refuse one retry too
 # many over millions of requests. 1/10000 is far below any ratio worth configuring.
 _MAX_DENOMINATOR = 10_000
+
+
+BUDGET_FIELDS = 2 + _SLOTS
+BudgetFields: TypeAlias = tuple[int, ...]
+"""A budget's whole state as :data:`BUDGET_FIELDS` integers: bucket, credit, the ring."""
 
 
 class RetryBudget:
@@ -76,13 +82,14 @@ class RetryBudget:
         # than whole retries, so a fractional one (ttl 0.5 s at 1/s) is not lost.
         self._credit = int(min_per_second * ttl * self._withdrawal)
 
-    def deposit(self) -> None:
-        """One original request started: it earns ``ratio`` of a retry."""
+    def deposit(self, requests: int = 1) -> None:
+        """``requests`` original requests started: each earns ``ratio`` of a retry."""
         bucket = self._bucket_now()
         if bucket > self._bucket:
             self._advance(bucket)
-        self._slots[self._slot] += self._deposit
-        self._credit += self._deposit
+        earned = self._deposit * requests
+        self._slots[self._slot] += earned
+        self._credit += earned
 
     def try_withdraw(self) -> bool:
         """One retry wants to go: ``True`` spends one retry of credit, ``False`` refuses it."""
@@ -94,6 +101,16 @@ class RetryBudget:
         self._slots[self._slot] -= self._withdrawal
         self._credit -= self._withdrawal
         return True
+
+    def export_fields(self) -> BudgetFields:
+        """The whole state, for keeping it where several processes share it."""
+        return (self._bucket, self._credit, *self._slots)
+
+    def import_fields(self, fields: BudgetFields) -> None:
+        """Take over a state from :meth:`export_fields` of a budget with the same settings."""
+        self._bucket, self._credit, *slots = fields
+        self._slots[:] = slots
+        self._slot = self._bucket % _SLOTS
 
     def _bucket_now(self) -> int:
         return int(self._clock() * self._buckets_per_second)

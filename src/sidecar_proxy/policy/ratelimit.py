@@ -105,6 +105,11 @@ class RateLimit:
     with ``q/w`` at most the rate and ``q`` at most the burst, ``w`` a whole number of seconds as
     the draft requires. The bucket itself allows more after a quiet spell; the draft lets a
     server serve more than it advertises, never less.
+
+    ``shares`` > 1 makes this one of that many equal parts of the limit, for each of several
+    processes that split the traffic (worker processes): ``rate / shares``, and the burst divided
+    too (rounded up, at least 1). The policy it advertises is then the part's: what a client
+    whose requests all reach one part can keep to.
     """
 
     __slots__ = ("_buckets", "_per_client", "_policy", "_trust_forwarded")
@@ -118,8 +123,14 @@ class RateLimit:
         per_client: bool = False,
         max_keys: int = 1,
         trust_forwarded: bool = False,
+        shares: int = 1,
     ) -> None:
+        if shares < 1:
+            raise ValueError(f"shares must be >= 1, not {shares!r}")
         burst = burst or max(1, math.ceil(rate))
+        if shares > 1:
+            rate /= shares
+            burst = max(1, math.ceil(burst / shares))
         self._buckets = TokenBuckets(rate, burst, max_keys if per_client else 1, clock)
         self._per_client = per_client
         self._trust_forwarded = trust_forwarded

@@ -19,7 +19,7 @@ import enum
 from dataclasses import dataclass
 
 from sidecar_proxy.policy.backoff import Backoff
-from sidecar_proxy.policy.budget import RetryBudget
+from sidecar_proxy.policy.interfaces import Budget
 
 IDEMPOTENT_METHODS: frozenset[str] = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 """RFC 9110 §9.2.2. Method names are case-sensitive (§9.1), so ``get`` is not among them."""
@@ -76,7 +76,7 @@ class RetryPolicy:
         max_retries: int,
         retry_on: frozenset[str],
         backoff: Backoff,
-        budget: RetryBudget,
+        budget: Budget,
         grpc_retry_on: frozenset[int] = frozenset(),
     ) -> None:
         if max_retries < 0:

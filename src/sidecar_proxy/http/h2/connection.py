@@ -570,6 +570,11 @@ class H2Connection(asyncio.Protocol):
         st = self.streams.get(sid)
         if st is None:
             if not self.is_peer_stream(sid):
+                if sid in self._reset_ids:
+                    # one of ours that we reset: the peer's answer crossed our RST_STREAM and is
+                    # ignored (RFC 9113 §5.1, closed), so a client cancelling a call does not
+                    # cost the other calls on the app's connection
+                    return
                 raise ConnectionFault(F.PROTOCOL_ERROR, "HEADERS on a stream the peer cannot open")
             if sid <= self.last_peer_stream():
                 if sid in self._reset_ids:

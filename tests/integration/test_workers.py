@@ -1,0 +1,306 @@
+"""WORKERS=2: real processes that must look like one sidecar from outside."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support.client import connect, get, read_responses
+from support.pod import alive, run_pod, wait_for
+from support.tls import client_context, make_pki, tls_get
+from support.upstream import Received, Upstream, response, upstream_thread
+
+PER_WORKER = {"METRICS_PER_WORKER": "true"}
+
+
+@pytest.fixture(scope="module")
+def app() -> Iterator[Upstream]:
+    """/fail answers 500, /slow takes 2.5 s, anything else 200 at once."""
+
+    async def handle(req: Received, w: asyncio.StreamWriter) -> None:
+        if req.target.startswith("/fail"):
+            w.write(response(500, b"broken"))
+            return
+        if req.target.startswith("/slow"):
+            await asyncio.sleep(2.5)  # still running when the drain delay ends
+        w.write(response(200, b"fine"))
+
+    with upstream_thread(handle) as up:
+        yield up
+
+
+def send(sock: socket.socket, path: str) -> int:
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    (resp,), _ = read_responses(sock, 1)
+    return resp.status
+
+
+def test_breaker_opened_by_failures_spread_over_workers_then_every_worker_refuses(
+    app: Upstream,
+) -> None:
+    env = {
+        **PER_WORKER,
+        "CIRCUIT_BREAKER_THRESHOLD": "4",
+        "CIRCUIT_BREAKER_TIMEOUT": "60s",
+        "MAX_RETRIES": "0",
+    }
+    with run_pod(app.port, env) as pod:
+        conns = pod.connections_by_worker(each=2)
+        reached = len(app.received)
+        # Four consecutive failures, alternating between the workers: two each. Breakers of
+        # their own would each have seen two, under the threshold, and stayed closed.
+        for i in range(4):
+            assert send(conns[str(i % 2)][0], "/fail") == 500
+        started = time.monotonic()
+        for socks in conns.values():
+            for sock in socks:  # every worker, at once: no request of these reaches the app
+                assert send(sock, "/ok") == 503
+        assert time.monotonic() - started < 1.0
+        assert len(app.received) == reached + 4
+        assert pod.per_worker("sidecar_upstream_errors_total", type="5xx_error") == {
+            "0": 2.0,
+            "1": 2.0,
+        }
+        assert pod.total("sidecar_circuit_breaker_state") == 1.0
+        assert pod.total("sidecar_circuit_breaker_transitions_total", to="open") == 1.0
+        rejected = pod.per_worker("sidecar_requests_rejected_total", reason="circuit_open")
+        assert all(count >= 2 for count in rejected.values()) and len(rejected) == 2
+
+
+@pytest.mark.parametrize("per_worker", [False, True], ids=["summed", "per-worker"])
+def test_metrics_after_traffic_over_many_connections_are_one_view(
+    app: Upstream, per_worker: bool
+) -> None:
+    connections, each = 20, 10
+    with run_pod(app.port, PER_WORKER if per_worker else {}) as pod:
+
+        def client() -> None:
+            with connect(pod.port) as sock:
+                for _ in range(each):
+                    assert send(sock, "/items/1") == 200
+
+        threads = [threading.Thread(target=client) for _ in range(connections)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(20)
+        want = float(connections * each)
+        path = {"method": "GET", "path": "/items/:id"}
+        samples = pod.samples()
+        assert pod.total("sidecar_requests_total", **path, status="200") == want
+        assert pod.total("sidecar_request_duration_seconds_count", **path) == want
+        assert pod.total("sidecar_response_bytes_total") == want * len(b"fine")
+        if per_worker:
+            served = pod.per_worker("sidecar_requests_total", **path)
+            assert set(served) == {"0", "1"} and all(served.values())
+        else:
+            assert not any("worker" in dict(labels) for _, labels in samples)
+            assert sum(1 for name, _ in samples if name == "sidecar_build_info") == 1
+
+
+def test_a_killed_worker_is_restarted_and_its_counts_are_kept(app: Upstream) -> None:
+    with run_pod(app.port, {}) as pod:
+        for _ in range(10):
+            assert get(pod.port, "/items/1").status == 200
+        before = pod.total("sidecar_requests_total")  # a fresh snapshot of both workers
+        victim, survivor = pod.workers()
+        os.kill(victim, signal.SIGKILL)
+        # Not every worker serves while it is replaced: the pod says so, then recovers.
+        assert wait_for(lambda: pod.ready() == 503, 2.0, step=0.002)
+        assert wait_for(lambda: len(pod.workers()) == 2 and victim not in pod.workers(), 10)
+        assert wait_for(lambda: pod.ready() == 200, 10)
+        assert survivor in pod.workers()
+        for _ in range(10):
+            assert get(pod.port, "/items/1").status == 200
+        # Nothing the dead worker had counted is lost; the counter never went down.
+        assert pod.total("sidecar_requests_total") == before + 10
+        (exited,) = [e for e in pod.log() if e["message"] == "worker exited, restarting"]
+        assert exited["signal"] == "SIGKILL" and 0 <= exited["restart_in_s"] <= 0.1
+
+
+def test_sigterm_drains_every_worker_with_traffic_on_each(app: Upstream) -> None:
+    drain = 1.5
+    env = {**PER_WORKER, "DRAIN_DELAY": f"{drain}s", "SHUTDOWN_GRACE_PERIOD": "5s"}
+    with run_pod(app.port, env) as pod:
+        conns = pod.connections_by_worker(each=1)
+        busy = [socks[0] for socks in conns.values()]  # one request in flight on each worker
+        for sock in busy:
+            sock.sendall(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+        time.sleep(0.2)
+        workers = pod.workers()
+        sent = time.monotonic()
+        pod.proc.send_signal(signal.SIGTERM)
+
+        # /ready turns 503 at once on the admin port and on the proxy port of every worker.
+        assert wait_for(lambda: pod.ready() == 503, 0.5)
+        for _ in range(8):
+            assert get(pod.port, "/ready").status == 503
+        assert get(pod.port, "/during-drain").status == 200  # still serving
+        assert time.monotonic() - sent < drain, "too slow to test inside the drain delay"
+
+        time.sleep(drain - (time.monotonic() - sent) + 0.3)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", pod.port), timeout=1).close()
+        for sock in busy:  # each worker finished its request, with Connection: close
+            (resp,), _ = read_responses(sock, 1)
+            assert resp.status == 200 and resp.header("Connection") == "close"
+        assert pod.proc.wait(5) == 0
+        assert not any(alive(pid) for pid in workers)
+        assert [e["message"] for e in pod.log()].count("stopped") == 3  # two workers, the parent
+
+
+def test_workers_do_not_outlive_a_killed_parent(app: Upstream) -> None:
+    with run_pod(app.port, {}) as pod:
+        workers = pod.workers()
+        pod.proc.kill()
+        assert wait_for(lambda: not any(alive(pid) for pid in workers), 3)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", pod.port), timeout=1).close()
+
+
+def test_access_log_lines_from_both_workers_never_interleave(app: Upstream) -> None:
+    # Lines longer than PIPE_BUF (4 KiB), from many connections on both workers, into one pipe.
+    read_fd, write_fd = os.pipe()
+    lines: list[bytes] = []
+
+    def drain() -> None:
+        with os.fdopen(read_fd, "rb") as pipe:
+            lines.extend(pipe.read().splitlines())
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    agent = "x" * 6000
+    try:
+        with run_pod(app.port, {"ACCESS_LOG": "true"}, stdout=write_fd) as pod:
+            os.close(write_fd)
+
+            def client() -> None:
+                with connect(pod.port) as sock:
+                    for _ in range(25):
+                        sock.sendall(
+                            f"GET /log HTTP/1.1\r\nHost: t\r\nUser-Agent: {agent}\r\n\r\n".encode()
+                        )
+                        read_responses(sock, 1)
+
+            threads = [threading.Thread(target=client) for _ in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+            pod.proc.send_signal(signal.SIGTERM)
+            assert pod.proc.wait(10) == 0
+    finally:
+        reader.join(10)
+    entries = [json.loads(line) for line in lines]  # every line is one whole JSON object
+    assert [e["path"] for e in entries].count("/log") == 200
+    assert all(e["user_agent"] == agent for e in entries if e["path"] == "/log")
+
+
+def test_a_reload_reaches_every_worker_and_is_counted_once(app: Upstream, tmp_path: Path) -> None:
+    config = tmp_path / "sidecar.yaml"
+    config.write_text("attempts_header: false\n")
+    with run_pod(app.port, {**PER_WORKER, "SIDECAR_CONFIG": str(config)}) as pod:
+        conns = pod.connections_by_worker(each=1)
+
+        def attempts_headers() -> list[str | None]:
+            out = []
+            for (sock,) in (socks[:1] for socks in conns.values()):
+                sock.sendall(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n")
+                (resp,), _ = read_responses(sock, 1)
+                out.append(resp.header("X-Sidecar-Attempts"))
+            return out
+
+        assert attempts_headers() == [None, None]
+        config.write_text("attempts_header: true\n")
+        pod.proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: attempts_headers() == ["1", "1"], 5)  # both workers
+        config.write_text("attempts_header: maybe\n")  # refused: the running settings stay
+        pod.proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: pod.total("sidecar_config_reloads_total", result="failure"), 5)
+        assert attempts_headers() == ["1", "1"]
+        # Counted once for the pod, by the parent, however many workers applied it.
+        assert pod.total("sidecar_config_reloads_total", result="success") == 1.0
+        assert pod.total("sidecar_config_reloads_total", result="failure") == 1.0
+        assert pod.proc.poll() is None and len(pod.workers()) == 2
+        messages = [e["message"] for e in pod.log()]
+        assert messages.count("configuration reloaded") == 1
+
+
+def test_a_reload_loads_every_workers_hooks_again_and_a_broken_file_keeps_them(
+    app: Upstream, tmp_path: Path
+) -> None:
+    hooks = tmp_path / "hooks.py"
+    version = 'def on_request(request):\n    request.headers["X-Hooks-Version"] = "{}"\n'
+    hooks.write_text(version.format(1))
+    with run_pod(app.port, {**PER_WORKER, "HOOKS": str(hooks)}) as pod:
+        conns = pod.connections_by_worker(each=1)
+
+        def versions() -> list[str | None]:
+            out = []
+            for (sock,) in (socks[:1] for socks in conns.values()):
+                assert send(sock, "/ok") == 200
+                out.append(app.received[-1].header("X-Hooks-Version"))
+            return out
+
+        assert versions() == ["1", "1"]  # each worker loaded the file at start
+        hooks.write_text(version.format(2))
+        pod.proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: versions() == ["2", "2"], 5)  # both workers, again
+        hooks.write_text("def on_request(request):\n    return (\n")  # half-written
+        pod.proc.send_signal(signal.SIGHUP)
+        assert wait_for(
+            lambda: sum("hooks error" in e["message"] for e in pod.log()) == 2, 5
+        )  # one line from each worker, which alone runs the hooks' code
+        assert versions() == ["2", "2"]
+        assert pod.proc.poll() is None and len(pod.workers()) == 2
+
+
+def test_app_ready_check_runs_once_for_the_whole_pod(app: Upstream) -> None:
+    env = {"APP_READY_CHECK": "http:/fail", "APP_READY_INTERVAL": "100ms"}
+    with run_pod(app.port, env, started="/health") as pod:
+        # Every worker serves, but the app fails its check: the pod is not ready anywhere.
+        assert wait_for(lambda: len(pod.workers()) == 2, 5)
+        time.sleep(0.5)
+        assert pod.ready() == 503
+        assert all(get(pod.port, "/ready").status == 503 for _ in range(6))
+        assert get(pod.port, "/items/1").status == 200  # traffic is still served
+        assert pod.total("sidecar_app_ready") == 0.0  # the parent's verdict, not a sum
+        checks = [r.target for r in app.received if r.target == "/fail"]
+        assert checks, "the parent never checked the app"
+
+
+def test_quitquitquit_on_the_admin_port_drains_the_pod(app: Upstream) -> None:
+    with run_pod(app.port, {}) as pod:
+        workers = pod.workers()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{pod.admin_port}/quitquitquit", method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            assert resp.status == 200
+        assert pod.proc.wait(10) == 0
+        assert wait_for(lambda: not any(alive(pid) for pid in workers), 3)
+
+
+def test_tls_with_workers_each_worker_loads_the_files(app: Upstream, tmp_path: Path) -> None:
+    pki = make_pki(tmp_path)
+    env = {**PER_WORKER, "TLS_CERT_FILE": str(pki.cert_file), "TLS_KEY_FILE": str(pki.key_file)}
+    with run_pod(app.port, env) as pod:
+        ctx = client_context(pki.ca)
+        for _ in range(16):  # new connections: the kernel spreads them over both workers
+            resp, sock = tls_get(pod.port, ctx, path="/items/1")
+            sock.close()
+            assert resp.status == 200
+        served = pod.per_worker("sidecar_requests_total", path="/items/:id")
+        assert set(served) == {"0", "1"}
+        expiry = pki.server.cert.not_valid_after_utc.timestamp()
+        got = pod.per_worker("sidecar_tls_certificate_expiry_timestamp_seconds")
+        assert got == {"0": expiry, "1": expiry}
