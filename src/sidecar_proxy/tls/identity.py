@@ -21,8 +21,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cryptography import x509
+if TYPE_CHECKING:
+    from cryptography import x509
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +52,8 @@ class Peer:
 
 def sans(cert: x509.Certificate) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The URI and DNS SANs of a certificate, in certificate order."""
+    from cryptography import x509  # noqa: PLC0415 - 8 MiB: loaded only where TLS is used
+
     try:
         ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -59,6 +63,8 @@ def sans(cert: x509.Certificate) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 def client_cert(der: bytes) -> ClientCert:
+    from cryptography import x509  # noqa: PLC0415 - see sans()
+
     cert = x509.load_der_x509_certificate(der)
     uris, dns = sans(cert)
     return ClientCert(hashlib.sha256(der).hexdigest(), cert.subject.rfc4514_string(), uris, dns)

@@ -23,13 +23,13 @@ import errno
 import ssl
 from dataclasses import dataclass
 from datetime import datetime
-
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+from typing import TYPE_CHECKING
 
 from sidecar_proxy.config import FIELDS, Settings
 from sidecar_proxy.tls.identity import sans
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 # What the proxy port offers in ALPN, preferred first: h2 (the HTTP/1.1 leg hands a connection
 # to the HTTP/2 leg at its preface, RFC 9113 §3.2), then http/1.1. TLS12_CIPHERS and the options
@@ -145,6 +145,9 @@ def _read(setting: str, path: str) -> bytes:
 
 
 def _certificates(setting: str, path: str) -> list[x509.Certificate]:
+    # cryptography costs 8 MiB of memory: imported where TLS is used, not by every sidecar
+    from cryptography import x509  # noqa: PLC0415
+
     data = _read(setting, path)
     try:
         certs = x509.load_pem_x509_certificates(data)
@@ -156,6 +159,9 @@ def _certificates(setting: str, path: str) -> list[x509.Certificate]:
 def _cert_and_key(
     settings: Settings, cert_setting: str, key_setting: str
 ) -> list[x509.Certificate]:
+    from cryptography.exceptions import UnsupportedAlgorithm  # noqa: PLC0415 - as above
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
     cert_path, key_path = getattr(settings, cert_setting), getattr(settings, key_setting)
     chain = _certificates(cert_setting, cert_path)
     data = _read(key_setting, key_path)
@@ -193,6 +199,8 @@ def _load_chain(ctx: ssl.SSLContext, settings: Settings, cert: str, key: str) ->
 
 
 def _load_cas(ctx: ssl.SSLContext, settings: Settings, setting: str) -> list[CertInfo]:
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - as above
+
     path = getattr(settings, setting)
     cas = _certificates(setting, path)
     pem = "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in cas)
