@@ -138,7 +138,20 @@ class HistogramSeries:
         return out
 
 
-class RequestSeries(Collector):
+class _SampledFamilies(Collector):
+    """A collector that declares its families without samples and collects them with."""
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families(with_samples=False)
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families(with_samples=True)
+
+    def _families(self, *, with_samples: bool) -> list[Metric]:
+        raise NotImplementedError
+
+
+class RequestSeries(_SampledFamilies):
     """The per-request series; only the event loop thread writes them."""
 
     # The label names each labelled family is declared with, whether or not a series exists.
@@ -167,12 +180,6 @@ class RequestSeries(Collector):
     def upstream_response(self, method: str) -> HistogramSeries:
         series = self.upstream[method] = HistogramSeries()
         return series
-
-    def describe(self) -> Iterable[Metric]:
-        return self._families(with_samples=False)
-
-    def collect(self) -> Iterable[Metric]:
-        return self._families(with_samples=True)
 
     def _families(self, *, with_samples: bool) -> list[Metric]:
         labels = self.LABEL_NAMES
@@ -218,7 +225,7 @@ _GRPC_RESPONSE_MESSAGES = (
 )
 
 
-class GrpcSeries(Collector):
+class GrpcSeries(_SampledFamilies):
     """The per-call gRPC series, plain numbers like :class:`RequestSeries`; only gRPC calls
     touch them. ``service`` and ``method`` are bounded by the path labels' cap."""
 
@@ -250,12 +257,6 @@ class GrpcSeries(Collector):
         histogram.observe(duration, None, 0.0)
         self.request_messages[key] = self.request_messages.get(key, 0) + sent
         self.response_messages[key] = self.response_messages.get(key, 0) + received
-
-    def describe(self) -> Iterable[Metric]:
-        return self._families(with_samples=False)
-
-    def collect(self) -> Iterable[Metric]:
-        return self._families(with_samples=True)
 
     def _families(self, *, with_samples: bool) -> list[Metric]:
         labels = self.LABEL_NAMES
