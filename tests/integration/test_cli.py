@@ -378,7 +378,7 @@ def test_demo_stream_sends_events_as_they_happen(conn: http.client.HTTPConnectio
     assert response.getheader("Content-Type") == "text/event-stream"
     first = response.read1()
     assert first.startswith(b"id: 1\n")
-    assert time.monotonic() - started < 0.15  # not held back until the end
+    assert time.monotonic() - started < 0.6  # not held back until the end (0.8 s)
     rest = response.read()
     events = (first + rest).decode().strip().split("\n\n")
     assert [json.loads(event.split("data: ")[1])["n"] for event in events] == [1, 2, 3, 4, 5]

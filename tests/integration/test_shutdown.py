@@ -78,12 +78,12 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(slow_app: Upstream) ->
 def test_grace_period_cuts_what_is_left(slow_app: Upstream) -> None:
     env = {"DRAIN_DELAY": "0s", "SHUTDOWN_GRACE_PERIOD": "0.2s"}
     with run_proxy(slow_app.port, env) as proc, connect(proc.port) as sock:
-        sock.sendall(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+        sock.sendall(b"GET /slower HTTP/1.1\r\nHost: t\r\n\r\n")
         time.sleep(0.1)
         started = time.monotonic()
         proc.proc.send_signal(signal.SIGTERM)
         assert proc.proc.wait(5) == 0
-        assert time.monotonic() - started < 0.9  # did not wait for the 1 s request
+        assert time.monotonic() - started < 2.0  # 0.2 s: it did not wait for the 2.5 s request
         assert sock.recv(100) == b""
 
 
