@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,7 +19,9 @@ from support.grpcapp import OPTIONS, GrpcApp, generate
 from support.h2app import H2App
 from support.hardening import wait_for
 from support.logpipe import read_log
+from support.process import run_proxy
 
+from bench.procs import status_kib
 from sidecar_proxy.http.grpc import parse_timeout
 from sidecar_proxy.server import ProxyServer
 
@@ -299,6 +302,49 @@ def test_a_slow_reader_holds_the_app_back(
             # two stream windows (256 KiB each) and the client's: a few MiB, never the 32 MiB
             assert ahead < 6 << 20, ahead
     assert read == 2000
+
+
+def test_a_slow_reader_costs_the_sidecar_no_memory_for_what_the_app_writes_ahead(
+    app: GrpcApp, connect: Callable[[int], Any]
+) -> None:
+    # The sidecar as its own process, so its resident memory is its own: while the client stops
+    # reading a 64 MiB stream the app writes as fast as it may, the sidecar's RSS must grow by
+    # no more than its windows and write buffers hold (well under a MiB), whatever the app has
+    # ready.
+    size, count = 256 << 10, 256  # 64 MiB
+    Msg = app.pb2.Msg
+    with run_proxy(app.port, {"UPSTREAM_PROTOCOL": "h2c"}) as sidecar:
+        stub = connect(sidecar.port)
+        # the same stream read at full speed first: what a stream costs anyway is in the baseline
+        assert (
+            len(list(stub.ServerStream(Msg(n=count // 8, data=b"w" * size), timeout=30)))
+            == count // 8
+        )
+        baseline = peak = sidecar.status_kib("VmRSS")
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not done.wait(0.02):
+                peak = max(peak, status_kib(sidecar.pid, "VmRSS"))
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        read = lead = 0
+        try:
+            for _ in stub.ServerStream(Msg(n=count, data=b"z" * size), timeout=30):
+                read += 1
+                if read == 4:
+                    time.sleep(1.5)  # long enough for the app to write all 64 MiB, unheld
+                    lead = app.sent - read
+        finally:
+            done.set()
+            sampler.join()
+    assert read == count
+    growth = (peak - baseline) << 10
+    # measured: 0-0.2 MiB; 65 MiB with the app's stream never paused
+    assert growth < 4 << 20, f"RSS grew {growth / 2**20:.1f} MiB"
+    assert 0 < lead < count // 4, lead  # the app was held back, not done
 
 
 # -- the sidecar's own deadline, against an app that ignores the one it is told --------------------
