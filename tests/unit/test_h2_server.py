@@ -134,6 +134,13 @@ def test_malformed_requests_are_reset_without_an_exchange() -> None:
         [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b"x", b"a\r\nb: c")],
         [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b"x", b" padded")],
         [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b"x", b"a\x00")],
+        [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b"x", b"a\rb")],
+        # whitespace at either end of a value, wherever the field is in the list
+        *[
+            [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b"x", v), (b"y", b"z")]
+            for v in (b" led", b"\tled", b"ended ", b"ended\t")
+        ],
+        [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b"x", b"ended\t")],
         [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b"a:b", b"x")],
         # what would break the request line towards an HTTP/1.1 app
         [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/a HTTP/1.1")],
