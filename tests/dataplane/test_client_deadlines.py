@@ -7,7 +7,9 @@ before its boundary and at the first tick after it.
 
 from __future__ import annotations
 
-from support.dataplane import NOT_YET, TICKED, Client, DataPath, request, response
+from support.dataplane import NOT_YET, TICKED, Client, DataPath, phase, request, response
+
+from sidecar_proxy.http.phase import CONNECTING
 
 HEADER, BODY, IDLE = 0.4, 0.6, 1.0
 LINGER = 2.0  # how long a closing connection reads and discards (h1/client.py)
@@ -214,3 +216,23 @@ def test_a_pipelined_upload_waiting_its_turn_is_not_timed_until_it_is_read() -> 
     dp.loop.advance_to(turn + BODY + TICKED)
     out = c.response()
     assert out.status == 408 and dp.records[-1].flags == ["DT"]
+
+
+def test_a_stall_of_an_abandoned_attempt_is_not_held_against_the_next() -> None:
+    # The app stopped reading, then reset: the retry is still connecting when that stall would
+    # have run out, and nothing is charged for it; the new attempt takes the body from the start.
+    dp = proxy(request_timeout=APP_STALL, retry_backoff=0.0)
+    app = dp.pool.add_idle()
+    c, ex = dp.begin(request("PUT", "/f", b"0123456789")[:-6])
+    app.leg.pause_writing()
+    stalled = dp.loop.now
+    dp.advance(APP_STALL - 0.5)
+    app.transport.peer_reset()
+    assert phase(ex) is CONNECTING
+    dp.loop.advance_to(stalled + APP_STALL + TICKED)
+    assert not ex.finished and c.received() == b""
+    retry = dp.pool.accept()
+    c.send(b"456789")
+    assert retry.received().endswith(b"\r\n\r\n0123456789")
+    retry.send(response())
+    assert c.response().status == 200 and dp.record.attempts == 2

@@ -358,15 +358,18 @@ def raw_channel(port: int) -> grpc.Channel:
     return grpc.insecure_channel(f"127.0.0.1:{port}")
 
 
-def assert_ended_by_the_sidecar(app: H2App, log_pipe: tuple[int, int]) -> dict[str, object]:
-    """The app was told the sidecar's deadline, ignored it, and had its stream cancelled as a
-    gRPC server cancels a call past its deadline; the log says the app timed out."""
-    (told,) = app.requests
-    assert parse_timeout(told[b"grpc-timeout"]) <= SIDECAR_DEADLINE
+def assert_ended_by_the_sidecar(app: H2App, log_pipe: tuple[int, int]) -> None:
+    """The app had its stream cancelled, as a gRPC server cancels a call past its deadline, and
+    the log says the app timed out (DEADLINE_EXCEEDED, flag UT)."""
     assert wait_for(lambda: bool(app.resets)) and app.resets == [(1, CANCEL)]
     (line,) = read_log(log_pipe[0], 1)
     assert (line["status"], line["flags"], line["grpc_status"]) == (200, "UT", 4)
-    return line
+
+
+def assert_told_the_deadline(app: H2App) -> None:
+    """The app was told the sidecar's deadline (and ignored it)."""
+    (told,) = app.requests
+    assert parse_timeout(told[b"grpc-timeout"]) <= SIDECAR_DEADLINE
 
 
 def test_the_sidecars_deadline_ends_a_call_the_app_never_answers(
@@ -382,6 +385,7 @@ def test_the_sidecars_deadline_ends_a_call_the_app_never_answers(
     assert err.value.details() == (
         "sidecar-proxy: 504 Gateway Timeout: the app did not answer in time"
     )
+    assert_told_the_deadline(app)
     assert_ended_by_the_sidecar(app, log_pipe)
 
 
@@ -398,6 +402,7 @@ def test_the_sidecars_deadline_ends_a_server_stream_the_app_stops_midway(
     assert got == [b"message 0", b"message 1", b"message 2"]  # delivered, then the deadline
     assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     assert err.value.details() == "sidecar-proxy: deadline exceeded"
+    assert_told_the_deadline(app)
     assert_ended_by_the_sidecar(app, log_pipe)
     assert proxy.metrics.grpc.response_messages[("sidecar.test.Echo", "ServerStream")] == 3
 
@@ -429,6 +434,4 @@ def test_a_client_stream_the_app_stops_reading_ends_with_the_apps_timeout(
     assert err.details() == (
         "sidecar-proxy: 504 Gateway Timeout: the app stopped reading the request"
     )
-    assert wait_for(lambda: bool(app.resets)) and app.resets == [(1, CANCEL)]
-    (line,) = read_log(log_pipe[0], 1)
-    assert (line["status"], line["flags"], line["grpc_status"]) == (200, "UT", 4)
+    assert_ended_by_the_sidecar(app, log_pipe)

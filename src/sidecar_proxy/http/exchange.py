@@ -936,6 +936,7 @@ class Exchange:
             stalled
             and not self.req_done
             and now - stalled >= self.ctx.settings.request_timeout
+            and self.app is not None  # else that leg is gone; the next one's time starts anew
             and not self.client.write_paused
         ):
             # The app left the request body unread for request_timeout: the client's bytes
