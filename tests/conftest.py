@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.h2app import H2App
 from support.loop import LoopThread
 from support.process import free_port as support_free_port
 from support.proxy import new_proxy
@@ -75,6 +76,22 @@ def start_proxy(loop: LoopThread) -> Iterator[Callable[..., ProxyServer]]:
     yield start
     for server in started:
         loop.run(server.close())
+
+
+@pytest.fixture
+def start_h2app(loop: LoopThread) -> Iterator[Callable[..., H2App]]:
+    """Scriptable h2c apps (see support.h2app), stopped after the test."""
+    started: list[H2App] = []
+
+    def start(**options: object) -> H2App:
+        app = H2App(**options)  # type: ignore[arg-type]
+        loop.run(app.start())
+        started.append(app)
+        return app
+
+    yield start
+    for app in started:
+        loop.run(app.stop())
 
 
 @pytest.fixture

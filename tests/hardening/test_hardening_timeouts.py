@@ -1,6 +1,8 @@
 """Timeouts against slow peers on real sockets: a client that dribbles its head (slowloris), a
 byte per TCP segment, is cut off on time, and slow clients do not hold up the others.
 
+An upload toward an app that stops reading it is the app's stall (504), not the client's (408).
+
 The timeouts are set small and distinct, so a test also notices the wrong timer firing. The other
 deadlines (a silent connection, a stalled body, a slow but live upload, the idle keep-alive
 timeout, stale pooled app connections) are logic, checked at their exact boundaries on the fake
@@ -20,10 +22,12 @@ import pytest
 from support.client import connect, read_responses
 from support.hardening import (
     Capture,
+    RawApp,
     TrackingUpstream,
     assert_nothing_reached,
     assert_rejected,
     mark,
+    proxy_to,
     raw_request,
     read_until_close,
     running,
@@ -144,3 +148,50 @@ def test_slow_clients_do_not_hold_up_the_others(loop: LoopThread) -> None:
     assert len(latencies) == 80
     assert max(latencies) < 0.5, max(latencies)
     assert total < 3.0, total
+
+
+def upload_until_answered(sock: socket.socket, limit: float) -> Capture:
+    """Send body bytes as fast as the proxy takes them until it answers, closes or ``limit``
+    passes; then collect what it wrote."""
+    start = time.monotonic()
+    piece = b"u" * 65536
+    sock.setblocking(False)
+    try:
+        while time.monotonic() - start < limit:
+            readable, writable, _ = select.select([sock], [sock], [], 0.05)
+            if readable:
+                break
+            if writable:
+                try:
+                    sock.send(piece)
+                except BlockingIOError:
+                    pass
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+    finally:
+        sock.setblocking(True)
+    cap = read_until_close(sock, 3.0)
+    return Capture(cap.data, cap.closed, time.monotonic() - start)
+
+
+def test_an_upload_the_app_stops_reading_is_504_not_408(loop: LoopThread) -> None:
+    # The app reads the head and nothing more: once the buffers between it and the client are
+    # full the client cannot send, through no fault of its own. The body timeout (shorter) must
+    # not fire; the app's stall limit (REQUEST_TIMEOUT) does.
+    async def stops_reading(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(30)  # never reads again, never answers; cancelled at stop
+
+    raw_app = RawApp(stops_reading)
+    loop.run(raw_app.start())
+    settings = {**TIMEOUTS, "request_timeout": 1.0, "max_retries": 0}
+    head = raw_request(b"POST /up HTTP/1.1", b"Host: test", b"Content-Length: %d" % (1 << 30))
+    try:
+        with proxy_to(loop, raw_app.port, **settings) as proxy, connect(proxy.port) as sock:
+            sock.sendall(head)
+            cap = upload_until_answered(sock, limit=10.0)
+    finally:
+        loop.run(raw_app.stop())
+    resp = assert_rejected(cap, 504)
+    assert resp.body == b"504 Gateway Timeout: the app stopped reading the request\n"
+    assert cap.elapsed > 1.0  # not before the app's stall limit

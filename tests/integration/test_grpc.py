@@ -1,11 +1,14 @@
 """gRPC through the sidecar with real grpcio clients and a grpc.aio app (UPSTREAM_PROTOCOL=h2c):
 the four call kinds, deadlines, gRPC-shaped answers of the sidecar's own, status retries, the
-breaker's view of statuses, cancellation, large messages, a slow reader, metrics and the log."""
+breaker's view of statuses, cancellation, large messages, a slow reader, metrics and the log.
+Where the app must misbehave in ways a gRPC runtime will not (ignore its deadline, stop reading),
+the app is a scripted h2c one (support.h2app) and the client calls with raw bytes."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -13,8 +16,13 @@ from typing import Any
 import grpc
 import pytest
 from support.grpcapp import OPTIONS, GrpcApp, generate
+from support.h2app import H2App
+from support.hardening import wait_for
 from support.logpipe import read_log
+from support.process import run_proxy
 
+from bench.procs import status_kib
+from sidecar_proxy.http.grpc import parse_timeout
 from sidecar_proxy.server import ProxyServer
 
 
@@ -294,3 +302,136 @@ def test_a_slow_reader_holds_the_app_back(
             # two stream windows (256 KiB each) and the client's: a few MiB, never the 32 MiB
             assert ahead < 6 << 20, ahead
     assert read == 2000
+
+
+def test_a_slow_reader_costs_the_sidecar_no_memory_for_what_the_app_writes_ahead(
+    app: GrpcApp, connect: Callable[[int], Any]
+) -> None:
+    # The sidecar as its own process, so its resident memory is its own: while the client stops
+    # reading a 64 MiB stream the app writes as fast as it may, the sidecar's RSS must grow by
+    # no more than its windows and write buffers hold (well under a MiB), whatever the app has
+    # ready.
+    size, count = 256 << 10, 256  # 64 MiB
+    Msg = app.pb2.Msg
+    with run_proxy(app.port, {"UPSTREAM_PROTOCOL": "h2c"}) as sidecar:
+        stub = connect(sidecar.port)
+        # the same stream read at full speed first: what a stream costs anyway is in the baseline
+        assert (
+            len(list(stub.ServerStream(Msg(n=count // 8, data=b"w" * size), timeout=30)))
+            == count // 8
+        )
+        baseline = peak = sidecar.status_kib("VmRSS")
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not done.wait(0.02):
+                peak = max(peak, status_kib(sidecar.pid, "VmRSS"))
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        read = lead = 0
+        try:
+            for _ in stub.ServerStream(Msg(n=count, data=b"z" * size), timeout=30):
+                read += 1
+                if read == 4:
+                    time.sleep(1.5)  # long enough for the app to write all 64 MiB, unheld
+                    lead = app.sent - read
+        finally:
+            done.set()
+            sampler.join()
+    assert read == count
+    growth = (peak - baseline) << 10
+    # measured: 0-0.2 MiB; 65 MiB with the app's stream never paused
+    assert growth < 4 << 20, f"RSS grew {growth / 2**20:.1f} MiB"
+    assert 0 < lead < count // 4, lead  # the app was held back, not done
+
+
+# -- the sidecar's own deadline, against an app that ignores the one it is told --------------------
+
+SIDECAR_DEADLINE = 0.5  # REQUEST_TIMEOUT; each call's own deadline is far longer
+CANCEL = 0x8  # RFC 9113 §7
+
+
+def raw_channel(port: int) -> grpc.Channel:
+    """A channel whose calls take and return raw message bytes."""
+    return grpc.insecure_channel(f"127.0.0.1:{port}")
+
+
+def assert_ended_by_the_sidecar(app: H2App, log_pipe: tuple[int, int]) -> None:
+    """The app had its stream cancelled, as a gRPC server cancels a call past its deadline, and
+    the log says the app timed out (DEADLINE_EXCEEDED, flag UT)."""
+    assert wait_for(lambda: bool(app.resets)) and app.resets == [(1, CANCEL)]
+    (line,) = read_log(log_pipe[0], 1)
+    assert (line["status"], line["flags"], line["grpc_status"]) == (200, "UT", 4)
+
+
+def assert_told_the_deadline(app: H2App) -> None:
+    """The app was told the sidecar's deadline (and ignored it)."""
+    (told,) = app.requests
+    assert parse_timeout(told[b"grpc-timeout"]) <= SIDECAR_DEADLINE
+
+
+def test_the_sidecars_deadline_ends_a_call_the_app_never_answers(
+    start_h2app: Callable[..., H2App],
+    start_proxy: Callable[..., ProxyServer],
+    log_pipe: tuple[int, int],
+) -> None:
+    app = start_h2app(hold=True)
+    proxy = h2c(start_proxy, app.port, request_timeout=SIDECAR_DEADLINE, access_log_fd=log_pipe[1])
+    with raw_channel(proxy.port) as channel, pytest.raises(grpc.RpcError) as err:
+        channel.unary_unary("/sidecar.test.Echo/Unary")(b"", timeout=60)
+    assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert err.value.details() == (
+        "sidecar-proxy: 504 Gateway Timeout: the app did not answer in time"
+    )
+    assert_told_the_deadline(app)
+    assert_ended_by_the_sidecar(app, log_pipe)
+
+
+def test_the_sidecars_deadline_ends_a_server_stream_the_app_stops_midway(
+    start_h2app: Callable[..., H2App],
+    start_proxy: Callable[..., ProxyServer],
+    log_pipe: tuple[int, int],
+) -> None:
+    app = start_h2app(messages_then_hang=3)
+    proxy = h2c(start_proxy, app.port, request_timeout=SIDECAR_DEADLINE, access_log_fd=log_pipe[1])
+    got: list[bytes] = []
+    with raw_channel(proxy.port) as channel, pytest.raises(grpc.RpcError) as err:
+        got.extend(channel.unary_stream("/sidecar.test.Echo/ServerStream")(b"", timeout=60))
+    assert got == [b"message 0", b"message 1", b"message 2"]  # delivered, then the deadline
+    assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert err.value.details() == "sidecar-proxy: deadline exceeded"
+    assert_told_the_deadline(app)
+    assert_ended_by_the_sidecar(app, log_pipe)
+    assert proxy.metrics.grpc.response_messages[("sidecar.test.Echo", "ServerStream")] == 3
+
+
+def test_a_client_stream_the_app_stops_reading_ends_with_the_apps_timeout(
+    start_h2app: Callable[..., H2App],
+    start_proxy: Callable[..., ProxyServer],
+    log_pipe: tuple[int, int],
+) -> None:
+    # No deadline of the caller's: only the sidecar's stall limit ends a call whose messages the
+    # app stopped taking (its window stays shut). Not the client's fault, so not its timeout.
+    app = start_h2app(read_bodies=False)
+    proxy = h2c(
+        start_proxy,
+        app.port,
+        request_timeout=SIDECAR_DEADLINE,
+        client_body_timeout=0.2,
+        access_log_fd=log_pipe[1],
+    )
+    messages = (b"m" * 65536 for _ in range(1024))  # 64 MiB if it were all taken
+    with raw_channel(proxy.port) as channel:
+        call = channel.stream_unary("/sidecar.test.Echo/ClientStream").future(messages)
+        try:
+            err = call.exception(timeout=10)
+        finally:
+            call.cancel()
+    assert isinstance(err, grpc.RpcError)
+    assert err.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert err.details() == (
+        "sidecar-proxy: 504 Gateway Timeout: the app stopped reading the request"
+    )
+    assert_ended_by_the_sidecar(app, log_pipe)

@@ -8,7 +8,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,21 +37,6 @@ def run(*cmd: str) -> subprocess.CompletedProcess[str]:
 def curl(port: int, path: str, *args: str, h2: bool = True) -> subprocess.CompletedProcess[str]:
     flags = ["--http2-prior-knowledge"] if h2 else []
     return run("curl", "-s", "-S", *flags, *args, f"http://127.0.0.1:{port}{path}")
-
-
-@pytest.fixture
-def start_h2app(loop: LoopThread) -> Iterator[Callable[..., H2App]]:
-    started: list[H2App] = []
-
-    def start(**options: object) -> H2App:
-        app = H2App(**options)  # type: ignore[arg-type]
-        loop.run(app.start())
-        started.append(app)
-        return app
-
-    yield start
-    for app in started:
-        loop.run(app.stop())
 
 
 def test_curl_h2_to_an_http1_app(

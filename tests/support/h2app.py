@@ -1,7 +1,8 @@
 """A scriptable h2c app on 127.0.0.1, made with the ``h2`` library: the app side of the tests
 of ``UPSTREAM_PROTOCOL=h2c``. It answers ``200`` with ``h2 <method> <path>`` (a POST gets its
 body back), sends ``grpc-status`` trailers for paths under ``/trailers``, and can refuse
-streams, go away after some, or hold its answers."""
+streams, go away after some, hold its answers, answer a gRPC call with a few messages and then
+nothing, or stop reading request bodies. It records the resets it gets."""
 
 from __future__ import annotations
 
@@ -21,10 +22,14 @@ class H2App:
     refuse: int = 0  # refuse this many streams first (REFUSED_STREAM)
     goaway_after: int = 0  # the first connection goes away after this many streams
     hold: bool = False  # answer only when released
+    # > 0: answer a request with a gRPC head and this many messages, then neither end nor reset
+    messages_then_hang: int = 0
+    read_bodies: bool = True  # False: request DATA is never credited back, nor answered
     port: int = 0
     connections: int = 0
     requests: list[dict[bytes, bytes]] = field(default_factory=list)
     held: list[tuple[_Conn, int]] = field(default_factory=list)
+    resets: list[tuple[int, int]] = field(default_factory=list)  # (stream id, error code) got
     _server: asyncio.base_events.Server | None = None
 
     async def start(self) -> int:
@@ -97,7 +102,11 @@ class _Conn(asyncio.Protocol):
                 self.last = sid
             self.heads[sid] = dict(event.headers)
             self.bodies[sid] = b""
+        elif isinstance(event, h2.events.StreamReset):
+            app.resets.append((event.stream_id, event.error_code))
         elif isinstance(event, h2.events.DataReceived):
+            if not app.read_bodies:
+                return  # the window it used is never given back: the client must stop
             self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             if event.stream_id in self.bodies:
                 self.bodies[event.stream_id] += event.data
@@ -105,7 +114,9 @@ class _Conn(asyncio.Protocol):
             sid = event.stream_id
             if sid not in self.heads:
                 return
-            if app.hold:
+            if app.messages_then_hang:
+                self.stream_then_hang(sid, app.messages_then_hang)
+            elif app.hold:
                 app.held.append((self, sid))
             else:
                 self.answer(sid)
@@ -132,3 +143,13 @@ class _Conn(asyncio.Protocol):
         if path.startswith(b"/trailers"):
             self.h2.send_headers(sid, [(b"grpc-status", b"0")], end_stream=True)
         self.flush()
+
+    def stream_then_hang(self, sid: int, messages: int) -> None:
+        """A gRPC answer that starts and stops: the head, ``messages`` length-prefixed
+        messages, and then nothing, whatever its ``grpc-timeout`` said."""
+        self.h2.send_headers(
+            sid, [(b":status", b"200"), (b"content-type", b"application/grpc")], end_stream=False
+        )
+        for n in range(messages):
+            payload = b"message %d" % n
+            self.h2.send_data(sid, b"\x00" + len(payload).to_bytes(4, "big") + payload)

@@ -9,6 +9,7 @@ from support.h2peer import H2Pair, frames_of, initial_window, of
 
 from sidecar_proxy.http.fields import ResponseHead
 from sidecar_proxy.http.h2 import frames as F
+from sidecar_proxy.http.h2.server import H2ClientStream
 
 
 def test_get_is_answered_on_its_stream() -> None:
@@ -133,6 +134,13 @@ def test_malformed_requests_are_reset_without_an_exchange() -> None:
         [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b"x", b"a\r\nb: c")],
         [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b"x", b" padded")],
         [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b"x", b"a\x00")],
+        [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b"x", b"a\rb")],
+        # whitespace at either end of a value, wherever the field is in the list
+        *[
+            [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b"x", v), (b"y", b"z")]
+            for v in (b" led", b"\tled", b"ended ", b"ended\t")
+        ],
+        [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b"x", b"ended\t")],
         [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b"a:b", b"x")],
         # what would break the request line towards an HTTP/1.1 app
         [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/a HTTP/1.1")],
@@ -264,6 +272,24 @@ def test_stream_ticks_reach_their_exchange_and_body_timeout_answers_408() -> Non
     pair.tick(1.0)
     assert pair.exchanges[0].ticks == 1
     pair.tick(1.5)
+    events = pair.receive()
+    assert dict(of(events, h2.events.ResponseReceived)[0].headers)[b":status"] == b"408"
+
+
+def test_no_408_while_the_exchange_holds_the_body_back_and_the_timeout_restarts_after() -> None:
+    # Held back (the app does not read): the body cannot come, so its stall is not the client's.
+    pair = H2Pair(answer=False, client_body_timeout=2.0)
+    sid = pair.request(method=b"POST", end=False)
+    pair.exchange()
+    leg = pair.conn.streams[sid]
+    assert isinstance(leg, H2ClientStream)
+    leg.pause_request_body()
+    pair.tick(5.0)
+    assert not of(pair.receive(), h2.events.ResponseReceived)
+    leg.resume_request_body()
+    pair.tick(1.9)  # counted from the resume, not from the head 6.9 s ago
+    assert not of(pair.receive(), h2.events.ResponseReceived)
+    pair.tick(0.2)
     events = pair.receive()
     assert dict(of(events, h2.events.ResponseReceived)[0].headers)[b":status"] == b"408"
 

@@ -105,7 +105,8 @@ class Settings:
         POSITIVE_DURATION,
         "30s",
         "deadline for the app's response head, counted from the end of the request, "
-        "retries included; also the longest the response body may stall",
+        "retries included; also the longest the response body may stall, and the longest the app "
+        "may leave the request body unread",
         live=True,
     )
     per_try_timeout: float = _setting(

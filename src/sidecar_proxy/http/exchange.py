@@ -107,6 +107,7 @@ class Exchange:
     __slots__ = (
         "admitted",
         "app",
+        "app_stalled_at",
         "attempt_at",
         "attempt_no",
         "chunks",
@@ -181,6 +182,9 @@ class Exchange:
         self.last_failure: tuple[int, str] | None = None  # what a retry was for
         self.deadline = 0.0  # for the app's response head; checked by on_tick
         self.last_activity = 0.0  # the last response body byte, for the stall limit
+        # loop time the app leg stopped taking the request body (its write buffer full); 0 while
+        # it takes it: an upload stuck there is the app's stall, not the client's
+        self.app_stalled_at = 0.0
         self.sent_at = 0.0  # time.monotonic() when the current attempt's head went to the app
         # the response
         self.resp: ResponseHead | None = None  # the latest head from the app
@@ -385,6 +389,7 @@ class Exchange:
         self.app = app
         app.bind(self)
         self.written = 0
+        self.app_stalled_at = 0.0
         body: list[bytes] = []
         end: Trailers | None = None
         spool = self.spool
@@ -926,6 +931,24 @@ class Exchange:
         phase = self.phase
         grpc = self.grpc
         whole_call = grpc is not None and grpc.timeout is not None
+        stalled = self.app_stalled_at
+        if (
+            stalled
+            and not self.req_done
+            and now - stalled >= self.ctx.settings.request_timeout
+            and self.app is not None  # else that leg is gone; the next one's time starts anew
+            and not self.client.write_paused
+        ):
+            # The app left the request body unread for request_timeout: the client's bytes
+            # wait in our buffer to the app, and the client leg, told to pause, does not
+            # charge the client for it. As nginx's proxy_send_timeout, a 504: the app's time
+            # ran out, not the client's. (While the client does not read the response, the
+            # app may be stuck writing it: not its stall; see client_write_paused.)
+            if self.committed:
+                self._abort_client(R.UPSTREAM_TIMEOUT, R.ERR_TIMEOUT)
+            else:
+                self._app_timed_out("the app stopped reading the request")
+            return
         if phase is STREAMING:
             if whole_call and now >= self.deadline:
                 self._grpc_deadline()
@@ -938,16 +961,21 @@ class Exchange:
                 self._abort_client(R.UPSTREAM_TIMEOUT, R.ERR_TIMEOUT)
             return
         # Not started, over, or a tunnel (which lives as long as its peers want); and an
-        # upload in progress is bounded by the client leg's body timeout instead.
+        # upload in progress is bounded by the client leg's body timeout (the client's time)
+        # and the stall limit above (the app's).
         if not WAITING_FOR_APP >> phase & 1 or now < self.deadline:
             return
         if not self.req_done and not whole_call:
             return
+        self._app_timed_out("the app did not answer in time")
+
+    def _app_timed_out(self, detail: str) -> None:
+        """504: the app's time ran out before the response head."""
         self._cancel_attempt()
         self.rec.upstream_errors.append(R.ERR_TIMEOUT)
         self._verdict(True)
         self.rec.flags.append(R.UPSTREAM_TIMEOUT)
-        self.reply(504, "the app did not answer in time")
+        self.reply(504, detail)
 
     def _grpc_deadline(self) -> None:
         """A gRPC call's deadline passed after its response head: end it with trailers saying
@@ -959,7 +987,9 @@ class Exchange:
         rec.grpc_status = G.DEADLINE_EXCEEDED
         self._cancel_attempt()
         self._verdict(G.DEADLINE_EXCEEDED in self.ctx.settings.grpc_failure_statuses)
-        self.client.send_end(G.local_trailers(G.DEADLINE_EXCEEDED, "deadline exceeded", None))
+        self.client.send_end(
+            G.local_trailers(G.DEADLINE_EXCEEDED, "sidecar-proxy: deadline exceeded", None)
+        )
         self.client.flush()
         self.finish()
 
@@ -1027,16 +1057,21 @@ class Exchange:
             if paused:
                 app.pause_reading()
             else:
-                # The stall limit times the app's silence. While the client was not reading, the
+                # The stall limits time the app's silence. While the client was not reading, the
                 # silence was the client's (see on_tick): the app's time starts again now, not
                 # at its last byte, which may be request_timeout old by the time reading resumes.
-                self.last_activity = self.ctx.loop.time()
+                now = self.ctx.loop.time()
+                self.last_activity = now
+                if self.app_stalled_at:
+                    self.app_stalled_at = now
                 app.resume_reading()
 
     def app_write_paused(self, paused: bool) -> None:
         if paused:
+            self.app_stalled_at = self.ctx.loop.time()
             self.client.pause_request_body()
             return
+        self.app_stalled_at = 0.0
         self.client.resume_request_body()
         spool = self.spool
         app = self.app

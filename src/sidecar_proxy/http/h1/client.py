@@ -73,6 +73,10 @@ _PAUSE_PIPELINE: Final = 2  # a later request is parsed and waits its turn
 _PAUSE_UPGRADE: Final = 4  # bytes after an Upgrade request wait for the app's 101
 _PAUSE_REJECTED: Final = 8  # the stream is no longer trusted: nothing more is parsed
 _PAUSE_STASHED: Final = 16  # bytes of an earlier read are held back unparsed; they go first
+# Pauses that hold a request body back on our side: while one is on, a body that stops coming is
+# not the client's stall (the exchange times an app that does not read; a request waiting its
+# turn is bounded by the one before it).
+_HELD_BY_US: Final = _PAUSE_FOR_APP | _PAUSE_PIPELINE
 
 _SLICE = 4096  # how much of a large read is parsed at a time outside a body
 
@@ -536,7 +540,8 @@ class H1ClientConnection(asyncio.Protocol):
             elif cur.upgrade.lower().startswith(b"h2c"):
                 cur.upgrade = b""  # no HTTP/2 towards the app; answer over HTTP/1.1
         target = cur.target
-        if b"#" in target:
+        # find(), not ``in``, which formats and drops a TypeError first (see h2/heads.py)
+        if target.find(b"#") >= 0:
             return 400, "a request target has no fragment"  # RFC 9112 §3.2: servers disagree
         if target == b"*":
             if cur.method != b"OPTIONS":
@@ -775,6 +780,9 @@ class H1ClientConnection(asyncio.Protocol):
 
     def _resume(self, reason: int) -> None:
         if self._read_block & reason:
+            if reason & _HELD_BY_US:
+                # the body timeout counts the client's silence from when we read again
+                self._last_body = self.ctx.loop.time()
             self._read_block &= ~reason
             if reason == _PAUSE_PIPELINE and self._stash:
                 self.ctx.loop.call_soon(self._resume_stash)
@@ -810,6 +818,8 @@ class H1ClientConnection(asyncio.Protocol):
         if state is BUSY or state is TUNNEL:
             return  # waiting on the app: the exchange's deadline governs
         if state is BODY:
+            if self._read_block & _HELD_BY_US:
+                return  # we are not reading: the body cannot come
             deadline = self._last_body + self.ctx.settings.client_body_timeout
         else:
             deadline = self._deadline

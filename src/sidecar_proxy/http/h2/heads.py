@@ -35,7 +35,10 @@ from sidecar_proxy.http.legs import Trailers
 # request's conversion: the names joined, with every token character deleted, must leave just
 # the colons of the pseudo-header names; the values joined by LF (itself forbidden in a value,
 # so a count tells one inside a value) must hold no NUL or CR, and no whitespace next to an LF
-# or at either end: substring tests, each one pass in C, cheaper than one regex here.
+# or at either end: substring searches, each one pass in C, cheaper than one regex here. With
+# find(), not ``in``: CPython's ``bytes in bytes`` first tries the operand as an integer and
+# formats a TypeError it then discards; the six tests take 0.97 us instead of 1.65 us
+# (docs/benchmarks.md, "gRPC").
 _TOKEN: Final = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
 _BLANK: Final = (b" ", b"\t")
 # what may not appear in a method or a target written into an HTTP/1.1 request line
@@ -105,12 +108,12 @@ def _check_fields(fields: list[Field], pseudo: int) -> None:
     values = b"\n".join([f[1] for f in fields])
     if (
         values.count(b"\n") != len(fields) - 1
-        or b"\r" in values
-        or b"\x00" in values
-        or b"\n " in values
-        or b" \n" in values
-        or b"\n\t" in values
-        or b"\t\n" in values
+        or values.find(b"\r") >= 0
+        or values.find(b"\x00") >= 0
+        or values.find(b"\n ") >= 0
+        or values.find(b" \n") >= 0
+        or values.find(b"\n\t") >= 0
+        or values.find(b"\t\n") >= 0
         or values[:1] in _BLANK
         or values[-1:] in _BLANK
     ):

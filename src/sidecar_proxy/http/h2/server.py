@@ -473,6 +473,9 @@ class H2ClientStream(Stream):
         self.pause_receiving()
 
     def resume_request_body(self) -> None:
+        if self.paused:
+            # the body timeout counts the client's silence from when we take data again
+            self.last_data = self.conn.clock()
         self.resume_receiving()
 
     def exchange_done(self, ex: ClientEvents) -> None:
