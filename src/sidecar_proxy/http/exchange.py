@@ -23,7 +23,7 @@ import asyncio
 import logging
 import math
 import time
-from typing import Any
+from typing import Any, Final
 
 from sidecar_proxy.http import grpc as G
 from sidecar_proxy.http.context import ProxyContext
@@ -63,12 +63,12 @@ from sidecar_proxy.tls.identity import Peer
 
 log = logging.getLogger("sidecar_proxy.exchange")
 
-_HEALTH_PATHS = frozenset({"/health", "/ready"})
-_TEXT = b"text/plain; charset=utf-8"
+_HEALTH_PATHS: Final = frozenset({"/health", "/ready"})
+_TEXT: Final = b"text/plain; charset=utf-8"
 
 # Failure -> (status sent to the client, sidecar_upstream_errors_total type, response flag,
 # the short reason in the body of the client's error response)
-_FAILURES = {
+_FAILURES: Final = {
     Failure.CONNECT: (502, R.ERR_CONNECTION, R.UPSTREAM_CONNECT_FAILURE, "the app is unreachable"),
     Failure.RESET: (502, R.ERR_RESET, R.UPSTREAM_RESET, "the app closed the connection"),
     Failure.TIMEOUT: (504, R.ERR_TIMEOUT, R.UPSTREAM_TIMEOUT, "the app did not answer in time"),
@@ -79,7 +79,7 @@ _FAILURES = {
 REPLAY_PIECE = 64 * 1024
 
 # the flag of a request the client leg rejected, by status; any other status is DPE
-_REJECTION_FLAGS = {408: R.DOWNSTREAM_TIMEOUT, 403: R.CLIENT_IDENTITY_DENIED}
+_REJECTION_FLAGS: Final = {408: R.DOWNSTREAM_TIMEOUT, 403: R.CLIENT_IDENTITY_DENIED}
 
 
 def new_record(head: RequestHead, remote_addr: str, tls_peer: Peer | None) -> Record:

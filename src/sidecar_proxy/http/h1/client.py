@@ -74,14 +74,14 @@ _PAUSE_UPGRADE: Final = 4  # bytes after an Upgrade request wait for the app's 1
 _PAUSE_REJECTED: Final = 8  # the stream is no longer trusted: nothing more is parsed
 _PAUSE_STASHED: Final = 16  # bytes of an earlier read are held back unparsed; they go first
 
-_SLICE = 4096  # how much of a large read is parsed at a time outside a body
+_SLICE: Final = 4096  # how much of a large read is parsed at a time outside a body
 
 # Lingering close: how long, and how much, a closing connection keeps reading and discarding.
 _LINGER_SECONDS = 2.0
 _LINGER_BYTES = 8 * 1024 * 1024
 
-_SUPPORTED_VERSIONS = frozenset({"1.0", "1.1"})
-_FORBIDDEN = (403, "the client certificate's identity is not allowed")
+_SUPPORTED_VERSIONS: Final = frozenset({"1.0", "1.1"})
+_FORBIDDEN: Final = (403, "the client certificate's identity is not allowed")
 
 
 class ClientState(enum.IntEnum):
@@ -130,6 +130,8 @@ class H1ClientConnection(asyncio.Protocol):
         "_last_body",
         "_linger_left",
         "_linger_until",
+        "_max_header_bytes",
+        "_max_header_count",
         "_out",
         "_overhead",
         "_parser",
@@ -181,6 +183,9 @@ class H1ClientConnection(asyncio.Protocol):
         self._linger_left = 0
         self._last_body = 0.0
         self._deadline = 0.0  # when the current wait (IDLE or HEAD) runs out
+        # the current head's limits, from the settings when it began (see on_message_begin)
+        self._max_header_bytes = ctx.settings.max_header_bytes
+        self._max_header_count = ctx.settings.max_header_count
         # the response being written, for the exchange at the head of the queue
         self._out: list[bytes] = []
         self._chunked_out = False
@@ -375,7 +380,12 @@ class H1ClientConnection(asyncio.Protocol):
         self.cur = RequestHead()
         self._state = HEAD
         self._head_bytes = 0
-        self._deadline = self.ctx.loop.time() + self.ctx.settings.client_header_timeout
+        s = self.ctx.settings
+        self._deadline = self.ctx.loop.time() + s.client_header_timeout
+        # Read once per request, not once per field: Settings is not a compiled class, so each
+        # read of it is a Python attribute lookup (two per field cost ~400 instructions).
+        self._max_header_bytes = s.max_header_bytes
+        self._max_header_count = s.max_header_count
 
     def on_url(self, url: bytes) -> None:
         cur = self.cur
@@ -388,21 +398,20 @@ class H1ClientConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         cur = self.cur
-        s = self.ctx.settings
         if cur is None:  # a trailer field after a chunked body: bounded like the header section
             if self.parsing is not None:
                 self._head_bytes += len(name) + len(value) + 4
-                if self._head_bytes > s.max_header_bytes:
+                if self._head_bytes > self._max_header_bytes:
                     raise _Reject(431, "request trailer section too large")
-                if len(self._trailers) >= s.max_header_count:
+                if len(self._trailers) >= self._max_header_count:
                     raise _Reject(431, "too many request trailer fields")
                 self._trailers.append((name, value))
             return
         cur.header_bytes += len(name) + len(value) + 4
-        if cur.header_bytes > s.max_header_bytes:
+        if cur.header_bytes > self._max_header_bytes:
             raise _Reject(431, "request header section too large")
         cur.header_count += 1
-        if cur.header_count > s.max_header_count:
+        if cur.header_count > self._max_header_count:
             raise _Reject(431, "too many request header fields")
         low = name.lower()
         kind = REQUEST_FIELDS.get(low)
