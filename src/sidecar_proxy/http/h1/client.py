@@ -545,7 +545,7 @@ class H1ClientConnection(asyncio.Protocol):
             elif cur.upgrade.lower().startswith(b"h2c"):
                 cur.upgrade = b""  # no HTTP/2 towards the app; answer over HTTP/1.1
         target = cur.target
-        if b"#" in target:
+        if target.find(b"#") >= 0:  # not ``in``: see h2/heads.py, _check_fields
             return 400, "a request target has no fragment"  # RFC 9112 §3.2: servers disagree
         if target == b"*":
             if cur.method != b"OPTIONS":
