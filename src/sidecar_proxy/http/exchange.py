@@ -63,6 +63,10 @@ from sidecar_proxy.tls.identity import Peer
 
 log = logging.getLogger("sidecar_proxy.exchange")
 
+# The clocks, bound once: compiled, ``time.monotonic()`` reads the attribute off the module (a
+# Python-level lookup, ~240 instructions) before each of its four calls per request.
+_monotonic: Final = time.monotonic
+_wall_clock: Final = time.time
 _HEALTH_PATHS: Final = frozenset({"/health", "/ready"})
 _TEXT: Final = b"text/plain; charset=utf-8"
 
@@ -86,7 +90,7 @@ def new_record(head: RequestHead, remote_addr: str, tls_peer: Peer | None) -> Re
     """The record of a request whose head a client leg has just parsed."""
     # Not loop.time(): uvloop's is libuv's cached millisecond clock, too coarse for the
     # 1 ms histogram bucket. Timers still use loop.time(); only measurements use this.
-    rec = Record(time.monotonic(), time.time(), remote_addr, "HTTP/" + head.version)
+    rec = Record(_monotonic(), _wall_clock(), remote_addr, "HTTP/" + head.version)
     rec.method = head.method.decode("latin-1")
     path, q, _ = head.target.partition(b"?")
     rec.path = path.decode("latin-1")
@@ -395,7 +399,7 @@ class Exchange:
             if self.req_done:
                 end = self.req_trailers
         app.send_request(self.head, self._added_request_lines(), body, end)
-        self.sent_at = time.monotonic()
+        self.sent_at = _monotonic()
         self.client.resume_request_body()
         if self.client.write_paused:
             app.pause_reading()
@@ -599,7 +603,7 @@ class Exchange:
             # gzip-coded bytes as if they were the content would corrupt the response.
             self._app_failed_response(app, "the app used a transfer coding we do not decode")
             return
-        rec.ttfb = time.monotonic() - rec.start
+        rec.ttfb = _monotonic() - rec.start
         self.last_activity = ctx.loop.time()
         if self.timer is not None:  # the per-try timeout: an answer came in time
             self.timer.cancel()
@@ -882,7 +886,7 @@ class Exchange:
             if retry_after is not None and retry_after < 0:
                 return False
         elif resp is not None and resp.retry_after is not None:
-            retry_after = parse_retry_after(resp.retry_after, time.time())
+            retry_after = parse_retry_after(resp.retry_after, _wall_clock())
         # Nothing of the request reached the app after a refused connection, so any request may
         # go again; otherwise only a replay-safe one whose body we still hold.
         decision = ctx.retry.decide(
@@ -1139,7 +1143,7 @@ class Exchange:
             self.spool = None
             spool.close()
         rec = self.rec
-        rec.end = time.monotonic()
+        rec.end = _monotonic()
         grpc = self.grpc
         if grpc is not None:
             rec.grpc_requests = grpc.requests.count
