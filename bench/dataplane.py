@@ -8,12 +8,18 @@ figure is stable enough to compare changes on a noisy machine where throughput i
 Run: ``python -m bench.dataplane``; ``--access-log`` includes the access-log line, and
 ``--hooks`` measures what no-op Python hooks add (``bench.run`` reports that too): the same
 request with and without them, runs interleaved so that both see the same machine.
+
+``--cycles N`` runs exactly N cycles, untimed, after a warm-up and with the collector frozen, for
+counting instructions, which a loaded machine does not disturb: run it under ``valgrind
+--tool=callgrind`` for N and for 3N cycles and divide the difference by 2N (see
+docs/benchmarks.md, "Tuning the compiled build").
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import os
 import timeit
 from collections.abc import Callable
@@ -122,6 +128,21 @@ def measure(access_log: bool, number: int, repeat: int) -> float:
         pipeline.close()
 
 
+def run_cycles(access_log: bool, cycles: int, warmup: int = 300) -> None:
+    """``cycles`` untimed cycles after ``warmup`` ones, with the set-up's objects frozen out of
+    the collector's way as the server does after start-up."""
+    pipeline = Pipeline(access_log)
+    try:
+        for _ in range(warmup):
+            pipeline.cycle()
+        gc.collect()
+        gc.freeze()
+        for _ in range(cycles):
+            pipeline.cycle()
+    finally:
+        pipeline.close()
+
+
 def hook_cost(number: int = 20_000, repeat: int = 7) -> dict[str, float]:
     """Microseconds per request without hooks, with a no-op sync ``on_request``, and with both
     hooks no-op: best of ``repeat`` runs each, the three interleaved."""
@@ -157,7 +178,11 @@ def main() -> None:
     parser.add_argument("--hooks", action="store_true", help="measure no-op Python hooks")
     parser.add_argument("--number", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--cycles", type=int, help="run N untimed cycles (for callgrind)")
     args = parser.parse_args()
+    if args.cycles is not None:
+        run_cycles(args.access_log, args.cycles)
+        return
     if args.hooks:
         print(hook_report(hook_cost(args.number, args.repeat)))
         return

@@ -111,4 +111,7 @@ def test_new_request_ids_are_distinct_uuid4s_across_entropy_refills() -> None:
     for rid in ids:
         assert UUID4.match(rid), rid
         assert uuid.UUID(rid).version == 4
+        assert uuid.UUID(rid).variant == uuid.RFC_4122
         assert valid_request_id(rid.encode())
+    # the variant digit keeps its two random bits
+    assert {rid[19] for rid in ids} == set("89ab")

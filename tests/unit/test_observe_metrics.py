@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import re
@@ -10,6 +11,8 @@ from collections.abc import Iterator
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.openmetrics.parser import (
@@ -22,10 +25,16 @@ from sidecar_proxy import __version__
 from sidecar_proxy.buildinfo import build_info
 from sidecar_proxy.observe import record as X
 from sidecar_proxy.observe.accesslog import AccessLog
-from sidecar_proxy.observe.metrics import BREAKER_OPEN_REASONS, BUCKETS, EXEMPLAR_INTERVAL, Metrics
+from sidecar_proxy.observe.metrics import (
+    BREAKER_OPEN_REASONS,
+    BUCKETS,
+    EXEMPLAR_INTERVAL,
+    Metrics,
+    bucket_index,
+)
 from sidecar_proxy.observe.paths import PathLabeler
 from sidecar_proxy.observe.record import Record
-from sidecar_proxy.observe.recorder import Recorder
+from sidecar_proxy.observe.recorder import Recorder, millis
 from sidecar_proxy.policy.breaker import BreakerState, CircuitBreaker, OpenReason
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -557,3 +566,19 @@ def test_timestamps_are_rfc3339_utc_millis(metrics: Metrics, pipe_log: PipeLog) 
 
 def test_breaker_open_reasons_are_the_breakers() -> None:
     assert tuple(r.value for r in OpenReason) == BREAKER_OPEN_REASONS
+
+
+# --- the compiled arithmetic of the hot path, against the library calls it replaced ----------
+
+
+@given(st.floats(min_value=0.0, max_value=20.0) | st.sampled_from([*BUCKETS, 0.0, 1e-9, 10.5]))
+def test_bucket_index_is_bisect_left(value: float) -> None:
+    # the "le" bucket: a value equal to a bound belongs to it
+    assert bucket_index(value) == bisect.bisect_left(BUCKETS, value)
+
+
+@given(st.integers(min_value=0, max_value=10**10), st.sampled_from([0.0, 0.25, 0.4, 0.6, 0.75]))
+def test_millis_is_round_to_three_places(micros: int, fraction: float) -> None:
+    # every duration away from a nanosecond tie: what round(seconds * 1000, 3) gave
+    seconds = (micros + fraction) / 1e6
+    assert millis(seconds) == round(seconds * 1000.0, 3)

@@ -23,7 +23,7 @@ import asyncio
 import logging
 import math
 import time
-from typing import Any
+from typing import Any, Final
 
 from sidecar_proxy.http import grpc as G
 from sidecar_proxy.http.context import ProxyContext
@@ -63,12 +63,16 @@ from sidecar_proxy.tls.identity import Peer
 
 log = logging.getLogger("sidecar_proxy.exchange")
 
-_HEALTH_PATHS = frozenset({"/health", "/ready"})
-_TEXT = b"text/plain; charset=utf-8"
+# The clocks, bound once: compiled, ``time.monotonic()`` reads the attribute off the module (a
+# Python-level lookup, ~240 instructions) before each of its four calls per request.
+_monotonic: Final = time.monotonic
+_wall_clock: Final = time.time
+_HEALTH_PATHS: Final = frozenset({"/health", "/ready"})
+_TEXT: Final = b"text/plain; charset=utf-8"
 
 # Failure -> (status sent to the client, sidecar_upstream_errors_total type, response flag,
 # the short reason in the body of the client's error response)
-_FAILURES = {
+_FAILURES: Final = {
     Failure.CONNECT: (502, R.ERR_CONNECTION, R.UPSTREAM_CONNECT_FAILURE, "the app is unreachable"),
     Failure.RESET: (502, R.ERR_RESET, R.UPSTREAM_RESET, "the app closed the connection"),
     Failure.TIMEOUT: (504, R.ERR_TIMEOUT, R.UPSTREAM_TIMEOUT, "the app did not answer in time"),
@@ -79,14 +83,14 @@ _FAILURES = {
 REPLAY_PIECE = 64 * 1024
 
 # the flag of a request the client leg rejected, by status; any other status is DPE
-_REJECTION_FLAGS = {408: R.DOWNSTREAM_TIMEOUT, 403: R.CLIENT_IDENTITY_DENIED}
+_REJECTION_FLAGS: Final = {408: R.DOWNSTREAM_TIMEOUT, 403: R.CLIENT_IDENTITY_DENIED}
 
 
 def new_record(head: RequestHead, remote_addr: str, tls_peer: Peer | None) -> Record:
     """The record of a request whose head a client leg has just parsed."""
     # Not loop.time(): uvloop's is libuv's cached millisecond clock, too coarse for the
     # 1 ms histogram bucket. Timers still use loop.time(); only measurements use this.
-    rec = Record(time.monotonic(), time.time(), remote_addr, "HTTP/" + head.version)
+    rec = Record(_monotonic(), _wall_clock(), remote_addr, "HTTP/" + head.version)
     rec.method = head.method.decode("latin-1")
     path, q, _ = head.target.partition(b"?")
     rec.path = path.decode("latin-1")
@@ -400,7 +404,7 @@ class Exchange:
             if self.req_done:
                 end = self.req_trailers
         app.send_request(self.head, self._added_request_lines(), body, end)
-        self.sent_at = time.monotonic()
+        self.sent_at = _monotonic()
         self.client.resume_request_body()
         if self.client.write_paused:
             app.pause_reading()
@@ -604,7 +608,7 @@ class Exchange:
             # gzip-coded bytes as if they were the content would corrupt the response.
             self._app_failed_response(app, "the app used a transfer coding we do not decode")
             return
-        rec.ttfb = time.monotonic() - rec.start
+        rec.ttfb = _monotonic() - rec.start
         self.last_activity = ctx.loop.time()
         if self.timer is not None:  # the per-try timeout: an answer came in time
             self.timer.cancel()
@@ -887,7 +891,7 @@ class Exchange:
             if retry_after is not None and retry_after < 0:
                 return False
         elif resp is not None and resp.retry_after is not None:
-            retry_after = parse_retry_after(resp.retry_after, time.time())
+            retry_after = parse_retry_after(resp.retry_after, _wall_clock())
         # Nothing of the request reached the app after a refused connection, so any request may
         # go again; otherwise only a replay-safe one whose body we still hold.
         decision = ctx.retry.decide(
@@ -1174,7 +1178,7 @@ class Exchange:
             self.spool = None
             spool.close()
         rec = self.rec
-        rec.end = time.monotonic()
+        rec.end = _monotonic()
         grpc = self.grpc
         if grpc is not None:
             rec.grpc_requests = grpc.requests.count

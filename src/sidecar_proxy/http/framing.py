@@ -9,9 +9,10 @@ request smuggling — cannot pass through.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
-CRLF = b"\r\n"
-LAST_CHUNK = b"0\r\n\r\n"
+CRLF: Final = b"\r\n"
+LAST_CHUNK: Final = b"0\r\n\r\n"
 
 
 def chunk_size_line(size: int) -> bytes:

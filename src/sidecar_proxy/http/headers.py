@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Final
 
 # RFC 9110 §7.6.1 plus the legacy names Go's ReverseProxy also strips (RFC 2616 §13.5.1).
 # Content-Length is not here: framing decides it separately for each leg.
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -25,7 +26,7 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-MAX_REQUEST_ID_LENGTH = 200
+MAX_REQUEST_ID_LENGTH: Final = 200
 
 
 def list_tokens(values: list[bytes]) -> list[bytes]:
@@ -53,7 +54,13 @@ def end_to_end(
     """
     if not connection:
         return lines
-    nominated = frozenset(list_tokens(connection)) - HOP_BY_HOP - _NOT_NOMINABLE
+    # Usually Connection holds only options that are hop-by-hop anyway ("keep-alive", "close"):
+    # testing each token costs less than the two set differences it took (~1,800 instructions).
+    nominated = [
+        token
+        for token in list_tokens(connection)
+        if token not in HOP_BY_HOP and token not in _NOT_NOMINABLE
+    ]
     if not nominated:
         return lines
     return [line for line, low in zip(lines, names, strict=True) if low not in nominated]
@@ -61,12 +68,12 @@ def end_to_end(
 
 # "close" is an option, not a field; Host is required on every HTTP/1.1 request, so a
 # "Connection: host" cannot take it away from the app.
-_NOT_NOMINABLE = frozenset({b"close", b"host"})
+_NOT_NOMINABLE: Final = frozenset({b"close", b"host"})
 
 
 # RFC 3986 authority without userinfo: an IP-literal or a reg-name (unreserved, sub-delims,
 # pct-encoded), then an optional port of digits.
-_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
+_HOST: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
 
 
 def valid_host(value: bytes) -> bool:
@@ -80,25 +87,47 @@ def valid_request_id(value: bytes) -> bool:
     return 0 < len(value) <= MAX_REQUEST_ID_LENGTH and all(0x21 <= b <= 0x7E for b in value)
 
 
-_ENTROPY = bytearray()
+class _RequestIds:
+    """Random version-4 UUIDs, formatted, from random bytes drawn 4 KiB (256 ids) at a time.
+
+    One getrandom() and one ``hex()`` serve 256 ids; each id is then slices of that text with
+    the version and variant digits set. Several times cheaper than ``str(uuid.uuid4())``, and
+    about 2,000 instructions an id cheaper compiled than cutting 16 bytes off a ``bytearray``
+    and formatting them, which went through generic item and slice calls.
+    """
+
+    __slots__ = ("_hex", "_pos")
+
+    def __init__(self) -> None:
+        self._hex = ""
+        self._pos = 0
+
+    def new(self) -> str:
+        x = self._hex
+        i = self._pos
+        if i >= len(x):
+            x = self._hex = os.urandom(4096).hex()
+            i = 0
+        self._pos = i + 32
+        # RFC 9562 §5.4: version 4 in the 13th digit, variant 10xx in the 17th.
+        return (
+            f"{x[i : i + 8]}-{x[i + 8 : i + 12]}-4{x[i + 13 : i + 16]}-"
+            f"{_VARIANT[x[i + 16]]}{x[i + 17 : i + 20]}-{x[i + 20 : i + 32]}"
+        )
+
+
+# A random hex digit's low two bits under the variant's high ones (RFC 9562 §4.1).
+_VARIANT: Final = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+_REQUEST_IDS: Final = _RequestIds()
 
 
 def new_request_id() -> str:
-    """A random version-4 UUID, formatted.
-
-    Random bytes are drawn 4 KiB at a time, one getrandom() per 256 ids instead of one each;
-    with the hand formatting this is several times cheaper than ``str(uuid.uuid4())``.
-    """
-    if not _ENTROPY:
-        _ENTROPY.extend(os.urandom(4096))
-    h = _ENTROPY[-16:]
-    del _ENTROPY[-16:]
-    h[6] = (h[6] & 0x0F) | 0x40
-    h[8] = (h[8] & 0x3F) | 0x80
-    x = h.hex()
-    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+    """A random version-4 UUID, formatted."""
+    return _REQUEST_IDS.new()
 
 
 # Codings RFC 9112 registers; a request using one of them (other than a final chunked) is valid
 # HTTP that we do not implement (501), anything else is unknown (also 501, RFC 9112 §6.1).
-KNOWN_CODINGS = frozenset({b"chunked", b"gzip", b"x-gzip", b"deflate", b"compress", b"x-compress"})
+KNOWN_CODINGS: Final = frozenset(
+    {b"chunked", b"gzip", b"x-gzip", b"deflate", b"compress", b"x-compress"}
+)

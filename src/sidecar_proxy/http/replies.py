@@ -6,14 +6,17 @@ Rare-path code, so clarity over speed; the common status lines are still precomp
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import Final
 
-_STATUS_LINES = {s.value: b"HTTP/1.1 %d %b\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
+_STATUS_LINES: Final = {
+    s.value: b"HTTP/1.1 %d %b\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus
+}
 # The same lines keyed by (status, reason): apps nearly always send the standard phrase, and a
 # lookup is cheaper than formatting a status line for every response.
-_LINES_BY_REASON = {(s.value, s.phrase.encode()): _STATUS_LINES[s.value] for s in HTTPStatus}
+_LINES_BY_REASON: Final = {(s.value, s.phrase.encode()): _STATUS_LINES[s.value] for s in HTTPStatus}
 
 
-_BODILESS = frozenset({204, 304})
+_BODILESS: Final = frozenset({204, 304})
 
 
 def status_line(status: int, reason: bytes = b"") -> bytes:

@@ -44,9 +44,10 @@ import select
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from typing import Final
 
 FLUSH_INTERVAL = 0.05  # seconds between the owner's flush() calls
-FLUSH_BYTES = 64 * 1024  # write() flushes by itself once the batch is this big
+FLUSH_BYTES: Final = 64 * 1024  # write() flushes by itself once the batch is this big
 DEFAULT_MAX_BUFFER = 8 * 1024 * 1024
 _IOV_MAX = os.sysconf("SC_IOV_MAX")  # most buffers one writev() takes (1024 on Linux)
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
-_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
+_MILLIS: Final = tuple(f".{ms:03d}Z" for ms in range(1000))
 
 
 class UtcTimestamps:

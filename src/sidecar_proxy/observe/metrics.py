@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 import platform
 import time
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Final
@@ -53,7 +52,12 @@ from sidecar_proxy.tls.material import CertInfo
 
 # The seed's request-duration buckets, also used for the upstream response time so the two can
 # be compared bucket by bucket.
-BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Typed as a tuple of any length, and Final: mypyc keeps a fixed-length tuple of floats unboxed,
+# so every use as an object (bisect, a loop) built a fresh tuple of twelve boxed floats, and a
+# module global that is not Final is a dictionary lookup by name on every read.
+BUCKETS: Final[tuple[float, ...]] = (
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
+)  # fmt: skip
 
 # sidecar_circuit_breaker_transitions_total{to} values, indexed by the breaker state's
 # sidecar_circuit_breaker_state value (the seed's encoding: 0 closed, 1 open, 2 half-open).
@@ -87,7 +91,7 @@ prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # A bucket exposes only its latest exemplar, so attaching one on every traced request would be
 # wasted work; one per bucket per second is plenty.
-EXEMPLAR_INTERVAL = 1.0
+EXEMPLAR_INTERVAL: Final = 1.0
 # The "le" label values exactly as prometheus-client's own histograms write them ("1.0", "+Inf").
 _LE = [floatToGoString(b) for b in BUCKETS] + ["+Inf"]  # type: ignore[no-untyped-call]
 
@@ -107,6 +111,21 @@ _REUSED = (
 )
 
 
+def bucket_index(value: float) -> int:
+    """The first bucket whose bound is >= ``value`` (its "le" bucket), the +Inf one past them.
+
+    ``bisect.bisect_left`` does the same, but a call into it is a Python-level call comparing
+    boxed floats: ~750 instructions per observation against ~100 for this loop, which mypyc
+    compiles to C and which stops early, since most requests land in the first buckets.
+    """
+    i = 0
+    for bound in BUCKETS:
+        if value <= bound:
+            return i
+        i += 1
+    return i
+
+
 class HistogramSeries:
     """One histogram series: per-bucket counts, the sum, and rate-limited exemplars."""
 
@@ -120,7 +139,7 @@ class HistogramSeries:
 
     def observe(self, value: float, trace_id: str | None, now: float) -> None:
         """``trace_id`` is given only for traced requests; ``now`` is monotonic seconds."""
-        i = bisect_left(BUCKETS, value)  # first bound >= value: the "le" bucket
+        i = bucket_index(value)
         self.buckets[i] += 1
         self.sum += value
         if trace_id is not None and now - self._last[i] >= EXEMPLAR_INTERVAL:

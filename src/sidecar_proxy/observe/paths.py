@@ -15,27 +15,30 @@ under a scan of random paths while costing nothing in steady state.
 from __future__ import annotations
 
 import re
+from typing import Final
 
-ID = ":id"
-OTHER = "other"
+ID: Final = ":id"
+OTHER: Final = "other"
 
 # A label longer than this is junk (scanners, path-traversal probes); it would also bloat every
 # scrape and the label set held here, so it is reported as ``other``.
-_MAX_LABEL_CHARS = 256
+_MAX_LABEL_CHARS: Final = 256
 # Paths longer than this are normalised every time rather than cached, so the cache holds at most
 # _CACHE_SIZE short strings (a few MiB) even when every request has a huge random path.
-_MAX_CACHED_PATH_CHARS = 256
-_CACHE_SIZE = 10_000
+_MAX_CACHED_PATH_CHARS: Final = 256
+_CACHE_SIZE: Final = 10_000
 
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_HEX = re.compile(r"[0-9a-fA-F]{16,}")
+_UUID: Final = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
+_HEX: Final = re.compile(r"[0-9a-fA-F]{16,}")
 # base64 and base64url alphabets plus padding; the digit requirement keeps long ordinary words
 # ("internationalization") as they are.
-_TOKEN = re.compile(r"(?=[^0-9]*[0-9])[A-Za-z0-9+_=-]{20,}")
+_TOKEN: Final = re.compile(r"(?=[^0-9]*[0-9])[A-Za-z0-9+_=-]{20,}")
 
 # RFC 9110 section 9 plus PATCH (RFC 5789). Anything else is one ``OTHER`` value, so a client
 # inventing methods cannot create series.
-_STANDARD_METHODS = frozenset(
+_STANDARD_METHODS: Final = frozenset(
     ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 )
 

@@ -11,33 +11,38 @@ path, and slots make both construction and attribute stores measurably cheaper.
 
 from __future__ import annotations
 
-# Envoy-style response flags: short, greppable codes for what went wrong.
-UPSTREAM_CONNECT_FAILURE = "UF"  # the app refused or could not be reached
-UPSTREAM_RESET = "UC"  # the app closed or reset the connection before the response ended
-UPSTREAM_TIMEOUT = "UT"  # no response within the deadline (or a per-try timeout)
-UPSTREAM_PROTOCOL_ERROR = "UPE"  # the app sent a response we could not parse
-DOWNSTREAM_DISCONNECT = "DC"  # the client hung up before the response ended
-DOWNSTREAM_PROTOCOL_ERROR = "DPE"  # the client sent a request we rejected
-BREAKER_OPEN = "UH"  # the circuit breaker refused the request ("no healthy upstream")
-LOAD_SHED = "UO"  # too many requests in flight ("upstream overflow")
-RATE_LIMITED = "RL"  # over the local rate limit (429), Envoy's flag for its local rate limit
-RETRIES_EXHAUSTED = "URX"  # the last attempt failed too and retries ran out
-RETRY_BUDGET_EXHAUSTED = "RBX"  # a retry was wanted but the retry budget refused it
-DOWNSTREAM_TIMEOUT = "DT"  # the client was too slow sending the request
-LOCAL_REPLY = "LR"  # answered by the sidecar itself (health probe on the proxy port)
-HOOK_ANSWERED = "HA"  # the on_request hook answered with a Response of its own
-HOOK_FAILED = "HF"  # a hook raised or timed out (500/504 from on_request; on_response: unchanged)
-CLIENT_IDENTITY_DENIED = "CID"  # the client certificate's identity is not allowed in (403)
+from typing import Final
+
+# Envoy-style response flags: short, greppable codes for what went wrong. Every module constant
+# of the compiled packages that the data path reads is Final: mypyc then compiles a read to the
+# constant itself, where a plain module global is a dictionary lookup by name on every read.
+UPSTREAM_CONNECT_FAILURE: Final = "UF"  # the app refused or could not be reached
+UPSTREAM_RESET: Final = "UC"  # the app closed or reset the connection before the response ended
+UPSTREAM_TIMEOUT: Final = "UT"  # no response within the deadline (or a per-try timeout)
+UPSTREAM_PROTOCOL_ERROR: Final = "UPE"  # the app sent a response we could not parse
+DOWNSTREAM_DISCONNECT: Final = "DC"  # the client hung up before the response ended
+DOWNSTREAM_PROTOCOL_ERROR: Final = "DPE"  # the client sent a request we rejected
+BREAKER_OPEN: Final = "UH"  # the circuit breaker refused the request ("no healthy upstream")
+LOAD_SHED: Final = "UO"  # too many requests in flight ("upstream overflow")
+RATE_LIMITED: Final = "RL"  # over the local rate limit (429), Envoy's flag for its local rate limit
+RETRIES_EXHAUSTED: Final = "URX"  # the last attempt failed too and retries ran out
+RETRY_BUDGET_EXHAUSTED: Final = "RBX"  # a retry was wanted but the retry budget refused it
+DOWNSTREAM_TIMEOUT: Final = "DT"  # the client was too slow sending the request
+LOCAL_REPLY: Final = "LR"  # answered by the sidecar itself (health probe on the proxy port)
+HOOK_ANSWERED: Final = "HA"  # the on_request hook answered with a Response of its own
+# a hook raised or timed out (500/504 from on_request; on_response: unchanged)
+HOOK_FAILED: Final = "HF"
+CLIENT_IDENTITY_DENIED: Final = "CID"  # the client certificate's identity is not allowed in (403)
 
 # Label values of sidecar_upstream_errors_total{type}. The first three are the seed's.
-ERR_CONNECTION = "connection_error"
-ERR_5XX = "5xx_error"
-ERR_CIRCUIT_OPEN = "circuit_open"
-ERR_TIMEOUT = "timeout"
-ERR_RESET = "reset"
-ERR_PROTOCOL = "protocol_error"
+ERR_CONNECTION: Final = "connection_error"
+ERR_5XX: Final = "5xx_error"
+ERR_CIRCUIT_OPEN: Final = "circuit_open"
+ERR_TIMEOUT: Final = "timeout"
+ERR_RESET: Final = "reset"
+ERR_PROTOCOL: Final = "protocol_error"
 
-STATUS_CLIENT_CLOSED = 499  # nginx's convention for "the client went away first"
+STATUS_CLIENT_CLOSED: Final = 499  # nginx's convention for "the client went away first"
 
 # gRPC status codes by number (grpc/grpc doc/statuscodes.md): the grpc_status label values and
 # the names GRPC_RETRY_ON and GRPC_FAILURE_STATUSES take.

@@ -46,6 +46,8 @@ miss, a client sending the same value in both, merely loses an exemplar).
 
 from __future__ import annotations
 
+from typing import Final
+
 import orjson
 from prometheus_client import Counter
 
@@ -67,7 +69,19 @@ from sidecar_proxy.observe.record import (
     Record,
 )
 
-_LOG_OPTIONS = orjson.OPT_APPEND_NEWLINE
+_LOG_OPTIONS: Final = orjson.OPT_APPEND_NEWLINE
+_dumps: Final = orjson.dumps  # bound once: a module attribute read is a lookup by name per call
+
+
+def millis(seconds: float) -> float:
+    """``seconds`` (>= 0) in milliseconds to three decimals: ``round(seconds * 1000.0, 3)``.
+
+    ``round`` with digits goes through a decimal string (dtoa) and back: ~2,300 instructions a
+    call, two per request. Rounding to whole microseconds and dividing costs a few dozen, and
+    gives the same float: ``k / 1000.0`` is the double nearest to k/1000, as round's result is.
+    They can differ only on a tie to the nanosecond, which a measured duration never is exactly.
+    """
+    return int(seconds * 1_000_000.0 + 0.5) / 1000.0
 
 
 class Recorder:
@@ -169,8 +183,8 @@ class Recorder:
             "protocol": ex.protocol,
             "query": ex.has_query,
             "status": status,
-            "duration_ms": round(duration * 1000.0, 3),
-            "upstream_ttfb_ms": None if ttfb is None else round(ttfb * 1000.0, 3),
+            "duration_ms": millis(duration),
+            "upstream_ttfb_ms": None if ttfb is None else millis(ttfb),
             "bytes_in": ex.bytes_in,
             "bytes_out": ex.bytes_out,
             "request_id": ex.request_id,
@@ -187,7 +201,7 @@ class Recorder:
             entry["grpc_service"] = service
             entry["grpc_method"] = grpc_method
             entry["grpc_status"] = ex.grpc_status
-        access_log.write(orjson.dumps(entry, option=_LOG_OPTIONS))
+        access_log.write(_dumps(entry, option=_LOG_OPTIONS))
 
     def _grpc_call(self, ex: Record, duration: float) -> None:
         code = ex.grpc_status

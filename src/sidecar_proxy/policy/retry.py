@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Final
 
 from sidecar_proxy.policy.backoff import Backoff
 from sidecar_proxy.policy.interfaces import Budget
 
-IDEMPOTENT_METHODS: frozenset[str] = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+IDEMPOTENT_METHODS: Final[frozenset[str]] = frozenset(
+    {"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"}
+)
 """RFC 9110 §9.2.2. Method names are case-sensitive (§9.1), so ``get`` is not among them."""
 
 

@@ -78,14 +78,14 @@ _PAUSE_STASHED: Final = 16  # bytes of an earlier read are held back unparsed; t
 # turn is bounded by the one before it).
 _HELD_BY_US: Final = _PAUSE_FOR_APP | _PAUSE_PIPELINE
 
-_SLICE = 4096  # how much of a large read is parsed at a time outside a body
+_SLICE: Final = 4096  # how much of a large read is parsed at a time outside a body
 
 # Lingering close: how long, and how much, a closing connection keeps reading and discarding.
 _LINGER_SECONDS = 2.0
 _LINGER_BYTES = 8 * 1024 * 1024
 
-_SUPPORTED_VERSIONS = frozenset({"1.0", "1.1"})
-_FORBIDDEN = (403, "the client certificate's identity is not allowed")
+_SUPPORTED_VERSIONS: Final = frozenset({"1.0", "1.1"})
+_FORBIDDEN: Final = (403, "the client certificate's identity is not allowed")
 
 
 class ClientState(enum.IntEnum):
@@ -134,6 +134,8 @@ class H1ClientConnection(asyncio.Protocol):
         "_last_body",
         "_linger_left",
         "_linger_until",
+        "_max_header_bytes",
+        "_max_header_count",
         "_out",
         "_overhead",
         "_parser",
@@ -185,6 +187,9 @@ class H1ClientConnection(asyncio.Protocol):
         self._linger_left = 0
         self._last_body = 0.0
         self._deadline = 0.0  # when the current wait (IDLE or HEAD) runs out
+        # the current head's limits, from the settings when it began (see on_message_begin)
+        self._max_header_bytes = ctx.settings.max_header_bytes
+        self._max_header_count = ctx.settings.max_header_count
         # the response being written, for the exchange at the head of the queue
         self._out: list[bytes] = []
         self._chunked_out = False
@@ -379,7 +384,12 @@ class H1ClientConnection(asyncio.Protocol):
         self.cur = RequestHead()
         self._state = HEAD
         self._head_bytes = 0
-        self._deadline = self.ctx.loop.time() + self.ctx.settings.client_header_timeout
+        s = self.ctx.settings
+        self._deadline = self.ctx.loop.time() + s.client_header_timeout
+        # Read once per request, not once per field: Settings is not a compiled class, so each
+        # read of it is a Python attribute lookup (two per field cost ~400 instructions).
+        self._max_header_bytes = s.max_header_bytes
+        self._max_header_count = s.max_header_count
 
     def on_url(self, url: bytes) -> None:
         cur = self.cur
@@ -392,21 +402,20 @@ class H1ClientConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         cur = self.cur
-        s = self.ctx.settings
         if cur is None:  # a trailer field after a chunked body: bounded like the header section
             if self.parsing is not None:
                 self._head_bytes += len(name) + len(value) + 4
-                if self._head_bytes > s.max_header_bytes:
+                if self._head_bytes > self._max_header_bytes:
                     raise _Reject(431, "request trailer section too large")
-                if len(self._trailers) >= s.max_header_count:
+                if len(self._trailers) >= self._max_header_count:
                     raise _Reject(431, "too many request trailer fields")
                 self._trailers.append((name, value))
             return
         cur.header_bytes += len(name) + len(value) + 4
-        if cur.header_bytes > s.max_header_bytes:
+        if cur.header_bytes > self._max_header_bytes:
             raise _Reject(431, "request header section too large")
         cur.header_count += 1
-        if cur.header_count > s.max_header_count:
+        if cur.header_count > self._max_header_count:
             raise _Reject(431, "too many request header fields")
         low = name.lower()
         kind = REQUEST_FIELDS.get(low)
@@ -540,8 +549,7 @@ class H1ClientConnection(asyncio.Protocol):
             elif cur.upgrade.lower().startswith(b"h2c"):
                 cur.upgrade = b""  # no HTTP/2 towards the app; answer over HTTP/1.1
         target = cur.target
-        # find(), not ``in``, which formats and drops a TypeError first (see h2/heads.py)
-        if target.find(b"#") >= 0:
+        if target.find(b"#") >= 0:  # not ``in``: see h2/heads.py, _check_fields
             return 400, "a request target has no fragment"  # RFC 9112 §3.2: servers disagree
         if target == b"*":
             if cur.method != b"OPTIONS":
