@@ -125,6 +125,34 @@ def test_a_killed_worker_is_restarted_and_its_counts_are_kept(app: Upstream) -> 
         assert pod.total("sidecar_requests_total") == before + 10
         (exited,) = [e for e in pod.log() if e["message"] == "worker exited, restarting"]
         assert exited["signal"] == "SIGKILL" and 0 <= exited["restart_in_s"] <= 0.1
+        assert exited["reason"] == "exited"
+        assert pod.total("sidecar_worker_restarts_total", reason="exited") == 1.0
+        assert pod.total("sidecar_worker_restarts_total", reason="hung") == 0.0
+
+
+def test_a_worker_whose_loop_stopped_is_killed_and_replaced(app: Upstream) -> None:
+    timeout = 2.0
+    with run_pod(app.port, {"WORKER_HEARTBEAT_TIMEOUT": f"{timeout:g}s"}) as pod:
+        time.sleep(3 * timeout)  # beating workers are left alone, however long they idle
+        assert pod.total("sidecar_worker_restarts_total") == 0.0
+        victim, survivor = pod.workers()
+        os.kill(victim, signal.SIGSTOP)  # alive, its loop frozen: what a blocking hook does
+        stopped = time.monotonic()
+        assert wait_for(lambda: victim not in pod.workers(), 4 * timeout, step=0.02)
+        assert time.monotonic() - stopped >= timeout - 0.5  # not before its beat grew old
+        assert wait_for(lambda: len(pod.workers()) == 2 and pod.ready() == 200, 10)
+        assert survivor in pod.workers()
+        # New connections, hashed over both sockets: each is answered, the stopped worker's
+        # socket by its replacement.
+        for _ in range(16):
+            assert get(pod.port, "/items/1").status == 200
+        log = pod.log()
+        (hung,) = [e for e in log if e["message"] == "worker hung, killing it"]
+        assert hung["pid"] == victim and hung["silent_s"] > timeout
+        (exited,) = [e for e in log if e["message"] == "worker exited, restarting"]
+        assert exited["reason"] == "hung" and exited["signal"] == "SIGKILL"
+        assert pod.total("sidecar_worker_restarts_total", reason="hung") == 1.0
+        assert pod.total("sidecar_worker_restarts_total", reason="exited") == 0.0
 
 
 def test_sigterm_drains_every_worker_with_traffic_on_each(app: Upstream) -> None:
@@ -203,6 +231,55 @@ def test_access_log_lines_from_both_workers_never_interleave(app: Upstream) -> N
     entries = [json.loads(line) for line in lines]  # every line is one whole JSON object
     assert [e["path"] for e in entries].count("/log") == 200
     assert all(e["user_agent"] == agent for e in entries if e["path"] == "/log")
+
+
+def test_long_error_log_lines_from_every_process_never_interleave(
+    app: Upstream, tmp_path: Path
+) -> None:
+    # Each line is longer than the pipe holds (64 KiB), so every write of one goes in pieces
+    # as the reader drains it: without a pod-wide lock, another worker's line lands between.
+    hooks = tmp_path / "hooks.py"
+    hooks.write_text(
+        "import logging\n"
+        "def on_request(request):\n"
+        '    logging.getLogger("hooks").warning("long", extra={"pad": "y" * 100_000})\n'
+    )
+    read_fd, write_fd = os.pipe()
+    lines: list[bytes] = []
+
+    def drain() -> None:
+        with os.fdopen(read_fd, "rb") as pipe:
+            lines.extend(pipe.read().splitlines())
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        with run_pod(app.port, {**PER_WORKER, "HOOKS": str(hooks)}, stderr_to=write_fd) as pod:
+            os.close(write_fd)
+            conns = pod.connections_by_worker(each=3)
+
+            def client(sock: socket.socket) -> None:
+                for _ in range(10):
+                    assert send(sock, "/log") == 200
+
+            threads = [
+                threading.Thread(target=client, args=(sock,))
+                for socks in conns.values()
+                for sock in socks
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+            requests = pod.total("sidecar_requests_total")  # each logged one long line
+            pod.proc.send_signal(signal.SIGTERM)
+            assert pod.proc.wait(10) == 0
+    finally:
+        reader.join(10)
+    entries = [json.loads(line) for line in lines]  # every line is one whole JSON object
+    long = [e for e in entries if e["message"] == "long"]
+    assert len(long) == requests and all(e["pad"] == "y" * 100_000 for e in long)
+    assert {e["worker"] for e in long} == {0, 1}
 
 
 def test_a_reload_reaches_every_worker_and_is_counted_once(app: Upstream, tmp_path: Path) -> None:
