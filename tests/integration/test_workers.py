@@ -169,7 +169,7 @@ def test_a_worker_whose_loop_stopped_is_killed_and_replaced(app: Upstream) -> No
         for _ in range(16):
             assert get(pod.port, "/items/1").status == 200
         log = pod.log()
-        (hung,) = [e for e in log if e["message"] == "worker hung, killing it"]
+        (hung,) = [e for e in log if e["message"] == "worker hung, killed it"]
         assert hung["pid"] == victim and hung["silent_s"] > timeout
         (exited,) = [e for e in log if e["message"] == "worker exited, restarting"]
         assert exited["reason"] == "hung" and exited["signal"] == "SIGKILL"

@@ -21,10 +21,12 @@ stores the state back, all under one pod-wide lock. The common calls never take 
 * Retry budget. A deposit (every request) adds 1 to this worker's own counter in the region, a
   plain store only this worker makes. A withdrawal (a retry) takes the lock, books every
   worker's deposits made since the last booking into the shared ring, and asks the budget. The
-  parent books them every :data:`BOOK_INTERVAL` as well, so a deposit is booked at most that
-  late; it then expires at most that much later than in one process. The error bound: the pod
-  may grant at most ``ratio`` times the requests of one ``BOOK_INTERVAL`` more than the
-  single-process rule; it never refuses a retry the rule would grant.
+  parent books them every :data:`BOOK_INTERVAL` as well (a round that finds the lock taken is
+  skipped rather than waited for: see :meth:`SharedRetryBudget.book`), so a deposit is booked
+  at most that late, twice that after a skipped round; it then expires that much later than in
+  one process. The error bound: the pod may grant at most ``ratio`` times the requests of one
+  ``BOOK_INTERVAL`` (two, after a skipped round) more than the single-process rule; it never
+  refuses a retry the rule would grant.
 * In-flight limit. Each worker counts its own requests in flight in its own word; a worker
   admits a request when the sum over all workers is under the limit. The check and the
   increment are two steps, so workers admitting at the same instant can each pass one check
@@ -57,6 +59,7 @@ the breaker is half-open, frees the probe slots (the dead worker's probes will n
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import mmap
 import os
@@ -123,6 +126,20 @@ class PodLock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self.release()
+
+    def try_acquire(self) -> bool:
+        """Take the lock if no one holds it; ``False`` at once if someone does. A ``True``
+        must be followed by :meth:`release`."""
+        try:
+            fcntl.fcntl(self._fd, fcntl.F_OFD_SETLK, self._lock)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                return False
+            raise
+        return True
+
+    def release(self) -> None:
         fcntl.fcntl(self._fd, fcntl.F_OFD_SETLK, self._unlock)
 
     def close(self) -> None:
@@ -357,24 +374,38 @@ class SharedRetryBudget:
         return self._locked(self._budget.try_withdraw)
 
     def book(self) -> None:
-        """Book the deposits the workers made since the last booking (the parent's timer)."""
-        self._locked(_nothing)
+        """Book the deposits the workers made since the last booking (the parent's timer).
+
+        Skipped while someone else holds the lock: the parent's loop must never wait for it.
+        A worker stopped while holding it (SIGSTOP) would otherwise stop the parent too, and
+        with it the heartbeat watch that kills that worker and so frees the lock. A skipped
+        round is booked by the next one, or by the holder's own withdrawal."""
+        lock = self._memory.policy_lock
+        if lock.try_acquire():
+            try:
+                self._booked(_nothing)
+            finally:
+                lock.release()
 
     def _locked(self, call: Callable[[], T]) -> T:
+        with self._memory.policy_lock:
+            return self._booked(call)
+
+    def _booked(self, call: Callable[[], T]) -> T:
+        """``call`` on the region's budget, with every deposit booked; under the lock."""
         memory = self._memory
         budget = self._budget
-        with memory.policy_lock:
-            budget.import_fields(tuple(memory.budget))
-            requests = 0
-            deposited, booked = memory.deposited, memory.booked
-            for worker in range(memory.workers):
-                made = deposited[worker]  # read once: the worker may add to it meanwhile
-                requests += made - booked[worker]
-                booked[worker] = made
-            if requests:
-                budget.deposit(requests)
-            result = call()
-            memory.budget[:] = array("q", budget.export_fields())
+        budget.import_fields(tuple(memory.budget))
+        requests = 0
+        deposited, booked = memory.deposited, memory.booked
+        for worker in range(memory.workers):
+            made = deposited[worker]  # read once: the worker may add to it meanwhile
+            requests += made - booked[worker]
+            booked[worker] = made
+        if requests:
+            budget.deposit(requests)
+        result = call()
+        memory.budget[:] = array("q", budget.export_fields())
         return result
 
 

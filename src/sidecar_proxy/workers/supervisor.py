@@ -29,8 +29,8 @@ A worker that is alive but whose event loop has stopped running (a hook that blo
 loop, a SIGSTOP) serves nothing, and the connections the kernel hands its socket wait. Each
 worker's loop stamps a heartbeat in the shared memory; when one is older than
 ``WORKER_HEARTBEAT_TIMEOUT`` (:class:`~sidecar_proxy.policy.liveness.HangWatch`), the parent
-logs it, kills the worker with SIGKILL (the one signal a stuck or stopped process cannot ignore
-or postpone) and restarts it as it restarts one that exited. During a drain it is killed and
+kills the worker with SIGKILL (the one signal a stuck or stopped process cannot ignore or
+postpone), logs it, and restarts it as it restarts one that exited. During a drain it is killed and
 not replaced: a stuck worker would never finish draining. ``sidecar_worker_restarts_total``
 counts the restarts by reason.
 
@@ -243,11 +243,13 @@ class _Worker:
         if self.hung or self._process is None:
             return
         self.hung = True
+        # Killed before the line is logged: a worker stopped in the middle of its own write to
+        # stderr holds the pod's stderr lock until it dies.
+        self.signal(signal.SIGKILL)
         log.error(
-            "worker hung, killing it",
+            "worker hung, killed it",
             extra={"worker": self.index, "pid": self._process.pid, "silent_s": round(silent, 3)},
         )
-        self.signal(signal.SIGKILL)
 
     async def _run_once(self) -> int:
         """Start the worker's process, serve its channel until it ends; its exit status."""
