@@ -51,6 +51,7 @@ METRICS: dict[str, Exported] = {
     "sidecar_access_log_dropped_total": _m("counter"),
     "sidecar_app_ready": _m("gauge"),
     "sidecar_config_reloads_total": _m("counter", "result"),
+    "sidecar_worker_restarts_total": _m("counter", "reason"),
     "sidecar_build_info": _m("gauge", "version", "python", "compiled"),
     "sidecar_tls_handshake_errors_total": _m("counter", "reason"),
     "sidecar_tls_certificate_expiry_timestamp_seconds": _m("gauge", "file"),

@@ -253,6 +253,10 @@ def test_check_config_missing_file(tmp_path: Path) -> None:
     [
         ({"REQUEST_TIMEOUT": "-5s"}, ["REQUEST_TIMEOUT='-5s'", "must not be negative"]),
         ({"WORKERS": "0", "REQUEST_TIMEOUT": "5s"}, ["WORKERS='0'", "auto or an integer"]),
+        (
+            {"WORKERS": "2", "WORKER_HEARTBEAT_TIMEOUT": "1s"},
+            ["WORKER_HEARTBEAT_TIMEOUT='1s'", "must be 0 (off) or at least 2s"],
+        ),
     ],
 )
 def test_run_and_demo_with_bad_value_exit_2_without_starting(

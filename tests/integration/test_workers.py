@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -14,7 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.calls import build
 from support.client import connect, get, read_responses
+from support.misbehave import reset
 from support.pod import alive, run_pod, wait_for
 from support.tls import client_context, make_pki, tls_get
 from support.upstream import Received, Upstream, response, upstream_thread
@@ -36,6 +39,25 @@ def app() -> Iterator[Upstream]:
 
     with upstream_thread(handle) as up:
         yield up
+
+
+@contextlib.contextmanager
+def read_pipe() -> Iterator[tuple[int, list[bytes]]]:
+    """A pipe for a pod's output: its write end (the test closes its own copy once the pod has
+    it), and the lines read from it, whole once every writer has closed it."""
+    read_fd, write_fd = os.pipe()
+    lines: list[bytes] = []
+
+    def drain() -> None:
+        with os.fdopen(read_fd, "rb") as pipe:
+            lines.extend(pipe.read().splitlines())
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        yield write_fd, lines
+    finally:
+        reader.join(10)
 
 
 def send(sock: socket.socket, path: str) -> int:
@@ -125,6 +147,34 @@ def test_a_killed_worker_is_restarted_and_its_counts_are_kept(app: Upstream) -> 
         assert pod.total("sidecar_requests_total") == before + 10
         (exited,) = [e for e in pod.log() if e["message"] == "worker exited, restarting"]
         assert exited["signal"] == "SIGKILL" and 0 <= exited["restart_in_s"] <= 0.1
+        assert exited["reason"] == "exited"
+        assert pod.total("sidecar_worker_restarts_total", reason="exited") == 1.0
+        assert pod.total("sidecar_worker_restarts_total", reason="hung") == 0.0
+
+
+def test_a_worker_whose_loop_stopped_is_killed_and_replaced(app: Upstream) -> None:
+    timeout = 2.0
+    with run_pod(app.port, {"WORKER_HEARTBEAT_TIMEOUT": f"{timeout:g}s"}) as pod:
+        time.sleep(3 * timeout)  # beating workers are left alone, however long they idle
+        assert pod.total("sidecar_worker_restarts_total") == 0.0
+        victim, survivor = pod.workers()
+        os.kill(victim, signal.SIGSTOP)  # alive, its loop frozen: what a blocking hook does
+        stopped = time.monotonic()
+        assert wait_for(lambda: victim not in pod.workers(), 4 * timeout, step=0.02)
+        assert time.monotonic() - stopped >= timeout - 0.5  # not before its beat grew old
+        assert wait_for(lambda: len(pod.workers()) == 2 and pod.ready() == 200, 10)
+        assert survivor in pod.workers()
+        # New connections, hashed over both sockets: each is answered, the stopped worker's
+        # socket by its replacement.
+        for _ in range(16):
+            assert get(pod.port, "/items/1").status == 200
+        log = pod.log()
+        (hung,) = [e for e in log if e["message"] == "worker hung, killed it"]
+        assert hung["pid"] == victim and hung["silent_s"] > timeout
+        (exited,) = [e for e in log if e["message"] == "worker exited, restarting"]
+        assert exited["reason"] == "hung" and exited["signal"] == "SIGKILL"
+        assert pod.total("sidecar_worker_restarts_total", reason="hung") == 1.0
+        assert pod.total("sidecar_worker_restarts_total", reason="exited") == 0.0
 
 
 def test_sigterm_drains_every_worker_with_traffic_on_each(app: Upstream) -> None:
@@ -169,40 +219,125 @@ def test_workers_do_not_outlive_a_killed_parent(app: Upstream) -> None:
 
 def test_access_log_lines_from_both_workers_never_interleave(app: Upstream) -> None:
     # Lines longer than PIPE_BUF (4 KiB), from many connections on both workers, into one pipe.
-    read_fd, write_fd = os.pipe()
-    lines: list[bytes] = []
-
-    def drain() -> None:
-        with os.fdopen(read_fd, "rb") as pipe:
-            lines.extend(pipe.read().splitlines())
-
-    reader = threading.Thread(target=drain)
-    reader.start()
     agent = "x" * 6000
-    try:
-        with run_pod(app.port, {"ACCESS_LOG": "true"}, stdout=write_fd) as pod:
-            os.close(write_fd)
+    with (
+        read_pipe() as (write_fd, lines),
+        run_pod(app.port, {"ACCESS_LOG": "true"}, stdout=write_fd) as pod,
+    ):
+        os.close(write_fd)
 
-            def client() -> None:
-                with connect(pod.port) as sock:
-                    for _ in range(25):
-                        sock.sendall(
-                            f"GET /log HTTP/1.1\r\nHost: t\r\nUser-Agent: {agent}\r\n\r\n".encode()
-                        )
-                        read_responses(sock, 1)
+        def client() -> None:
+            with connect(pod.port) as sock:
+                for _ in range(25):
+                    sock.sendall(
+                        f"GET /log HTTP/1.1\r\nHost: t\r\nUser-Agent: {agent}\r\n\r\n".encode()
+                    )
+                    read_responses(sock, 1)
 
-            threads = [threading.Thread(target=client) for _ in range(8)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(30)
-            pod.proc.send_signal(signal.SIGTERM)
-            assert pod.proc.wait(10) == 0
-    finally:
-        reader.join(10)
+        threads = [threading.Thread(target=client) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        pod.proc.send_signal(signal.SIGTERM)
+        assert pod.proc.wait(10) == 0
     entries = [json.loads(line) for line in lines]  # every line is one whole JSON object
     assert [e["path"] for e in entries].count("/log") == 200
     assert all(e["user_agent"] == agent for e in entries if e["path"] == "/log")
+
+
+def test_long_error_log_lines_from_every_process_never_interleave(
+    app: Upstream, tmp_path: Path
+) -> None:
+    # Each line is longer than the pipe holds (64 KiB), so every write of one goes in pieces
+    # as the reader drains it: without a pod-wide lock, another worker's line lands between.
+    hooks = tmp_path / "hooks.py"
+    hooks.write_text(
+        "import logging\n"
+        "def on_request(request):\n"
+        '    logging.getLogger("hooks").warning("long", extra={"pad": "y" * 100_000})\n'
+    )
+    with (
+        read_pipe() as (write_fd, lines),
+        run_pod(app.port, {**PER_WORKER, "HOOKS": str(hooks)}, stderr_to=write_fd) as pod,
+    ):
+        os.close(write_fd)
+        conns = pod.connections_by_worker(each=3)
+
+        def client(sock: socket.socket) -> None:
+            for _ in range(10):
+                assert send(sock, "/log") == 200
+
+        threads = [
+            threading.Thread(target=client, args=(sock,))
+            for socks in conns.values()
+            for sock in socks
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        requests = pod.total("sidecar_requests_total")  # each logged one long line
+        pod.proc.send_signal(signal.SIGTERM)
+        assert pod.proc.wait(10) == 0
+    entries = [json.loads(line) for line in lines]  # every line is one whole JSON object
+    long = [e for e in entries if e["message"] == "long"]
+    assert len(long) == requests and all(e["pad"] == "y" * 100_000 for e in long)
+    assert {e["worker"] for e in long} == {0, 1}
+
+
+def test_the_spool_total_bounds_both_workers_together(tmp_path: Path) -> None:
+    # Two 200 KiB PUTs, one on each worker, each spooled (RETRY_SPOOL_LIMIT) while it streams.
+    # The app holds both first attempts until it has both bodies, then resets them: a request
+    # whose copy is whole is retried (200), one whose copy was dropped is not (502). Under a
+    # total of 300 KiB for the pod only one copy fits; a total per worker would fit both.
+    bodies = [bytes([n]) * (200 * 1024) for n in (1, 2)]
+    first_attempts: list[bytes] = []
+    both_arrived = asyncio.Event()
+
+    async def handle(req: Received, w: asyncio.StreamWriter) -> None:
+        if req.method != "PUT":
+            w.write(response(200, b"fine"))
+        elif req.body in first_attempts:
+            w.write(response(200, b"replayed"))
+        else:
+            first_attempts.append(req.body)
+            if len(first_attempts) == len(bodies):
+                both_arrived.set()
+            await asyncio.wait_for(both_arrived.wait(), 10)
+            await reset(req, w)
+
+    env = {
+        **PER_WORKER,
+        "RETRY_SPOOL_LIMIT": "256KiB",
+        "RETRY_SPOOL_MAX_TOTAL": "300KiB",
+        "RETRY_SPOOL_DIR": str(tmp_path),
+    }
+    with upstream_thread(handle) as up, run_pod(up.port, env) as pod:
+        conns = pod.connections_by_worker(each=1)
+        statuses: list[int] = []
+
+        def upload(sock: socket.socket, body: bytes) -> None:
+            sock.sendall(build("PUT", "/objects/1", body))
+            (resp,), _ = read_responses(sock, 1, 20)
+            statuses.append(resp.status)
+
+        threads = [
+            threading.Thread(target=upload, args=(socks[0], body))
+            for socks, body in zip(conns.values(), bodies, strict=True)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert sorted(statuses) == [200, 502]
+        assert sorted(first_attempts) == bodies
+        # Both copies went with their requests: the whole total is free again, on each worker
+        # (the app resets each new body's first attempt at once now). New connections: the one
+        # answered 502 was closed.
+        for n, socks in enumerate(pod.connections_by_worker(each=1).values(), start=3):
+            upload(socks[0], bytes([n]) * (200 * 1024))
+        assert statuses[2:] == [200, 200]
 
 
 def test_a_reload_reaches_every_worker_and_is_counted_once(app: Upstream, tmp_path: Path) -> None:

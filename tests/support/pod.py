@@ -122,12 +122,17 @@ def run_pod(
     stdout: int | None = None,
     workers: int = 2,
     started: str = "/ready",
+    *,
+    stderr_to: int | None = None,
 ) -> Iterator[Pod]:
     """``sidecar-proxy run`` with ``WORKERS=workers``, once ``started`` (an admin path) answers
-    200: ``/ready`` means every worker serves; killed, workers and all, on the way out."""
+    200: ``/ready`` means every worker serves; killed, workers and all, on the way out.
+    ``stderr_to``: a descriptor for its stderr instead of the file :meth:`Pod.log` reads."""
     with tempfile.TemporaryDirectory(prefix="pod-") as tmp:
         stderr = Path(tmp) / "stderr"
-        pod = _start(upstream_port, env, stdout, workers, stderr, started=started)
+        pod = _start(
+            upstream_port, env, stdout, workers, stderr, started=started, stderr_to=stderr_to
+        )
         try:
             yield pod
         finally:
@@ -150,6 +155,7 @@ def _start(
     stderr: Path,
     *,
     started: str,
+    stderr_to: int | None,
 ) -> Pod:
     for _ in range(3):  # a port found free may be taken before the parent binds it
         port, admin = free_port(), free_port()
@@ -159,7 +165,7 @@ def _start(
                 [COMMAND, "run"],
                 env=sidecar_env(port, admin, upstream_port, settings),
                 stdout=stdout if stdout is not None else subprocess.DEVNULL,
-                stderr=err,
+                stderr=err if stderr_to is None else stderr_to,
             )
         pod = Pod(proc, port, admin, stderr)
         deadline = time.monotonic() + 20

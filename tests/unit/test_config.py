@@ -670,3 +670,12 @@ def test_a_spool_that_could_never_be_used(tmp_path: Path) -> None:
     )
     assert "expected a size" in error(env={"RETRY_SPOOL_MAX_TOTAL": "0"})
     assert "expected a directory path" in error(env={"RETRY_SPOOL_DIR": "bad\x01dir"})
+
+
+def test_worker_heartbeat_timeout_is_off_or_at_least_four_heartbeats() -> None:
+    assert load().settings.worker_heartbeat_timeout == 10.0
+    assert load(env={"WORKER_HEARTBEAT_TIMEOUT": "0"}).settings.worker_heartbeat_timeout == 0.0
+    assert load(env={"WORKER_HEARTBEAT_TIMEOUT": "2s"}).settings.worker_heartbeat_timeout == 2.0
+    assert error(env={"WORKER_HEARTBEAT_TIMEOUT": "1500ms"}) == (
+        "WORKER_HEARTBEAT_TIMEOUT='1500ms': worker_heartbeat_timeout must be 0 (off) or at least 2s"
+    )

@@ -60,9 +60,10 @@ def test_what_a_restart_needs_is_what_the_running_proxy_cannot_rebuild() -> None
         "h2_max_reset_rate",
         "h2_max_control_frame_rate",
         "h2_send_stall_timeout",
-        # the process tree and the pod's /metrics view are built once
+        # the process tree, the pod's /metrics view and its heartbeat watch are built once
         "workers",
         "metrics_per_worker",
+        "worker_heartbeat_timeout",
         # TLS: the files' contents reload by themselves (tls/reload.py); which files, and the
         # policy built around them, are read once
         "tls_cert_file",

@@ -90,6 +90,37 @@ def test_warnings_are_logged_as_json(capsys: pytest.CaptureFixture[str]) -> None
     assert "careful" in str(entry["message"])
 
 
+class Exclusive:
+    """A lock that records what was written to stderr while it was held."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
+        self._capsys = capsys
+        self.held = False
+        self.written_inside: list[str] = []
+
+    def __enter__(self) -> None:
+        assert not self.held
+        self.held = True
+
+    def __exit__(self, *exc: object) -> None:
+        self.written_inside.append(self._capsys.readouterr().err)
+        self.held = False
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_with_an_exclusive_lock_each_line_is_written_whole_while_it_is_held(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    exclusive = Exclusive(capsys)
+    configure_logging("info", exclusive=exclusive)
+    log = logging.getLogger("sidecar_proxy.x")
+    log.warning("long " + "x" * 10_000)
+    log.warning("short")
+    assert not exclusive.held and capsys.readouterr().err == ""  # nothing written outside it
+    lines = [orjson.loads(text) for text in exclusive.written_inside]  # one whole line each
+    assert [entry["message"][:5] for entry in lines] == ["long ", "short"]
+
+
 def test_unknown_level_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown log level"):
         configure_logging("loud")

@@ -159,6 +159,7 @@ def test_exactly_the_documented_metrics(metrics: Metrics) -> None:
         "sidecar_access_log_dropped": "counter",
         "sidecar_app_ready": "gauge",
         "sidecar_config_reloads": "counter",
+        "sidecar_worker_restarts": "counter",
         "sidecar_build_info": "gauge",
         "sidecar_tls_handshake_errors": "counter",
         "sidecar_tls_certificate_expiry_timestamp_seconds": "gauge",

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from support.fakeclock import FakeClock
 
+from sidecar_proxy.policy.allowance import Allowance
 from sidecar_proxy.replay.spool import WARN_INTERVAL, Spool, SpoolArea, open_unlinked
 
 KIB = 1024
@@ -30,7 +31,12 @@ class Area:
         self.clock = FakeClock(0.0)
         self.errors: list[OSError] = []
         self.area = SpoolArea(
-            str(directory), limit, max_total, self.clock, self.errors.append, open_file=open_file
+            str(directory),
+            limit,
+            Allowance(max_total),
+            self.clock,
+            self.errors.append,
+            open_file=open_file,
         )
 
     def start(self, *held: bytes) -> Spool:
@@ -158,4 +164,4 @@ def test_a_failed_read_drops_the_copy(tmp_path: Path, fds: list[int]) -> None:
 @pytest.mark.parametrize(("limit", "max_total"), [(0, 10), (11, 10), (-1, 10)])
 def test_nonsense_bounds_are_refused(tmp_path: Path, limit: int, max_total: int) -> None:
     with pytest.raises(ValueError):
-        SpoolArea(str(tmp_path), limit, max_total, FakeClock(0.0), lambda exc: None)
+        SpoolArea(str(tmp_path), limit, Allowance(max_total), FakeClock(0.0), lambda exc: None)

@@ -204,6 +204,7 @@ def test_the_families_combined_by_name_exist() -> None:
         podmetrics.BREAKER_STATE,
         podmetrics.APP_READY,
         podmetrics.CONFIG_RELOADS,
+        podmetrics.WORKER_RESTARTS,
         podmetrics.BUILD_INFO,
         *podmetrics.SOONEST,
         *podmetrics.MOST,

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -20,6 +22,7 @@ from sidecar_proxy.config import Settings
 from sidecar_proxy.policy.breaker import BreakerState, CircuitBreaker, OpenReason
 from sidecar_proxy.policy.budget import RetryBudget
 from sidecar_proxy.policy.configured import new_breaker
+from sidecar_proxy.replay.spool import SpoolArea
 from sidecar_proxy.workers.shared import (
     BOOK_INTERVAL,
     PodLock,
@@ -271,6 +274,7 @@ def test_the_common_calls_never_wait_for_the_lock_and_a_dead_holder_frees_it(
     breaker, _ = shared_breakers(clock, memory, [])
     budget = SharedRetryBudget(memory, 0, SETTINGS, clock)
     limit = SharedConcurrencyLimit(memory, 0, 10)
+    parent = SharedRetryBudget(memory, None, SETTINGS, clock)
     started = time.monotonic()
     for _ in range(100):  # what every request does while the breaker is closed
         assert breaker.allow()
@@ -278,7 +282,9 @@ def test_the_common_calls_never_wait_for_the_lock_and_a_dead_holder_frees_it(
         budget.deposit()
         assert limit.try_acquire()
         limit.release()
+        parent.book()  # the parent's timer skips a round rather than wait
     assert time.monotonic() - started < 1.0
+    assert list(memory.booked) == [0, 0]  # nothing was booked while the lock was held
 
     failed = threading.Event()
 
@@ -385,3 +391,39 @@ def test_in_flight_limit_counts_every_worker(memory: PodMemory) -> None:
     with pytest.raises(RuntimeError):
         for _ in range(12):
             b.release()
+
+
+def test_spool_total_is_the_pods_and_a_dead_workers_spools_are_given_back(
+    memory: PodMemory, tmp_path: Path
+) -> None:
+    # Worker 1 maps the region as a second process does: its own mapping of the same memfd.
+    other = PodMemory(os.dup(memory.fd), memory.workers)
+    try:
+        total = dataclasses.replace(SETTINGS, retry_spool_max_total=100)
+        a = SharedPolicies(memory, 0, time.monotonic).spool_quota(total)
+        b = SharedPolicies(other, 1, time.monotonic).spool_quota(total)
+        assert a.try_take(60)
+        assert not b.try_take(41)  # one process of its own would have had room for 100
+        assert b.try_take(40) and a.in_use == b.in_use == 100
+        assert not a.try_take(1)
+        with pytest.raises(RuntimeError):
+            b.give_back(41)  # more than this worker took
+        memory.worker_gone(1)  # its spool files went with its descriptors
+        assert a.in_use == 60 and a.try_take(40)
+        # A spool area over the pod's quota: what the data path sees.
+        area = SpoolArea(str(tmp_path), 50, b, time.monotonic, lambda exc: None)
+        assert area.start([b"x"]) is None and area.in_use == 100
+    finally:
+        other.close()
+
+
+def test_a_heartbeat_written_by_one_process_is_read_by_the_parent(memory: PodMemory) -> None:
+    child = PodMemory(os.dup(memory.fd), memory.workers)
+    try:
+        assert list(memory.heartbeats) == [0.0, 0.0]  # no worker has beaten yet
+        child.beat(1, 1234.5)
+        assert list(memory.heartbeats) == [0.0, 1234.5]
+        memory.worker_gone(1)  # its replacement has not beaten yet
+        assert list(child.heartbeats) == [0.0, 0.0]
+    finally:
+        child.close()

@@ -33,6 +33,7 @@ import yaml
 
 from sidecar_proxy.config.settings import FIELDS, FIELDS_BY_NAME, Field, Settings
 from sidecar_proxy.config.units import format_duration
+from sidecar_proxy.policy.liveness import MIN_TIMEOUT
 from sidecar_proxy.replay.spool import spool_directory
 
 CONFIG_ENV = "SIDECAR_CONFIG"
@@ -229,6 +230,14 @@ def _check_relations(settings: Settings, origins: Mapping[str, _Origin]) -> None
             f"{describe('circuit_breaker_slow_call_duration')} is not under "
             f"{describe('request_timeout')}: circuit_breaker_slow_call_duration must be "
             "less than request_timeout"
+        )
+    timeout = settings.worker_heartbeat_timeout
+    if 0 < timeout < MIN_TIMEOUT:
+        # Shorter would take a loop busy for a moment (a large TLS reload, a slow hook) for
+        # a stuck one, and kill it with its requests in flight.
+        raise ConfigError(
+            f"{describe('worker_heartbeat_timeout')}: worker_heartbeat_timeout must be 0 (off) "
+            f"or at least {format_duration(MIN_TIMEOUT)}"
         )
     _check_spool(settings, describe)
     _check_tls(settings, origins, describe)

@@ -417,6 +417,13 @@ class Settings:
         "false",
         "with several workers, label every worker's series with worker=N instead of summing",
     )
+    worker_heartbeat_timeout: float = _setting(
+        "WORKER_HEARTBEAT_TIMEOUT",
+        DURATION,
+        "10s",
+        "with several workers, a worker whose event loop has not run for this long is killed "
+        "and restarted; 0 = off, else at least 2s",
+    )
     hooks: str = _setting(
         "HOOKS",
         HooksKind(),

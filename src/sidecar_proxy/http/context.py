@@ -173,7 +173,7 @@ class ProxyContext:
         return SpoolArea(
             spool_directory(s.retry_spool_dir),
             s.retry_spool_limit,
-            s.retry_spool_max_total,
+            self.policies.spool_quota(s),
             self.loop.time,
             self.metrics.spool_error,
         )

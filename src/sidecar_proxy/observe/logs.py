@@ -6,8 +6,15 @@ Lifecycle lines (start-up, shutdown, breaker transitions, unexpected errors) go 
 the access log alone, whose writer thread emits large batched writes; keeping the two streams
 apart is what guarantees lifecycle lines never land in the middle of a batch.
 
-These lines are rare, so they are written synchronously by a plain ``StreamHandler``; only the
+These lines are rare, so they are written synchronously by a ``StreamHandler``; only the
 per-request access log needs the non-blocking writer in :mod:`.accesslog`.
+
+Several worker processes (``WORKERS`` > 1) and their parent share one stderr, in Kubernetes a
+pipe to the container runtime. A pipe keeps a ``write(2)`` whole only up to ``PIPE_BUF`` (4 KiB):
+a longer line (a traceback, a hook's message) written while the pipe is full goes in pieces as
+the reader drains it, and another process's line can land between them. So each process is
+given the pod's ``exclusive`` lock and holds it for the write of each line
+(:class:`ExclusiveStream`).
 """
 
 from __future__ import annotations
@@ -15,7 +22,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Any, Final
+from contextlib import AbstractContextManager
+from typing import Any, Final, TextIO
 
 import orjson
 
@@ -76,8 +84,36 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
-def configure_logging(level: str) -> None:
-    """Send every log record in the process to stderr as JSON, at ``level`` and above.
+class ExclusiveStream:
+    """``stream`` with each write made, and flushed, under ``exclusive``: a lock the other
+    processes writing to the same stream hold too.
+
+    The handler writes each record in one ``write()`` call (its message and newline together),
+    and its own lock, held around that, orders this process's threads. The stream is wrapped
+    rather than the handler subclassed: a compiled subclass of ``logging.Handler`` cannot be
+    weakly referenced, which ``logging`` does to every handler.
+    """
+
+    __slots__ = ("_exclusive", "_stream")
+
+    def __init__(self, stream: TextIO, exclusive: AbstractContextManager[object]) -> None:
+        self._stream = stream
+        self._exclusive = exclusive
+
+    def write(self, text: str) -> int:
+        stream = self._stream
+        with self._exclusive:
+            written = stream.write(text)
+            stream.flush()
+        return written
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
+def configure_logging(level: str, exclusive: AbstractContextManager[object] | None = None) -> None:
+    """Send every log record in the process to stderr as JSON, at ``level`` and above, each
+    line written under ``exclusive`` when other processes share the stream (module docstring).
 
     The root logger is configured, not just ``sidecar_proxy``, so that asyncio's "exception was
     never retrieved" and warnings from libraries come out as JSON too. Our own loggers are named
@@ -85,7 +121,8 @@ def configure_logging(level: str) -> None:
     leaves other handlers (a test runner's capture, say) alone.
     """
     set_log_level(level)  # first: an unknown level changes nothing
-    handler = logging.StreamHandler(sys.stderr)
+    stream = sys.stderr if exclusive is None else ExclusiveStream(sys.stderr, exclusive)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     for old in root.handlers[:]:

@@ -81,6 +81,8 @@ REJECT_RATE_LIMIT = "rate_limit"
 HOOKS = ("on_request", "on_response")
 # sidecar_config_reloads_total{result}, by whether the reload succeeded
 RELOAD_RESULTS = {True: "success", False: "failure"}
+# sidecar_worker_restarts_total{reason}: the worker's process ended, or its loop stopped running
+RESTART_REASONS = ("exited", "hung")
 
 # prometheus_client adds a ``<name>_created`` series beside every counter and histogram child.
 # The Go client of the seed does not, and in the text format each one is an extra series per
@@ -415,6 +417,14 @@ class Metrics:
             ("result",),
             registry=r,
         )
+        # The parent's alone (it restarts the workers): a process's own count is always 0.
+        self.worker_restarts = Counter(
+            "sidecar_worker_restarts_total",
+            "Worker processes restarted (WORKERS > 1), by reason: exited, or hung (its event "
+            "loop stopped running for WORKER_HEARTBEAT_TIMEOUT)",
+            ("reason",),
+            registry=r,
+        )
         self.tls_handshake_errors = Counter(
             "sidecar_tls_handshake_errors",
             "TLS handshakes on the proxy port that failed, by reason",
@@ -474,6 +484,8 @@ class Metrics:
         )
         self.app_ready.set(1)
         self._reloads = {ok: self.config_reloads.labels(RELOAD_RESULTS[ok]) for ok in (True, False)}
+        for reason in RESTART_REASONS:
+            self.worker_restarts.labels(reason)
         for reason in BREAKER_OPEN_REASONS:
             self.circuit_breaker_opened.labels(reason)
         self._hook_errors = {hook: self.hook_errors.labels(hook) for hook in HOOKS}

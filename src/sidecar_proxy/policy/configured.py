@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
+from sidecar_proxy.policy.allowance import Allowance
 from sidecar_proxy.policy.breaker import CircuitBreaker, Transition
 from sidecar_proxy.policy.budget import RetryBudget
 from sidecar_proxy.policy.clock import Clock
-from sidecar_proxy.policy.interfaces import Breaker, Budget, Limiter
+from sidecar_proxy.policy.interfaces import Breaker, Budget, Limiter, Quota
 from sidecar_proxy.policy.ratelimit import RateLimit
 from sidecar_proxy.policy.shedding import ConcurrencyLimit
 
@@ -24,7 +25,8 @@ if TYPE_CHECKING:
 
 class Policies(Protocol):
     """Builds the policies that every connection of the proxy shares, from the settings: at
-    start-up, and again for a reload that changes the budget's or the rate limit's."""
+    start-up, and again for a reload that changes the budget's, the rate limit's or the
+    spool's."""
 
     def breaker(self, settings: Settings, on_transition: Transition) -> Breaker: ...
 
@@ -33,6 +35,8 @@ class Policies(Protocol):
     def limiter(self, settings: Settings) -> Limiter: ...
 
     def rate_limit(self, settings: Settings) -> RateLimit | None: ...
+
+    def spool_quota(self, settings: Settings) -> Quota: ...
 
 
 class LocalPolicies:
@@ -54,6 +58,9 @@ class LocalPolicies:
 
     def rate_limit(self, settings: Settings) -> RateLimit | None:
         return new_rate_limit(settings, self._clock)
+
+    def spool_quota(self, settings: Settings) -> Quota:
+        return Allowance(settings.retry_spool_max_total)
 
 
 def new_breaker(s: Settings, clock: Clock, on_transition: Transition) -> CircuitBreaker:

@@ -1,9 +1,10 @@
 """What the data path asks of each policy it shares across requests, as interfaces.
 
 One process uses the plain classes of this package (:class:`~.breaker.CircuitBreaker`,
-:class:`~.budget.RetryBudget`, :class:`~.shedding.ConcurrencyLimit`). Several worker processes
-that must behave as one sidecar use implementations that keep the state in memory the workers
-share (``sidecar_proxy.workers.shared``), built on these same classes. The data path sees only
+:class:`~.budget.RetryBudget`, :class:`~.shedding.ConcurrencyLimit`,
+:class:`~.allowance.Allowance`). Several worker processes that must behave as one sidecar use
+implementations that keep the state in memory the workers share
+(``sidecar_proxy.workers.shared``), built on these same classes. The data path sees only
 these interfaces, so it is the same code either way; which one it gets is decided where the
 context is built.
 """
@@ -53,3 +54,17 @@ class Limiter(Protocol):
 
     @property
     def in_flight(self) -> int: ...
+
+
+class Quota(Protocol):
+    """:class:`~.allowance.Allowance`'s contract with the request-body spools."""
+
+    @property
+    def limit(self) -> int: ...
+
+    @property
+    def in_use(self) -> int: ...
+
+    def try_take(self, amount: int) -> bool: ...
+
+    def give_back(self, amount: int) -> None: ...

@@ -10,9 +10,10 @@ memory; a larger one is spooled: as it streams to the app, it is also written to
   its only reference: closing it, or the process dying however it dies, returns the space.
   Nothing is left in the directory to clean up after a crash, and nothing can be opened there
   by name.
-* **Bounded.** One body holds at most ``limit`` bytes; all the spools of the process together
-  at most ``max_total``. Past either bound the copy is dropped at once and the request streams
-  on without one, as an unspooled large body does.
+* **Bounded.** One body holds at most ``limit`` bytes; all the spools together at most what the
+  ``quota`` allows (``RETRY_SPOOL_MAX_TOTAL``: the process's spools, or with several workers the
+  whole pod's, since they share the disk). Past either bound the copy is dropped at once and the
+  request streams on without one, as an unspooled large body does.
 * **A disk error is never a failed request.** Creating, writing or reading a spool file that
   fails (disk full, quota, a read-only or missing directory, an I/O error) drops the copy, calls
   ``on_error`` (the metric) and logs a warning, at most one a minute for the same error, so a
@@ -37,6 +38,7 @@ import tempfile
 from collections.abc import Callable, Iterable
 
 from sidecar_proxy.policy.clock import Clock
+from sidecar_proxy.policy.interfaces import Quota
 
 log = logging.getLogger("sidecar_proxy.spool")
 
@@ -71,7 +73,7 @@ def open_unlinked(directory: str) -> int:
 
 
 class SpoolArea:
-    """The spool directory and the bound on all spools together; one per proxy.
+    """The spool directory and the bound on all spools together (``quota``); one per proxy.
 
     ``on_error(exc)`` is called for every disk error (the metric); ``open_file(directory)``
     makes a spool file's descriptor (tests give it a file that fails on purpose).
@@ -82,32 +84,35 @@ class SpoolArea:
         "_directory",
         "_on_error",
         "_open_file",
+        "_quota",
         "_warned",
-        "in_use",
         "limit",
-        "max_total",
     )
 
     def __init__(
         self,
         directory: str,
         limit: int,
-        max_total: int,
+        quota: Quota,
         clock: Clock,
         on_error: Callable[[OSError], None],
         *,
         open_file: Callable[[str], int] = open_unlinked,
     ) -> None:
-        if not 0 < limit <= max_total:
-            raise ValueError(f"spool limit must be > 0 and at most max_total, not {limit!r}")
+        if not 0 < limit <= (quota.limit or limit):
+            raise ValueError(f"spool limit must be > 0 and at most the quota's, not {limit!r}")
         self._directory = directory
         self.limit = limit
-        self.max_total = max_total
+        self._quota = quota
         self._clock = clock
         self._on_error = on_error
         self._open_file = open_file
         self._warned: dict[tuple[str, int | None], float] = {}  # (what, errno) -> when
-        self.in_use = 0  # bytes in all open spools
+
+    @property
+    def in_use(self) -> int:
+        """Bytes in all open spools (with several workers, the pod's)."""
+        return self._quota.in_use
 
     def start(self, held: Iterable[bytes]) -> Spool | None:
         """A spool for a body that has outgrown the memory buffer, holding ``held`` (the body
@@ -125,13 +130,10 @@ class SpoolArea:
 
     def reserve(self, size: int) -> bool:
         """Take ``size`` bytes of the total for a spool; ``False`` when they would exceed it."""
-        if self.in_use + size > self.max_total:
-            return False
-        self.in_use += size
-        return True
+        return self._quota.try_take(size)
 
     def release(self, size: int) -> None:
-        self.in_use -= size
+        self._quota.give_back(size)
 
     def failed(self, what: str, exc: OSError) -> None:
         """A disk error while ``what`` (create, write, read) a spool: count it, and warn unless

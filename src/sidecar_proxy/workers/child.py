@@ -15,6 +15,11 @@ the parent alone) and drains on the SIGTERM the parent forwards; a second SIGTER
 as the single process does; SIGHUP to a worker is logged and ignored (the parent reloads every
 worker). If the parent dies, the control socket reaches its end and the
 worker stops at once: an orphan must not hold the port.
+
+Liveness: with ``WORKER_HEARTBEAT_TIMEOUT`` on, a timer of the worker's loop stamps its heartbeat
+in the pod's shared memory every :data:`~sidecar_proxy.policy.liveness.BEAT_INTERVAL`, from the
+moment the loop starts (before the hooks load); the parent kills a worker whose heartbeat grows
+too old.
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ import logging
 import signal
 import socket
 import sys
+import time
 from typing import cast
 
 import uvloop
 
 from sidecar_proxy.hooks.load import HookLoadError
 from sidecar_proxy.observe.logs import configure_logging
+from sidecar_proxy.policy.liveness import BEAT_INTERVAL
 from sidecar_proxy.server import (
     ProxyServer,
     WorkerRole,
@@ -106,10 +113,18 @@ class _Control(asyncio.Protocol):
         self._parent_gone.set()
 
 
-async def _serve(hello: Hello, control: socket.socket) -> int:
+def _beat(loop: asyncio.AbstractEventLoop, memory: PodMemory, worker: int) -> None:
+    """Stamp this loop's heartbeat now, and again in ``BEAT_INTERVAL``: a timer, so the stamps
+    stop when the loop does."""
+    memory.beat(worker, time.monotonic())
+    loop.call_later(BEAT_INTERVAL, _beat, loop, memory, worker)
+
+
+async def _serve(hello: Hello, memory: PodMemory, control: socket.socket) -> int:
     loop = asyncio.get_running_loop()
     settings = hello.settings
-    memory = PodMemory(hello.memory_fd, hello.workers)
+    if settings.worker_heartbeat_timeout:
+        _beat(loop, memory, hello.worker)
     role = WorkerRole(SharedPolicies(memory, hello.worker, loop.time), memory.log_lock)
     server = ProxyServer(settings, worker=role)  # not ready until the parent says the pod is
     listeners = [socket.socket(fileno=fd) for fd in hello.listen_fds]
@@ -141,11 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     control = socket.socket(fileno=int(args[0]))
     hello = read_hello(control)
-    configure_logging(hello.settings.log_level)
+    memory = PodMemory(hello.memory_fd, hello.workers)
+    # The parent's and every worker's lines share one stderr: one line at a time, pod-wide.
+    configure_logging(hello.settings.log_level, exclusive=memory.stderr_lock)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_WorkerField(hello.worker))
     tune_malloc()
-    return uvloop.run(_serve(hello, control))
+    return uvloop.run(_serve(hello, memory, control))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ snapshot, so a place's counts only ever grow. Then the places, by the family's k
   window has judged less of it.
 * Pod-wide series take their values from the parent (``pod_wide``): the breaker state, read
   from the shared breaker; ``sidecar_app_ready``, from the parent's one app check; the config
-  reloads, which the parent makes. ``sidecar_build_info`` is taken once.
+  reloads, which the parent makes, and the worker restarts, which it makes too.
+  ``sidecar_build_info`` is taken once.
 * Exemplars: of the workers' exemplars for one bucket, the latest.
 
 With ``METRICS_PER_WORKER=true`` every worker's series carries a ``worker`` label (its index,
@@ -48,6 +49,7 @@ SNAPSHOT_INTERVAL = 5.0
 BREAKER_STATE = "sidecar_circuit_breaker_state"
 APP_READY = "sidecar_app_ready"
 CONFIG_RELOADS = "sidecar_config_reloads"
+WORKER_RESTARTS = "sidecar_worker_restarts"
 BUILD_INFO = "sidecar_build_info"
 # How places combine, by family (the rest: summed).
 SOONEST = frozenset({"sidecar_tls_certificate_expiry_timestamp_seconds"})
@@ -160,7 +162,7 @@ def _rule(name: str) -> Rule:
         return _most
     if name in MEAN:
         return _mean
-    if name in (BREAKER_STATE, APP_READY, CONFIG_RELOADS, BUILD_INFO):
+    if name in (BREAKER_STATE, APP_READY, CONFIG_RELOADS, WORKER_RESTARTS, BUILD_INFO):
         return _first
     return _sum
 

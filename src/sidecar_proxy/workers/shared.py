@@ -1,4 +1,5 @@
-"""Pod-wide policies for worker processes: one breaker, one retry budget, one in-flight limit.
+"""Pod-wide policies for worker processes: one breaker, one retry budget, one in-flight limit,
+one bound on the disk the request-body spools take; and each worker's heartbeat.
 
 The state lives in one small region of shared memory: a ``memfd`` that the parent creates and
 every worker maps ``MAP_SHARED`` (it is passed to each worker at start, so a restarted worker
@@ -20,15 +21,25 @@ stores the state back, all under one pod-wide lock. The common calls never take 
 * Retry budget. A deposit (every request) adds 1 to this worker's own counter in the region, a
   plain store only this worker makes. A withdrawal (a retry) takes the lock, books every
   worker's deposits made since the last booking into the shared ring, and asks the budget. The
-  parent books them every :data:`BOOK_INTERVAL` as well, so a deposit is booked at most that
-  late; it then expires at most that much later than in one process. The error bound: the pod
-  may grant at most ``ratio`` times the requests of one ``BOOK_INTERVAL`` more than the
-  single-process rule; it never refuses a retry the rule would grant.
+  parent books them every :data:`BOOK_INTERVAL` as well (a round that finds the lock taken is
+  skipped rather than waited for: see :meth:`SharedRetryBudget.book`), so a deposit is booked
+  at most that late, twice that after a skipped round; it then expires that much later than in
+  one process. The error bound: the pod may grant at most ``ratio`` times the requests of one
+  ``BOOK_INTERVAL`` (two, after a skipped round) more than the single-process rule; it never
+  refuses a retry the rule would grant.
 * In-flight limit. Each worker counts its own requests in flight in its own word; a worker
   admits a request when the sum over all workers is under the limit. The check and the
   increment are two steps, so workers admitting at the same instant can each pass one check
   the others have not seen: at most ``limit + workers - 1`` requests are in flight, never more.
   A worker's count is its own to write, so no update is ever lost.
+* Spool total (``RETRY_SPOOL_MAX_TOTAL``): the same rule in bytes. Each worker counts the bytes of
+  its open spools in its own word, and takes a chunk when the sum over all workers leaves room
+  for it. Workers that take at the same instant can each pass one check the others have not
+  seen: the disk holds at most ``max_total`` plus one chunk per other worker (a read of the
+  client's body, 64 KiB at most by default) more, never more.
+* Heartbeats (``WORKER_HEARTBEAT_TIMEOUT``): one float per worker, its loop's last stamp of the
+  monotonic clock, which only that worker writes and the parent reads
+  (:mod:`sidecar_proxy.policy.liveness`).
 * Rate limit (``RATE_LIMIT_RPS``): not in the region. Each worker keeps its own buckets for
   ``1/workers`` of the rate and of the burst (rounded up), so a request costs no lock. The pod
   never admits more than the rate plus ``workers - 1`` requests of burst rounding; it admits
@@ -38,14 +49,17 @@ stores the state back, all under one pod-wide lock. The common calls never take 
 The lock is a lock on one byte of the memfd (:class:`PodLock`). It costs two system calls (2 to
 4 us measured here, against ~0.1 us for a semaphore), which only the rare paths above pay, and
 unlike a semaphore the kernel releases it when its holder dies: a worker killed while holding it
-cannot wedge the pod. A second byte of the same memfd is the access log's write lock.
+cannot wedge the pod. A second byte of the same memfd is the access log's write lock, and a
+third the lock of the lines on stderr (:func:`sidecar_proxy.observe.logs.configure_logging`).
 
-When a worker dies, the parent zeroes its in-flight count (those requests are gone) and, if the
-breaker is half-open, frees the probe slots (the dead worker's probes will never report).
+When a worker dies, the parent zeroes its in-flight count (those requests are gone), its spooled
+bytes (its spool files had no name: they went with its descriptors) and its heartbeat, and, if
+the breaker is half-open, frees the probe slots (the dead worker's probes will never report).
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import mmap
 import os
@@ -60,7 +74,7 @@ from sidecar_proxy.policy.breaker import BreakerFields, BreakerState, OpenReason
 from sidecar_proxy.policy.budget import BUDGET_FIELDS
 from sidecar_proxy.policy.clock import Clock
 from sidecar_proxy.policy.configured import new_breaker, new_budget, new_rate_limit
-from sidecar_proxy.policy.interfaces import Breaker, Budget, Limiter
+from sidecar_proxy.policy.interfaces import Breaker, Budget, Limiter, Quota
 from sidecar_proxy.policy.ratelimit import RateLimit
 
 T = TypeVar("T")
@@ -75,7 +89,7 @@ _BREAKER_INTS = 6
 _STATE, _FAILURES, _PROBES, _SUCCESSES, _SLOW_PROBES, _OPENINGS = range(_BREAKER_INTS)
 _STATES = tuple(BreakerState)
 _CLOSED, _OPEN, _HALF_OPEN = (int(s) for s in _STATES)
-_POLICY_LOCK, _LOG_LOCK = 0, 1  # byte offsets locked in the memfd
+_POLICY_LOCK, _LOG_LOCK, _STDERR_LOCK = 0, 1, 2  # byte offsets locked in the memfd
 # struct flock on 64-bit Linux: l_type, l_whence (shorts), l_start, l_len (off_t), l_pid (0 for
 # an OFD lock), padded to 32 bytes.
 _FLOCK = struct.Struct("hhqqi4x")
@@ -112,6 +126,20 @@ class PodLock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self.release()
+
+    def try_acquire(self) -> bool:
+        """Take the lock if no one holds it; ``False`` at once if someone does. A ``True``
+        must be followed by :meth:`release`."""
+        try:
+            fcntl.fcntl(self._fd, fcntl.F_OFD_SETLK, self._lock)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                return False
+            raise
+        return True
+
+    def release(self) -> None:
         fcntl.fcntl(self._fd, fcntl.F_OFD_SETLK, self._unlock)
 
     def close(self) -> None:
@@ -119,16 +147,18 @@ class PodLock:
 
 
 class PodMemory:
-    """The shared region and its lay-out: 8-byte integers, then the breaker's one float.
+    """The shared region and its lay-out: 8-byte integers, then 8-byte floats.
 
-    ``breaker`` (4 words), ``budget`` (the retry budget's fields), and one word per worker in
-    each of ``deposited`` (requests it has seen: the budget deposits it made), ``booked``
-    (how many of those are in the budget) and ``in_flight``.
+    Integers: ``breaker`` (its counts), ``budget`` (the retry budget's fields), and one word per
+    worker in each of ``deposited`` (requests it has seen: the budget deposits it made),
+    ``booked`` (how many of those are in the budget), ``in_flight`` and ``spooled`` (bytes in
+    its open spools). Floats: the breaker's ``probe_at``, and ``heartbeats``, one per worker
+    (0 until its loop first beats).
     """
 
     def __init__(self, fd: int, workers: int) -> None:
-        ints = _BREAKER_INTS + BUDGET_FIELDS + 3 * workers
-        size = (ints + 1) * _WORD
+        ints = _BREAKER_INTS + BUDGET_FIELDS + 4 * workers
+        size = (ints + 1 + workers) * _WORD
         if os.fstat(fd).st_size < size:
             os.ftruncate(fd, size)  # a fresh memfd: the kernel fills it with zeros
         self.fd = fd
@@ -148,13 +178,17 @@ class PodMemory:
         self.deposited = take(workers)
         self.booked = take(workers)
         self.in_flight = take(workers)
-        self.probe_at = memoryview(self._map)[ints * _WORD :].cast("d")
+        self.spooled = take(workers)
+        floats = memoryview(self._map)[ints * _WORD :].cast("d")
+        self.probe_at = floats[:1]
+        self.heartbeats = floats[1:]
         self._views: list[memoryview[int] | memoryview[float]] = [
             *(words, self.breaker, self.budget, self.deposited, self.booked, self.in_flight),
-            self.probe_at,
+            *(self.spooled, floats, self.probe_at, self.heartbeats),
         ]
         self.policy_lock = PodLock(fd, _POLICY_LOCK)
         self.log_lock = PodLock(fd, _LOG_LOCK)
+        self.stderr_lock = PodLock(fd, _STDERR_LOCK)
 
     @classmethod
     def create(cls, workers: int) -> PodMemory:
@@ -168,11 +202,19 @@ class PodMemory:
         self._map.close()
         self.policy_lock.close()
         self.log_lock.close()
+        self.stderr_lock.close()
         os.close(self.fd)
 
     def worker_gone(self, worker: int) -> None:
-        """Worker ``worker`` has exited: the requests it counted in flight went with it."""
+        """Worker ``worker`` has exited: the requests it counted in flight and its spools went
+        with it, and its replacement has not beaten yet."""
         self.in_flight[worker] = 0
+        self.spooled[worker] = 0
+        self.heartbeats[worker] = 0.0
+
+    def beat(self, worker: int, now: float) -> None:
+        """Worker ``worker``'s loop ran at ``now`` (its heartbeat)."""
+        self.heartbeats[worker] = now
 
     def read_breaker(self) -> BreakerFields:
         b = self.breaker
@@ -332,61 +374,98 @@ class SharedRetryBudget:
         return self._locked(self._budget.try_withdraw)
 
     def book(self) -> None:
-        """Book the deposits the workers made since the last booking (the parent's timer)."""
-        self._locked(_nothing)
+        """Book the deposits the workers made since the last booking (the parent's timer).
+
+        Skipped while someone else holds the lock: the parent's loop must never wait for it.
+        A worker stopped while holding it (SIGSTOP) would otherwise stop the parent too, and
+        with it the heartbeat watch that kills that worker and so frees the lock. A skipped
+        round is booked by the next one, or by the holder's own withdrawal."""
+        lock = self._memory.policy_lock
+        if lock.try_acquire():
+            try:
+                self._booked(_nothing)
+            finally:
+                lock.release()
 
     def _locked(self, call: Callable[[], T]) -> T:
+        with self._memory.policy_lock:
+            return self._booked(call)
+
+    def _booked(self, call: Callable[[], T]) -> T:
+        """``call`` on the region's budget, with every deposit booked; under the lock."""
         memory = self._memory
         budget = self._budget
-        with memory.policy_lock:
-            budget.import_fields(tuple(memory.budget))
-            requests = 0
-            deposited, booked = memory.deposited, memory.booked
-            for worker in range(memory.workers):
-                made = deposited[worker]  # read once: the worker may add to it meanwhile
-                requests += made - booked[worker]
-                booked[worker] = made
-            if requests:
-                budget.deposit(requests)
-            result = call()
-            memory.budget[:] = array("q", budget.export_fields())
+        budget.import_fields(tuple(memory.budget))
+        requests = 0
+        deposited, booked = memory.deposited, memory.booked
+        for worker in range(memory.workers):
+            made = deposited[worker]  # read once: the worker may add to it meanwhile
+            requests += made - booked[worker]
+            booked[worker] = made
+        if requests:
+            budget.deposit(requests)
+        result = call()
+        memory.budget[:] = array("q", budget.export_fields())
         return result
 
 
-class SharedConcurrencyLimit:
-    """At most ``limit`` requests in flight over every worker (0 = unlimited), within the
-    bound in the module docstring."""
+class SharedAllowance:
+    """At most ``limit`` units taken over every worker at once (0 = unlimited), each worker's
+    in its own word of ``counts``, within the bound in the module docstring."""
 
     __slots__ = ("_counts", "_limit", "_worker")
 
-    def __init__(self, memory: PodMemory, worker: int, limit: int) -> None:
-        self._counts = memory.in_flight
+    def __init__(self, counts: memoryview[int], worker: int, limit: int) -> None:
+        self._counts = counts
         self._worker = worker
         self._limit = 0
         self.set_limit(limit)
 
     def set_limit(self, limit: int) -> None:
-        """A new limit (a reload), as ``ConcurrencyLimit.set_limit``."""
         if limit < 0:
-            raise ValueError(f"concurrency limit must be >= 0 (0 = unlimited), not {limit!r}")
+            raise ValueError(f"limit must be >= 0 (0 = unlimited), not {limit!r}")
         self._limit = limit
 
-    def try_acquire(self) -> bool:
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @property
+    def in_use(self) -> int:
+        return sum(self._counts)
+
+    def try_take(self, amount: int) -> bool:
         counts = self._counts
-        if self._limit and sum(counts) >= self._limit:
+        if self._limit and sum(counts) + amount > self._limit:
             return False
-        counts[self._worker] += 1
+        counts[self._worker] += amount
         return True
 
-    def release(self) -> None:
+    def give_back(self, amount: int) -> None:
         counts = self._counts
-        if not counts[self._worker]:
-            raise RuntimeError("SharedConcurrencyLimit.release() without a try_acquire()")
-        counts[self._worker] -= 1
+        if amount > counts[self._worker]:
+            raise RuntimeError(f"{type(self).__name__}: gave back more than this worker took")
+        counts[self._worker] -= amount
+
+
+class SharedConcurrencyLimit(SharedAllowance):
+    """At most ``limit`` requests in flight over every worker (0 = unlimited): an allowance of
+    one place per request."""
+
+    __slots__ = ()
+
+    def __init__(self, memory: PodMemory, worker: int, limit: int) -> None:
+        super().__init__(memory.in_flight, worker, limit)
+
+    def try_acquire(self) -> bool:
+        return self.try_take(1)
+
+    def release(self) -> None:
+        self.give_back(1)
 
     @property
     def in_flight(self) -> int:
-        return sum(self._counts)
+        return self.in_use
 
 
 class SharedPolicies:
@@ -412,6 +491,9 @@ class SharedPolicies:
 
     def rate_limit(self, settings: Settings) -> RateLimit | None:
         return new_rate_limit(settings, self._clock, shares=self._memory.workers)
+
+    def spool_quota(self, settings: Settings) -> Quota:
+        return SharedAllowance(self._memory.spooled, self._worker, settings.retry_spool_max_total)
 
 
 def _nothing() -> None:

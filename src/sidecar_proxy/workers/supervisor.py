@@ -25,6 +25,15 @@ are lost with it; the parent zeroes its in-flight count, frees any half-open pro
 held, and keeps its last metrics as the base of its replacement's. A worker that fails before
 it ever served, during start-up, stops the sidecar (exit 1): it cannot serve as configured.
 
+A worker that is alive but whose event loop has stopped running (a hook that blocks, an endless
+loop, a SIGSTOP) serves nothing, and the connections the kernel hands its socket wait. Each
+worker's loop stamps a heartbeat in the shared memory; when one is older than
+``WORKER_HEARTBEAT_TIMEOUT`` (:class:`~sidecar_proxy.policy.liveness.HangWatch`), the parent
+kills the worker with SIGKILL (the one signal a stuck or stopped process cannot ignore or
+postpone), logs it, and restarts it as it restarts one that exited. During a drain it is killed and
+not replaced: a stuck worker would never finish draining. ``sidecar_worker_restarts_total``
+counts the restarts by reason.
+
 Readiness: ``/ready`` (admin port, and each worker's proxy port) answers 200 only while every
 worker serves and, with ``APP_READY_CHECK``, the app is ready: the parent runs the one check
 for the pod and tells the workers its verdict. Shutdown: the first SIGTERM or SIGINT (or
@@ -69,6 +78,7 @@ from sidecar_proxy.observe.logs import configure_logging, set_log_level
 from sidecar_proxy.policy.backoff import Backoff
 from sidecar_proxy.policy.breaker import BreakerState, OpenReason
 from sidecar_proxy.policy.configured import budget_settings
+from sidecar_proxy.policy.liveness import BEAT_INTERVAL, HangWatch
 from sidecar_proxy.workers.channel import (
     Hello,
     Message,
@@ -85,6 +95,7 @@ from sidecar_proxy.workers.podmetrics import (
     BREAKER_STATE,
     CONFIG_RELOADS,
     SNAPSHOT_INTERVAL,
+    WORKER_RESTARTS,
     PodMetrics,
 )
 from sidecar_proxy.workers.shared import (
@@ -107,6 +118,8 @@ _DRAINED = (0, -signal.SIGTERM)
 _NOT_STARTED = 127  # the exit status of a worker whose process could not be created
 # sidecar_config_reloads_total's result label values (observe/metrics.py's RELOAD_RESULTS)
 RELOAD_SUCCESS, RELOAD_FAILURE = "success", "failure"
+# sidecar_worker_restarts_total's reason label values (observe/metrics.py's RESTART_REASONS)
+EXITED, HUNG = "exited", "hung"
 
 
 def run(
@@ -114,8 +127,14 @@ def run(
 ) -> int:
     """Run ``workers`` worker processes as one sidecar until SIGTERM; the exit code.
     ``reload_from`` is what a SIGHUP reads, as for one process."""
-    configure_logging(settings.log_level)
-    return asyncio.run(Supervisor(settings, workers, why, reload_from).run())
+    supervisor = Supervisor(settings, workers, why, reload_from)
+    # Every worker's lines and the parent's share one stderr: one line at a time, pod-wide.
+    configure_logging(settings.log_level, exclusive=supervisor.memory.stderr_lock)
+    try:
+        return asyncio.run(supervisor.run())
+    finally:
+        configure_logging(settings.log_level)  # the lock goes with the region: no one is left
+        supervisor.memory.close()
 
 
 def bind_listeners(settings: Settings, workers: int) -> list[list[socket.socket]]:
@@ -163,6 +182,7 @@ class _Worker:
         self.serving = False
         self.told_ready = False  # the last PodReady this process was sent
         self.served = False  # has served at least once
+        self.hung = False  # this process was killed for its stuck loop
         self._failures = 0  # consecutive short lives
         self._backoff = Backoff(RESTART_BACKOFF, RESTART_MAX_BACKOFF)
         self._snapshots: dict[int, asyncio.Future[None]] = {}  # requests awaiting an answer
@@ -182,11 +202,14 @@ class _Worker:
             lived = time.monotonic() - started
             self._failures = 1 if lived >= STABLE_AFTER else self._failures + 1
             delay = self._backoff.delay(self._failures)
+            reason = HUNG if self.hung else EXITED
+            pod.restarting(reason)
             log.warning(
                 "worker exited, restarting",
                 extra={
                     "worker": self.index,
                     **_ended(code),
+                    "reason": reason,
                     "lived_s": round(lived, 3),
                     "restart_in_s": round(delay, 3),
                 },
@@ -215,6 +238,19 @@ class _Worker:
         for sock in self._listeners:
             sock.close()
 
+    def kill_hung(self, silent: float) -> None:
+        """Its loop has not beaten for ``silent`` seconds: kill it (once), to be replaced."""
+        if self.hung or self._process is None:
+            return
+        self.hung = True
+        # Killed before the line is logged: a worker stopped in the middle of its own write to
+        # stderr holds the pod's stderr lock until it dies.
+        self.signal(signal.SIGKILL)
+        log.error(
+            "worker hung, killed it",
+            extra={"worker": self.index, "pid": self._process.pid, "silent_s": round(silent, 3)},
+        )
+
     async def _run_once(self) -> int:
         """Start the worker's process, serve its channel until it ends; its exit status."""
         pod = self._pod
@@ -242,6 +278,7 @@ class _Worker:
         ours.sendall(encode(hello))  # small: it fits the socket buffer, so this cannot block
         reader, self._channel = await asyncio.open_connection(sock=ours)
         self._process = process
+        self.hung = False
         log.debug("worker started", extra={"worker": self.index, "pid": process.pid})
         try:
             while True:
@@ -313,6 +350,7 @@ class Supervisor:
         self.budget.initialise()
         self.breaker = SharedCircuitBreaker(self.memory, settings, time.monotonic, _no_transition)
         self._reloads = {RELOAD_SUCCESS: 0, RELOAD_FAILURE: 0}
+        self._restarts = {EXITED: 0, HUNG: 0}
         self.metrics = PodMetrics(
             workers,
             settings.metrics_per_worker,
@@ -320,6 +358,7 @@ class Supervisor:
                 BREAKER_STATE: self._breaker_state,
                 APP_READY: self._app_ready,
                 CONFIG_RELOADS: self._reload_count,
+                WORKER_RESTARTS: self._restart_count,
             },
         )
         self._app_check: AppReadyCheck | None = None
@@ -379,6 +418,8 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         self._app_check = start_app_check(s, self.health, self._app_ready_changed)
         timers = [asyncio.create_task(self._book()), asyncio.create_task(self._snapshots())]
+        if s.worker_heartbeat_timeout:
+            timers.append(asyncio.create_task(self._watch(s.worker_heartbeat_timeout)))
         try:
             codes = await asyncio.gather(*(worker.keep() for worker in self.workers))
         finally:
@@ -388,7 +429,6 @@ class Supervisor:
                 self._app_check.stop()
             admin.stop()
             self._close_listeners()
-            self.memory.close()
         if self.aborted:
             return 1
         log.info("stopped")
@@ -446,6 +486,18 @@ class Supervisor:
             await asyncio.sleep(BOOK_INTERVAL)
             self.budget.book()
 
+    async def _watch(self, timeout: float) -> None:
+        """Kill every worker whose loop has stopped beating (the module docstring)."""
+        watch = HangWatch(timeout, time.monotonic)
+        while True:
+            await asyncio.sleep(BEAT_INTERVAL)
+            for index, silent in watch.hung(self.memory.heartbeats):
+                self.workers[index].kill_hung(silent)
+
+    def restarting(self, reason: str) -> None:
+        """A worker is about to be restarted, for ``reason`` (``EXITED`` or ``HUNG``)."""
+        self._restarts[reason] += 1
+
     def _breaker_state(self, labels: Mapping[str, str]) -> float:
         return float(self.memory.breaker_state)
 
@@ -454,6 +506,9 @@ class Supervisor:
 
     def _reload_count(self, labels: Mapping[str, str]) -> float:
         return float(self._reloads.get(labels.get("result", ""), 0))
+
+    def _restart_count(self, labels: Mapping[str, str]) -> float:
+        return float(self._restarts.get(labels.get("reason", ""), 0))
 
     def _app_ready_changed(self, ready: bool) -> None:
         """The app readiness check changed its verdict (it has told ``health`` already)."""
