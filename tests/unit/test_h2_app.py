@@ -18,6 +18,7 @@ from sidecar_proxy.config import Settings
 from sidecar_proxy.http.fields import RequestHead, ResponseHead
 from sidecar_proxy.http.h2.app import H2AppConnection, H2AppPool, H2AppStream
 from sidecar_proxy.http.legs import AppLeg, Trailers
+from sidecar_proxy.observe.metrics import H2Counts
 
 
 class Events:
@@ -70,7 +71,7 @@ class AppPair:
     def __init__(self, loop: asyncio.AbstractEventLoop, **overrides: Any) -> None:
         self.loop = loop
         settings = dataclasses.replace(Settings(), **overrides)
-        self.pool = H2AppPool(loop, settings, lambda reused: None)
+        self.pool = H2AppPool(loop, settings, lambda reused: None, H2Counts())
         self.conn = H2AppConnection(self.pool)
         self.transport = FakeTransport()
         self.conn.connection_made(self.transport)
