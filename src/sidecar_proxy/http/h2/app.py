@@ -298,10 +298,7 @@ class H2AppConnection(H2Connection):
             if now - self.ping_sent >= timeout:
                 self.pool.counts.keepalive_timeouts += 1
                 self.pool.forget(self)
-                t = self.transport
-                self.close(F.NO_ERROR, "keepalive timeout")
-                if t is not None:
-                    t.abort()  # a peer that does not answer does not read: drop what is unsent
+                self.cut()
             return
         if now - self.heard_at >= interval:
             self.ping_sent = now

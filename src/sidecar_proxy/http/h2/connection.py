@@ -362,6 +362,17 @@ class H2Connection(asyncio.Protocol):
         if t is not None:
             t.close()
 
+    def cut(self) -> None:
+        """Close at once, without GOAWAY and without waiting for unsent bytes to drain: for a
+        peer that has stopped answering, which would not read them."""
+        if self.closing:
+            return
+        self.closing = True
+        self.out.clear()
+        t = self.transport
+        if t is not None:
+            t.abort()
+
     def send_goaway(self, last_stream_id: int, code: int, debug: bytes = b"") -> None:
         self.out.append(F.goaway(last_stream_id, code, debug))
         self.counts.goaway(True, code)
@@ -765,10 +776,11 @@ class H2Connection(asyncio.Protocol):
             self._remember_reset(sid)
 
     def reset_unopened(self, sid: int, code: int) -> None:
-        """Reset a peer's stream that is not open (closed, or refused before it started)."""
+        """Reset a stream that is not open (closed, or refused before it started)."""
         self.out.append(F.rst_stream(sid, code))
         self.counts.reset(True, code)
-        self._remember_reset(sid)
+        if self.is_peer_stream(sid):
+            self._remember_reset(sid)
         self.count_reset()
 
     def _remember_reset(self, sid: int) -> None:
