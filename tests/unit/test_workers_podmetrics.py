@@ -218,15 +218,15 @@ def test_http2_series_are_summed_over_the_workers() -> None:
     whole = Metrics()
     for n, worker in enumerate(workers, 1):
         for counts in (worker.h2.client, whole.h2.client):
-            counts.streams_active += n
             for _ in range(n):
+                counts.stream_opened()
                 counts.reset(True, 8)
                 counts.reset(False, 0xDEAD)  # a code RFC 9113 does not define
             counts.goaway(False, 0)
             counts.flood("rapid_reset")
         for counts in (worker.h2.app, whole.h2.app):
-            counts.streams_active += 1
-            counts.keepalive_timeouts += 1
+            counts.stream_opened()
+            counts.keepalive_timeout()
     pod = PodMetrics(3, per_worker=False, pod_wide={})
     for index, worker in enumerate(workers):
         pod.update(index, list(worker.registry.collect()))

@@ -348,6 +348,15 @@ class H2Counts:
         self.floods = dict.fromkeys(H2_FLOODS, 0)
         self.keepalive_timeouts = 0
 
+    def stream_opened(self) -> None:
+        self.streams_active += 1
+
+    def stream_closed(self) -> None:
+        self.streams_active -= 1
+
+    def keepalive_timeout(self) -> None:
+        self.keepalive_timeouts += 1
+
     def reset(self, sent: bool, code: int) -> None:
         key = (sent, min(code, _UNKNOWN_CODE))
         self.resets[key] = self.resets.get(key, 0) + 1

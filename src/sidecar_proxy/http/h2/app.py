@@ -296,7 +296,7 @@ class H2AppConnection(H2Connection):
             self.ping_sent = 0.0
         elif self.ping_sent:
             if now - self.ping_sent >= timeout:
-                self.pool.counts.keepalive_timeouts += 1
+                self.counts.keepalive_timeout()
                 self.pool.forget(self)
                 self.cut()
             return

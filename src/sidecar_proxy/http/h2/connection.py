@@ -816,12 +816,12 @@ class H2Connection(asyncio.Protocol):
 
     def open_stream(self, st: Stream) -> None:
         self.streams[st.id] = st
-        self.counts.streams_active += 1
+        self.counts.stream_opened()
 
     def drop(self, st: Stream) -> None:
         if self.streams.pop(st.id, None) is None:
             return
-        self.counts.streams_active -= 1
+        self.counts.stream_closed()
         self.stalled.pop(st.id, None)
         st.remote_open = st.local_open = False
         st.pending.clear()
