@@ -251,3 +251,28 @@ def test_headers_on_a_lower_stream_id() -> None:
     assert F.rst_stream(3, F.REFUSED_STREAM) in pair.transport.take()
     pair.conn.data_received(F.frame(F.DATA, F.END_STREAM, 3, b"late"))
     assert goaway_code(pair) is None and not pair.transport.closed
+
+
+def test_a_client_that_never_answers_pings_cannot_grow_the_reset_memory() -> None:
+    # Streams the proxy resets while the client still sends are remembered until the client
+    # answers a PING (see test_h2_server.py); a client that never does has the oldest ones
+    # forgotten past 1,024, after which its late DATA on them is answered STREAM_CLOSED again.
+    pair = ready()
+    sid = 1
+    for _ in range(12):  # 1,200 streams, 100 open at a time, each answered mid-upload
+        first = sid
+        for _ in range(100):
+            pair.conn.data_received(headers(sid, block(pair), end=False))
+            sid += 2
+        for ex in pair.exchanges[(first - 1) // 2 :]:
+            ex.respond()  # complete response: the rest of the request is not wanted (NO_ERROR)
+        pair.loop.run_soon()
+    sent = frames_of(pair.transport.take())
+    assert sum(1 for f in sent if f[0] == F.RST_STREAM) == 1_200
+    assert sum(1 for f in sent if f[0] == F.PING) == 1  # the one unanswered PING
+    pair.conn.data_received(F.frame(F.DATA, 0, sid - 2, b"late"))  # the newest: discarded
+    pair.conn.data_received(F.frame(F.DATA, 0, 1, b"late"))  # the oldest: forgotten
+    pair.loop.run_soon()
+    resets = [f[2] for f in frames_of(pair.transport.take()) if f[0] == F.RST_STREAM]
+    assert resets == [1]
+    assert not pair.transport.closed
