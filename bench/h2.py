@@ -51,7 +51,7 @@ from sidecar_proxy.http.h2.app import H2AppConnection, H2AppPool
 from sidecar_proxy.http.h2.server import H2ClientStream, H2ServerConnection
 from sidecar_proxy.http.legs import AppLeg, ClientEvents, Trailers
 from sidecar_proxy.lifecycle.health import HealthState
-from sidecar_proxy.observe.metrics import Metrics
+from sidecar_proxy.observe.metrics import H2Counts, Metrics
 from sidecar_proxy.observe.paths import PathLabeler
 from sidecar_proxy.observe.recorder import Recorder
 
@@ -286,7 +286,7 @@ def codec(args: argparse.Namespace) -> None:
     server = H2ServerConnection(ctx, answer)
     server_wire = _Wire()
     server.adopt(server_wire, b"X-Forwarded-Proto: http\r\n", None)
-    pool = H2AppPool(loop, settings, lambda reused: None)
+    pool = H2AppPool(loop, settings, lambda reused: None, H2Counts())
     client = H2AppConnection(pool)
     client_wire = _Wire()
     client.connection_made(client_wire)

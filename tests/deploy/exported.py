@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from prometheus_client import generate_latest
 
-from sidecar_proxy.observe.metrics import GrpcSeries, RequestSeries, SloSeries
+from sidecar_proxy.observe.metrics import GrpcSeries, H2Series, RequestSeries, SloSeries
 
 MetricType = Literal["counter", "gauge", "histogram"]
 
@@ -65,6 +65,11 @@ METRICS: dict[str, Exported] = {
     "sidecar_grpc_response_messages_total": _m("counter", "service", "method"),
     "sidecar_retry_spool_errors_total": _m("counter"),
     "sidecar_hook_errors_total": _m("counter", "hook"),
+    "sidecar_h2_streams_active": _m("gauge", "leg"),
+    "sidecar_h2_resets_total": _m("counter", "leg", "direction", "code"),
+    "sidecar_h2_goaway_total": _m("counter", "leg", "direction", "code"),
+    "sidecar_h2_floods_total": _m("counter", "leg", "reason"),
+    "sidecar_h2_keepalive_timeouts_total": _m("counter"),
 }
 
 # The seed's histogram buckets, which sidecar_request_duration_seconds keeps.
@@ -142,7 +147,7 @@ def from_registry(registry: Any) -> dict[str, Exported]:
 
     def label_names(name: str) -> tuple[str, ...]:
         collector = collectors[name]
-        if isinstance(collector, RequestSeries | SloSeries | GrpcSeries):
+        if isinstance(collector, RequestSeries | SloSeries | GrpcSeries | H2Series):
             return collector.LABEL_NAMES.get(name, ())
         names: tuple[str, ...] = collector._labelnames
         return names

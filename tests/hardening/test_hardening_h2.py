@@ -27,6 +27,11 @@ def goaway_code(pair: H2Pair) -> int | None:
     return None
 
 
+def tripped(pair: H2Pair) -> list[str]:
+    """The flood protections counted in sidecar_h2_floods_total{leg="client"}."""
+    return [reason for reason, n in pair.ctx.metrics.h2.client.floods.items() if n]
+
+
 def ready(**overrides: object) -> H2Pair:
     pair = H2Pair(answer=False, **overrides)
     pair.exchange()
@@ -54,6 +59,11 @@ def test_rapid_reset_ends_in_enhance_your_calm() -> None:
     pair.conn.connection_lost(None)
     assert len(pair.exchanges) <= 52
     assert all(ex.finished for ex in pair.exchanges)
+    counts = pair.ctx.metrics.h2.client
+    assert tripped(pair) == ["rapid_reset"]
+    assert counts.goaways == {(True, F.ENHANCE_YOUR_CALM): 1}
+    assert counts.resets[(False, F.CANCEL)] == len(pair.exchanges)
+    assert counts.streams_active == 0
 
 
 def test_resets_within_the_rate_are_fine() -> None:
@@ -69,6 +79,7 @@ def test_refused_streams_count_as_resets() -> None:
     data = b"".join(headers(sid, block(pair)) for sid in range(1, 41, 2))
     pair.conn.data_received(data)
     assert goaway_code(pair) == F.ENHANCE_YOUR_CALM
+    assert tripped(pair) == ["rapid_reset"]
 
 
 def flood(frame: bytes, count: int, **overrides: object) -> H2Pair:
@@ -78,7 +89,9 @@ def flood(frame: bytes, count: int, **overrides: object) -> H2Pair:
 
 
 def test_ping_flood() -> None:
-    assert goaway_code(flood(F.ping(b"12345678"), 300)) == F.ENHANCE_YOUR_CALM
+    pair = flood(F.ping(b"12345678"), 300)
+    assert goaway_code(pair) == F.ENHANCE_YOUR_CALM
+    assert tripped(pair) == ["control_frames"]
 
 
 def test_settings_flood() -> None:
@@ -106,6 +119,7 @@ def test_continuation_flood_is_bounded_in_bytes() -> None:
     part = F.frame(F.CONTINUATION, 0, 1, b"\x00" * 1000)
     pair.conn.data_received(part * 20)
     assert goaway_code(pair) == F.ENHANCE_YOUR_CALM
+    assert tripped(pair) == ["header_block"]
     assert not pair.exchanges
 
 
@@ -118,11 +132,14 @@ def test_empty_continuation_flood() -> None:
 
 def test_unfinished_header_block_times_out() -> None:
     pair = ready(client_header_timeout=2.0)
-    pair.conn.data_received(F.frame(F.HEADERS, 0, 1, block(pair)))
+    # a stream open, so that the connection is not idle: only the header block's time is up
+    pair.conn.data_received(headers(1, block(pair), end=False))
+    pair.conn.data_received(F.frame(F.HEADERS, 0, 3, block(pair)))
     pair.tick(1.9)
     assert not pair.transport.closed
     pair.tick(0.2)
     assert pair.transport.closed
+    assert tripped(pair) == ["header_time"]
 
 
 def test_hpack_bomb_is_bounded() -> None:
@@ -134,6 +151,7 @@ def test_hpack_bomb_is_bounded() -> None:
     assert len(bomb) < 5000
     pair.conn.data_received(headers(1, bomb))
     assert goaway_code(pair) == F.ENHANCE_YOUR_CALM
+    assert tripped(pair) == ["header_list"]
     assert not pair.exchanges
 
 
@@ -233,3 +251,28 @@ def test_headers_on_a_lower_stream_id() -> None:
     assert F.rst_stream(3, F.REFUSED_STREAM) in pair.transport.take()
     pair.conn.data_received(F.frame(F.DATA, F.END_STREAM, 3, b"late"))
     assert goaway_code(pair) is None and not pair.transport.closed
+
+
+def test_a_client_that_never_answers_pings_cannot_grow_the_reset_memory() -> None:
+    # Streams the proxy resets while the client still sends are remembered until the client
+    # answers a PING (see test_h2_server.py); a client that never does has the oldest ones
+    # forgotten past 1,024, after which its late DATA on them is answered STREAM_CLOSED again.
+    pair = ready()
+    sid = 1
+    for _ in range(12):  # 1,200 streams, 100 open at a time, each answered mid-upload
+        first = sid
+        for _ in range(100):
+            pair.conn.data_received(headers(sid, block(pair), end=False))
+            sid += 2
+        for ex in pair.exchanges[(first - 1) // 2 :]:
+            ex.respond()  # complete response: the rest of the request is not wanted (NO_ERROR)
+        pair.loop.run_soon()
+    sent = frames_of(pair.transport.take())
+    assert sum(1 for f in sent if f[0] == F.RST_STREAM) == 1_200
+    assert sum(1 for f in sent if f[0] == F.PING) == 1  # the one unanswered PING
+    pair.conn.data_received(F.frame(F.DATA, 0, sid - 2, b"late"))  # the newest: discarded
+    pair.conn.data_received(F.frame(F.DATA, 0, 1, b"late"))  # the oldest: forgotten
+    pair.loop.run_soon()
+    resets = [f[2] for f in frames_of(pair.transport.take()) if f[0] == F.RST_STREAM]
+    assert resets == [1]
+    assert not pair.transport.closed

@@ -78,3 +78,34 @@ def test_upgrade_refused_by_app_is_a_normal_response_then_close(
     # the app was asked for the upgrade
     assert up.received[0].header("Upgrade") == "websocket"
     assert (up.received[0].header("Connection") or "").lower() == "upgrade"
+
+
+def test_an_upgrade_to_h2c_is_answered_over_http1(
+    start_upstream: Callable[..., Upstream], start_proxy: Callable[..., ProxyServer]
+) -> None:
+    # An app that takes the h2c upgrade whenever it is offered. The proxy never offers it
+    # (RFC 9113 §3.1 deprecates it; a 101 would tunnel the client's HTTP/2 to the app past the
+    # proxy's HTTP/2 checks), so the request is answered over HTTP/1.1, and an offer that
+    # names other protocols too reaches the app without h2c.
+    async def takes_h2c(req: Received, w: asyncio.StreamWriter) -> None:
+        if "h2c" in (req.header("Upgrade") or "").lower():
+            w.write(
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+            )
+        else:
+            w.write(response(200, b"over HTTP/1.1"))
+
+    up = start_upstream(takes_h2c)
+    proxy = start_proxy(up.port)
+    with connect(proxy.port) as sock:
+        sock.sendall(
+            b"GET /a HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+            b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+            b"GET /b HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket, H2C\r\n\r\n"
+        )
+        (first, second), _closed = read_responses(sock, 2)
+    assert (first.status, first.body) == (200, b"over HTTP/1.1")
+    assert second.status == 200 and second.header("Connection") == "close"  # upgrade refused
+    plain, offered = up.received
+    assert plain.header("Upgrade") is None and plain.header("HTTP2-Settings") is None
+    assert offered.header("Upgrade") == "websocket"

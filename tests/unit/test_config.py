@@ -474,6 +474,8 @@ def test_bad_http2_values_are_refused() -> None:
         "H2_MAX_CONCURRENT_STREAMS='0': expected"
     )
     assert error(env={"H2_SEND_STALL_TIMEOUT": "0"}).startswith("H2_SEND_STALL_TIMEOUT='0': ")
+    assert error(env={"H2_KEEPALIVE_TIMEOUT": "0"}).startswith("H2_KEEPALIVE_TIMEOUT='0': ")
+    assert error(env={"H2_KEEPALIVE_INTERVAL": "soon"}).startswith("H2_KEEPALIVE_INTERVAL='soon': ")
 
 
 def test_listen_port_equals_metrics_port(tmp_path: Path) -> None:

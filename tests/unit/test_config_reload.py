@@ -60,6 +60,8 @@ def test_what_a_restart_needs_is_what_the_running_proxy_cannot_rebuild() -> None
         "h2_max_reset_rate",
         "h2_max_control_frame_rate",
         "h2_send_stall_timeout",
+        "h2_keepalive_interval",
+        "h2_keepalive_timeout",
         # the process tree, the pod's /metrics view and its heartbeat watch are built once
         "workers",
         "metrics_per_worker",

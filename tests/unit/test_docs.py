@@ -21,7 +21,7 @@ def test_every_setting_has_its_row() -> None:
 
 
 def test_every_metric_is_documented() -> None:
-    documented = set(re.findall(r"^\| `(sidecar_[a-z_]+)` \|", README, re.M))
+    documented = set(re.findall(r"^\| `(sidecar_[a-z0-9_]+)` \|", README, re.M))
     exported = {
         m.name + ("_total" if m.type == "counter" else "") for m in Metrics().registry.collect()
     }

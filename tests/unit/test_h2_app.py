@@ -11,13 +11,18 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import h2.settings
 import pytest
-from support.h2peer import FakeTransport, of
+from support.fakes import FakeLoop
+from support.fakes import FakeTransport as LoopTransport
+from support.h2peer import FakeTransport, frames_of, of
 
 from sidecar_proxy.config import Settings
 from sidecar_proxy.http.fields import RequestHead, ResponseHead
+from sidecar_proxy.http.h2 import frames as F
 from sidecar_proxy.http.h2.app import H2AppConnection, H2AppPool, H2AppStream
 from sidecar_proxy.http.legs import AppLeg, Trailers
+from sidecar_proxy.observe.metrics import H2Counts
 
 
 class Events:
@@ -70,7 +75,7 @@ class AppPair:
     def __init__(self, loop: asyncio.AbstractEventLoop, **overrides: Any) -> None:
         self.loop = loop
         settings = dataclasses.replace(Settings(), **overrides)
-        self.pool = H2AppPool(loop, settings, lambda reused: None)
+        self.pool = H2AppPool(loop, settings, lambda reused: None, H2Counts())
         self.conn = H2AppConnection(self.pool)
         self.transport = FakeTransport()
         self.conn.connection_made(self.transport)
@@ -174,6 +179,7 @@ def test_refused_and_reset_streams(loop: asyncio.AbstractEventLoop) -> None:
     pair.to_proxy()
     assert refused.kinds() == ["refused"]  # never processed: retried whatever the method
     assert reset.kinds() == ["lost"]
+    assert pair.pool.counts.resets == {(False, 7): 1, (False, 2): 1}  # received, by code
 
 
 def test_a_response_to_a_stream_we_reset_is_ignored(loop: asyncio.AbstractEventLoop) -> None:
@@ -210,6 +216,7 @@ def test_goaway_refuses_the_streams_above_its_last_id(loop: asyncio.AbstractEven
     pair.to_proxy()
     assert gone.kinds() == ["refused"]
     assert kept.kinds() == []  # still served
+    assert pair.pool.counts.goaways == {(False, 0): 1}  # NO_ERROR, received
     assert not pair.conn.has_room()  # new streams go to another connection
     late = pair.stream(Events())
     late.send_request(post(), [], [], [])  # handed out before the GOAWAY arrived
@@ -269,3 +276,108 @@ def test_request_body_past_the_apps_window_pauses_the_client(
     assert ev.paused == [True, False]
     got = sum(len(d.data) for d in of(pair.to_app(), h2.events.DataReceived))
     assert got == 200_000 - 65_535
+
+
+def test_a_thousand_cancelled_calls_cost_the_other_calls_nothing(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    # Clients cancel 1,200 calls on one app connection, in two bursts of 600, each call while
+    # the app's answer is streaming. Every answer crosses our RST_STREAM and is discarded
+    # (RFC 9113 §5.1), however many there are: a closed stream of ours is known by its id
+    # alone, not by a bounded list of the streams we reset, so none is ever forgotten into a
+    # connection error, and the discarded DATA gives the connection window back (the second
+    # burst needs it). The call that was not cancelled is answered in full.
+    pair = AppPair(loop)
+    pair.app.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 1_000})
+    pair.to_proxy()
+    pair.to_app()
+    kept = Events()
+    survivor = pair.stream(kept)
+    survivor.send_request(post(), [], [], [])
+    kept_id = of(pair.to_app(), h2.events.RequestReceived)[0].stream_id
+    answer = b"x" * 1_000  # 600 kB a burst: the two need more than our 1 MiB window
+    for _ in range(2):
+        cancelled = [pair.stream(Events()) for _ in range(600)]
+        for st in cancelled:
+            st.send_request(post(), [], [], [])
+        for event in of(pair.to_app(), h2.events.RequestReceived):
+            pair.app.send_headers(event.stream_id, [(b":status", b"200")])
+            pair.app.send_data(event.stream_id, answer)  # a response under way
+        for st in cancelled:
+            st.abandon()  # RST_STREAM CANCEL; the answer is already on the wire
+        pair.to_proxy()
+        events = pair.to_app()
+        assert len(of(events, h2.events.StreamReset)) == 600
+        assert not of(events, h2.events.ConnectionTerminated)
+        pair.to_proxy()
+    assert list(pair.conn.streams) == [kept_id]
+    assert pair.pool.counts.resets == {(True, 8): 1_200}  # CANCEL, sent
+    assert pair.pool.counts.streams_active == 1
+    pair.app.send_headers(kept_id, [(b":status", b"200")])
+    pair.app.send_data(kept_id, b"still here", end_stream=True)
+    pair.to_proxy()
+    assert kept.kinds() == ["head", "end"] and kept.body == b"still here"
+    assert not pair.conn.closing
+    assert pair.pool.counts.streams_active == 0
+
+
+class FutureLoop(FakeLoop):
+    """A fake clock that can also make the futures a connection keeps (its ``ready``)."""
+
+    def __init__(self, futures: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self.futures = futures
+
+    def create_future(self) -> asyncio.Future[Any]:
+        return self.futures.create_future()
+
+
+def test_keepalive_pings_a_silent_app_and_closes_when_it_stays_silent(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    fake = FutureLoop(loop)
+    settings = dataclasses.replace(Settings(), h2_keepalive_interval=10.0, h2_keepalive_timeout=4.0)
+    pool = H2AppPool(fake.as_loop(), settings, lambda reused: None, H2Counts())
+    conn = H2AppConnection(pool)
+    transport = LoopTransport(fake)
+    transport.connect(conn)
+    app = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=False, header_encoding=None)
+    )
+    app.initiate_connection()
+    app.receive_data(transport.take())
+    conn.data_received(app.data_to_send())
+    pool.add(conn)
+    ev = Events()
+    st = conn.new_stream()
+    st.bind(ev)
+    st.send_request(post(), [], [], [])  # a call the app is slow to answer: nothing comes back
+    fake.run_ready()
+    app.receive_data(transport.take())
+
+    def next_ping() -> tuple[bytes, float]:
+        """Waits a second at a time for our next PING: its payload, and the time it took."""
+        for waited in range(1, 30):
+            fake.advance(1.0)
+            sent = [f[3] for f in frames_of(transport.take()) if f[0] == F.PING and not f[1]]
+            if sent:
+                return sent[0], waited
+        raise AssertionError("no PING")
+
+    # Checked every 2 s (half the shorter setting): a PING 10 to 14 s after the last frame
+    # heard, a close 4 to 6 s after a PING that is not answered.
+    for _ in range(3):
+        payload, waited = next_ping()
+        assert 10 <= waited <= 14
+        app.receive_data(F.ping(payload))
+        conn.data_received(app.data_to_send())  # the answer; any frame would do
+    assert not conn.closing and pool.counts.keepalive_timeouts == 0
+    next_ping()  # and this one is not answered
+    fake.advance(3.0)
+    assert not conn.closing
+    fake.advance(3.0)
+    assert conn.closing and transport.closed
+    assert pool.counts.keepalive_timeouts == 1
+    assert ev.kinds() == ["lost"]  # the call fails now, not at its deadline
+    assert pool.counts.goaways == {}  # cut: a peer that does not answer would not read one
+    assert not fake.timers_for(pool._check_alive)  # no connections left: the timer stops

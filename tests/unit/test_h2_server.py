@@ -371,3 +371,73 @@ def test_body_held_for_an_exchange_that_ends_gives_the_connection_its_credit_bac
     events = pair.receive()
     credited = sum(e.delta for e in of(events, h2.events.WindowUpdated) if e.stream_id == 0)
     assert credited == 45_000
+
+
+def test_frames_crossing_our_reset_are_discarded_until_a_ping_shows_it_seen() -> None:
+    # The app answers while the client is still sending: the stream is reset (NO_ERROR, RFC
+    # 9113 §8.1) and DATA the client sent meanwhile is discarded, not answered. A PING goes
+    # with the reset; once it is answered the client has seen the reset, the id is forgotten,
+    # and DATA on the stream is the client's error again (STREAM_CLOSED). One PING covers the
+    # resets made before it; those made while it is out wait for the next.
+    pair = H2Pair(answer=False)
+    a, b, c = (pair.request(b"/up", method=b"POST", body=b"part", end=False) for _ in range(3))
+    pair.send()
+    first, second, third = pair.exchanges
+
+    def late(sid: int) -> list[tuple[int, int, int, bytes]]:
+        pair.conn.data_received(F.frame(F.DATA, 0, sid, b"late"))
+        pair.loop.run_soon()
+        return [f for f in frames_of(pair.transport.take()) if f[0] in (F.RST_STREAM, F.PING)]
+
+    first.respond()
+    second.respond()
+    pair.loop.run_soon()
+    out = pair.transport.take()
+    sent = [(f[0], f[2], f[3]) for f in frames_of(out) if f[0] in (F.RST_STREAM, F.PING)]
+    ping = [payload for kind, _, payload in sent if kind == F.PING]
+    assert [(kind, sid) for kind, sid, _ in sent if kind == F.RST_STREAM] == [
+        (F.RST_STREAM, a),
+        (F.RST_STREAM, b),
+    ]
+    assert len(ping) == 1
+    assert late(a) == [] and late(b) == []
+    third.respond()  # reset while the PING is out: it waits for the next one
+    pair.loop.run_soon()
+    assert [f[0] for f in frames_of(pair.transport.take()) if f[0] == F.PING] == []
+    pair.client.receive_data(out)  # the client sees the first two resets, and answers the PING
+    pair.send()
+    pair.loop.run_soon()
+    assert [(f[0], f[3]) for f in frames_of(pair.transport.take())] == [(F.PING, ping[0])]
+    assert late(a) == [(F.RST_STREAM, 0, a, F.STREAM_CLOSED.to_bytes(4, "big"))]
+    assert late(c) == []
+    assert pair.ctx.metrics.h2.client.resets == {(True, F.NO_ERROR): 3, (True, F.STREAM_CLOSED): 1}
+
+
+def test_extended_connect_is_refused_since_it_is_never_enabled() -> None:
+    # RFC 8441: a client may send :protocol (WebSocket over HTTP/2) only to a server that
+    # advertised SETTINGS_ENABLE_CONNECT_PROTOCOL. The proxy never does, so :protocol is an
+    # unknown pseudo-header field and the request malformed (RFC 9113 §8.3): RST_STREAM
+    # PROTOCOL_ERROR, no exchange. A plain CONNECT is answered 501, as over HTTP/1.1.
+    pair = H2Pair()
+    pair.send()
+    ours = pair.transport.take()
+    settings = [f[3] for f in frames_of(ours) if f[0] == F.SETTINGS and not f[1] & F.ACK]
+    advertised = {
+        int.from_bytes(p[i : i + 2], "big") for p in settings for i in range(0, len(p), 6)
+    }
+    assert F.MAX_CONCURRENT_STREAMS in advertised
+    assert 0x8 not in advertised  # SETTINGS_ENABLE_CONNECT_PROTOCOL
+    pair.client.receive_data(ours)
+    pair.send()
+    websocket = [
+        *[(b":method", b"CONNECT"), (b":protocol", b"websocket"), (b":scheme", b"http")],
+        *[(b":path", b"/chat"), (b":authority", b"t"), (b"sec-websocket-version", b"13")],
+    ]
+    block = pair.client.encoder.encode(websocket)
+    pair.conn.data_received(F.frame(F.HEADERS, F.END_HEADERS, 1, block))
+    assert F.rst_stream(1, F.PROTOCOL_ERROR) in pair.transport.take()
+    assert not pair.exchanges
+    block = pair.client.encoder.encode([(b":method", b"CONNECT"), (b":authority", b"t:443")])
+    pair.conn.data_received(F.frame(F.HEADERS, F.END_HEADERS | F.END_STREAM, 3, block))
+    assert pair.exchanges[0].rejected == (501, "CONNECT is not supported by a reverse proxy")
+    assert not pair.transport.closed

@@ -19,6 +19,7 @@ from sidecar_proxy.http.headers import (
     new_request_id,
     valid_host,
     valid_request_id,
+    without_h2c,
 )
 
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
@@ -53,6 +54,22 @@ def test_hop_by_hop_fields_are_rfc_9110s_and_the_legacy_ones() -> None:
 )
 def test_list_tokens(values: list[bytes], tokens: list[bytes]) -> None:
     assert list_tokens(values) == tokens
+
+
+@pytest.mark.parametrize(
+    ("offer", "kept"),
+    [
+        (b"h2c", b""),
+        (b"H2C", b""),
+        (b"websocket, h2c", b"websocket"),
+        (b"h2c,WebSocket/13 , ", b"WebSocket/13"),  # kept as written
+        (b"h2c/1, h2", b"h2"),
+        (b"websocket", b"websocket"),
+        (b"h2cx", b"h2cx"),  # another protocol's name
+    ],
+)
+def test_an_upgrade_to_h2c_is_never_offered_on(offer: bytes, kept: bytes) -> None:
+    assert without_h2c(offer) == kept
 
 
 def test_end_to_end_returns_the_same_list_when_nothing_is_nominated() -> None:

@@ -169,6 +169,11 @@ def test_exactly_the_documented_metrics(metrics: Metrics) -> None:
         "sidecar_slo_error_budget_remaining": "gauge",
         "sidecar_retry_spool_errors": "counter",
         "sidecar_hook_errors": "counter",
+        "sidecar_h2_streams_active": "gauge",
+        "sidecar_h2_resets": "counter",
+        "sidecar_h2_goaway": "counter",
+        "sidecar_h2_floods": "counter",
+        "sidecar_h2_keepalive_timeouts": "counter",
     }
     # The seed's help strings.
     assert families["sidecar_requests"].documentation == (

@@ -211,3 +211,38 @@ def test_the_families_combined_by_name_exist() -> None:
         *podmetrics.MEAN,
     }
     assert combined <= names
+
+
+def test_http2_series_are_summed_over_the_workers() -> None:
+    # Open streams are a gauge of live workers, resets, GOAWAYs and floods counters: all add up.
+    workers = [Metrics() for _ in range(3)]
+    whole = Metrics()
+    for n, worker in enumerate(workers, 1):
+        for counts in (worker.h2.client, whole.h2.client):
+            for _ in range(n):
+                counts.stream_opened()
+                counts.reset(True, 8)
+                counts.reset(False, 0xDEAD)  # a code RFC 9113 does not define
+            counts.goaway(False, 0)
+            counts.flood("rapid_reset")
+        for counts in (worker.h2.app, whole.h2.app):
+            counts.stream_opened()
+            counts.keepalive_timeout()
+    pod = PodMetrics(3, per_worker=False, pod_wide={})
+    for index, worker in enumerate(workers):
+        pod.update(index, list(worker.registry.collect()))
+    got = samples(pod_registry(pod))
+    h2 = {key: v for key, v in got.items() if key[0].startswith("sidecar_h2_")}
+    assert h2 == {
+        k: v for k, v in samples(whole.registry).items() if k[0].startswith("sidecar_h2_")
+    }
+    client, app = ("leg", "client"), ("leg", "app")
+    assert h2[("sidecar_h2_streams_active", frozenset({client}))] == 6
+    assert h2[("sidecar_h2_streams_active", frozenset({app}))] == 3
+    sent_cancel = frozenset({client, ("direction", "sent"), ("code", "CANCEL")})
+    assert h2[("sidecar_h2_resets_total", sent_cancel)] == 6
+    unknown = frozenset({client, ("direction", "received"), ("code", "UNKNOWN")})
+    assert h2[("sidecar_h2_resets_total", unknown)] == 6
+    assert h2[("sidecar_h2_floods_total", frozenset({client, ("reason", "rapid_reset")}))] == 3
+    assert h2[("sidecar_h2_floods_total", frozenset({app, ("reason", "header_list")}))] == 0
+    assert h2[("sidecar_h2_keepalive_timeouts_total", frozenset())] == 3

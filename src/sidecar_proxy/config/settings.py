@@ -507,6 +507,20 @@ class Settings:
         "30s",
         "longest an HTTP/2 response may wait on a flow-control window the client keeps at zero",
     )
+    h2_keepalive_interval: float = _setting(
+        "H2_KEEPALIVE_INTERVAL",
+        DURATION,
+        "0",
+        "with upstream_protocol=h2c: PING a connection to the app that has sent nothing for "
+        "this long, and close it if h2_keepalive_timeout passes without an answer; 0 = off",
+    )
+    h2_keepalive_timeout: float = _setting(
+        "H2_KEEPALIVE_TIMEOUT",
+        POSITIVE_DURATION,
+        "20s",
+        "how long a keepalive PING to the app may go unanswered (any frame counts) before "
+        "its connection is closed",
+    )
     tls_cert_file: str = _setting(
         "TLS_CERT_FILE",
         FILE,

@@ -53,7 +53,7 @@ def app_pool(
 ) -> AppPool:
     """The app pool the settings ask for: HTTP/1.1 connections, or h2c streams."""
     if settings.upstream_protocol == "h2c":
-        return H2AppPool(loop, settings, metrics.on_upstream_connection)
+        return H2AppPool(loop, settings, metrics.on_upstream_connection, metrics.h2.app)
     return new_pool(loop, settings, metrics, upstream_tls)
 
 

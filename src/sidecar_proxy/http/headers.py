@@ -41,6 +41,19 @@ def list_tokens(values: list[bytes]) -> list[bytes]:
     return tokens
 
 
+def without_h2c(offer: bytes) -> bytes:
+    """An ``Upgrade`` offer (RFC 9110 §7.8) less HTTP/2 over cleartext; empty if nothing else
+    is offered. RFC 9113 §3.1 deprecates the h2c upgrade, and a 101 to it would make the
+    connection a tunnel carrying the client's HTTP/2 straight to the app, past every HTTP/2
+    check the proxy makes ("h2c smuggling"). The other protocols are kept as written."""
+    kept = [
+        item.strip()
+        for item in offer.split(b",")
+        if item.strip() and item.strip().lower().split(b"/")[0] != b"h2c"
+    ]
+    return b", ".join(kept)
+
+
 def end_to_end(
     lines: list[bytes], names: list[bytes], connection: list[bytes] | None
 ) -> list[bytes]:

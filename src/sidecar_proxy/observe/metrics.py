@@ -301,6 +301,135 @@ class GrpcSeries(_SampledFamilies):
         return [calls, duration, sent, received]
 
 
+# sidecar_h2_* label values. The error codes' names are RFC 9113 §7's, indexed by code; a peer
+# may send any 32-bit code, and those past the table are counted as one name, so a peer cannot
+# add series.
+H2_LEGS = ("client", "app")
+H2_ERROR_CODES = (
+    "NO_ERROR",
+    "PROTOCOL_ERROR",
+    "INTERNAL_ERROR",
+    "FLOW_CONTROL_ERROR",
+    "SETTINGS_TIMEOUT",
+    "STREAM_CLOSED",
+    "FRAME_SIZE_ERROR",
+    "REFUSED_STREAM",
+    "CANCEL",
+    "COMPRESSION_ERROR",
+    "CONNECT_ERROR",
+    "ENHANCE_YOUR_CALM",
+    "INADEQUATE_SECURITY",
+    "HTTP_1_1_REQUIRED",
+    "UNKNOWN",
+)
+_UNKNOWN_CODE: Final = len(H2_ERROR_CODES) - 1
+# sidecar_h2_floods_total{reason}: the protections that end a connection with ENHANCE_YOUR_CALM
+FLOOD_RAPID_RESET = "rapid_reset"  # H2_MAX_RESET_RATE (CVE-2023-44487)
+FLOOD_CONTROL_FRAMES = "control_frames"  # H2_MAX_CONTROL_FRAME_RATE
+FLOOD_HEADER_BLOCK = "header_block"  # a header block's frames too large (CVE-2024-27316)
+FLOOD_HEADER_LIST = "header_list"  # a header block decoding too large (the HPACK bomb)
+FLOOD_HEADER_TIME = "header_time"  # a header block not completed in time
+H2_FLOODS = (
+    FLOOD_RAPID_RESET,
+    FLOOD_CONTROL_FRAMES,
+    FLOOD_HEADER_BLOCK,
+    FLOOD_HEADER_LIST,
+    FLOOD_HEADER_TIME,
+)
+
+_H2_STREAMS = ("sidecar_h2_streams_active", "Open HTTP/2 streams, by leg (client or app)")
+_H2_RESETS = (
+    "sidecar_h2_resets_total",
+    "HTTP/2 RST_STREAM frames, by leg, direction (sent or received) and error code",
+)
+_H2_GOAWAY = (
+    "sidecar_h2_goaway_total",
+    "HTTP/2 GOAWAY frames, by leg, direction (sent or received) and error code",
+)
+_H2_FLOODS = (
+    "sidecar_h2_floods_total",
+    "HTTP/2 connections closed with ENHANCE_YOUR_CALM by a flood protection, by leg and reason",
+)
+_H2_KEEPALIVE = (
+    "sidecar_h2_keepalive_timeouts_total",
+    "HTTP/2 connections to the app closed because a keepalive PING went unanswered",
+)
+
+
+class H2Counts:
+    """One leg's HTTP/2 numbers, written by its connections on the event loop: plain numbers,
+    like :class:`RequestSeries`, since every HTTP/2 request opens and closes a stream."""
+
+    __slots__ = ("floods", "goaways", "keepalive_timeouts", "resets", "streams_active")
+
+    def __init__(self) -> None:
+        self.streams_active = 0
+        self.resets: dict[tuple[bool, int], int] = {}  # (sent by us, code) -> frames
+        self.goaways: dict[tuple[bool, int], int] = {}
+        self.floods = dict.fromkeys(H2_FLOODS, 0)
+        self.keepalive_timeouts = 0
+
+    def stream_opened(self) -> None:
+        self.streams_active += 1
+
+    def stream_closed(self) -> None:
+        self.streams_active -= 1
+
+    def keepalive_timeout(self) -> None:
+        self.keepalive_timeouts += 1
+
+    def reset(self, sent: bool, code: int) -> None:
+        key = (sent, min(code, _UNKNOWN_CODE))
+        self.resets[key] = self.resets.get(key, 0) + 1
+
+    def goaway(self, sent: bool, code: int) -> None:
+        key = (sent, min(code, _UNKNOWN_CODE))
+        self.goaways[key] = self.goaways.get(key, 0) + 1
+
+    def flood(self, reason: str) -> None:
+        """``reason`` is one of :data:`H2_FLOODS`."""
+        self.floods[reason] += 1
+
+
+class H2Series(_SampledFamilies):
+    """The HTTP/2 series of both legs: the client leg's connections write ``client``, the app
+    pool's ``app``."""
+
+    LABEL_NAMES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
+        {
+            _H2_STREAMS[0]: ("leg",),
+            _H2_RESETS[0]: ("leg", "direction", "code"),
+            _H2_GOAWAY[0]: ("leg", "direction", "code"),
+            _H2_FLOODS[0]: ("leg", "reason"),
+        }
+    )
+
+    def __init__(self) -> None:
+        self.client = H2Counts()
+        self.app = H2Counts()
+
+    def _families(self, *, with_samples: bool) -> list[Metric]:
+        labels = self.LABEL_NAMES
+        streams = GaugeMetricFamily(*_H2_STREAMS, labels=labels[_H2_STREAMS[0]])
+        resets = CounterMetricFamily(*_H2_RESETS, labels=labels[_H2_RESETS[0]])
+        goaway = CounterMetricFamily(*_H2_GOAWAY, labels=labels[_H2_GOAWAY[0]])
+        floods = CounterMetricFamily(*_H2_FLOODS, labels=labels[_H2_FLOODS[0]])
+        families: list[Metric] = [streams, resets, goaway, floods]
+        if not with_samples:
+            families.append(CounterMetricFamily(*_H2_KEEPALIVE))
+            return families
+        for leg, counts in zip(H2_LEGS, (self.client, self.app), strict=True):
+            streams.add_metric((leg,), counts.streams_active)
+            for family, frames in ((resets, counts.resets), (goaway, counts.goaways)):
+                for (sent, code), n in list(frames.items()):
+                    direction = "sent" if sent else "received"
+                    family.add_metric((leg, direction, H2_ERROR_CODES[code]), n)
+            for reason, n in list(counts.floods.items()):
+                floods.add_metric((leg, reason), n)
+        families.append(CounterMetricFamily(*_H2_KEEPALIVE, value=self.app.keepalive_timeouts))
+        return families
+
+
 _BURN_RATE = (
     "sidecar_slo_burn_rate",
     "Error-budget burn rate over the window: the bad share of requests divided by the budget",
@@ -359,6 +488,8 @@ class Metrics:
         r.register(self.requests)
         self.grpc = GrpcSeries()
         r.register(self.grpc)
+        self.h2 = H2Series()
+        r.register(self.h2)
         self.slo = slo
         r.register(SloSeries(slo, time.monotonic))
         self.upstream_errors = Counter(

@@ -58,6 +58,7 @@ from sidecar_proxy.http.headers import (
     end_to_end,
     list_tokens,
     valid_host,
+    without_h2c,
 )
 from sidecar_proxy.http.legs import ClientEvents, Trailers
 from sidecar_proxy.http.phase import IllegalTransition
@@ -546,8 +547,9 @@ class H1ClientConnection(asyncio.Protocol):
         if cur.upgrade:
             if b"upgrade" not in list_tokens(cur.connection) or cur.version != "1.1":
                 cur.upgrade = b""  # not an upgrade request after all (RFC 9110 §7.8)
-            elif cur.upgrade.lower().startswith(b"h2c"):
-                cur.upgrade = b""  # no HTTP/2 towards the app; answer over HTTP/1.1
+            elif b"h2c" in cur.upgrade.lower():
+                # never offered to the app: an upgrade to h2c alone is answered over HTTP/1.1
+                cur.upgrade = without_h2c(cur.upgrade)
         target = cur.target
         if target.find(b"#") >= 0:  # not ``in``: see h2/heads.py, _check_fields
             return 400, "a request target has no fragment"  # RFC 9112 §3.2: servers disagree

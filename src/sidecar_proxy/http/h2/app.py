@@ -11,6 +11,14 @@ or one above the last stream id of its GOAWAY, is reported with
 :meth:`~sidecar_proxy.http.legs.AppEvents.app_refused`, which the exchange retries like a refused
 connection, whatever the method. A connection that sent GOAWAY takes no new streams; it closes
 once the ones it still serves are done.
+
+Keepalive (``H2_KEEPALIVE_INTERVAL``, off by default), as Envoy's ``connection_keepalive``: a
+connection the app has sent nothing on for the interval gets a PING, and one that then stays
+silent for ``H2_KEEPALIVE_TIMEOUT`` is closed, so a dead app (a host gone without a FIN, a
+half-open NAT entry) costs the next calls a retry on a new connection rather than their
+deadline. Any frame counts as the answer, as in Envoy: a connection that is receiving is alive.
+One timer per pool checks every connection, every half of the shorter of the two settings, so
+each acts up to that much late; a read costs one flag store.
 """
 
 from __future__ import annotations
@@ -40,8 +48,10 @@ from sidecar_proxy.http.h2.heads import (
 )
 from sidecar_proxy.http.h2.hpack import Field
 from sidecar_proxy.http.legs import AppEvents, ConnectCallback, Trailers
+from sidecar_proxy.observe.metrics import H2Counts
 
 _SCHEME: Final = b"http"
+_KEEPALIVE_PING: Final = b"alive\x00\x00\x00"
 
 
 def app_limits(s: Settings) -> Limits:
@@ -61,10 +71,14 @@ class H2AppPool:
         "_closed",
         "_conns",
         "_opening",
+        "_pinger",
         "_sweeper",
         "connect_timeout",
+        "counts",
         "host",
         "idle_timeout",
+        "keepalive",
+        "keepalive_timeout",
         "limits",
         "loop",
         "on_connection",
@@ -76,6 +90,7 @@ class H2AppPool:
         loop: asyncio.AbstractEventLoop,
         settings: Settings,
         on_connection: Callable[[bool], None],
+        counts: H2Counts,
     ) -> None:
         self.loop = loop
         self.host = settings.upstream_host
@@ -84,6 +99,10 @@ class H2AppPool:
         self.idle_timeout = settings.upstream_idle_timeout
         self.limits = app_limits(settings)
         self.on_connection = on_connection  # metrics hook: True when an open one is used
+        self.counts = counts  # the app leg's sidecar_h2_* numbers
+        self.keepalive = settings.h2_keepalive_interval  # 0: off
+        self.keepalive_timeout = settings.h2_keepalive_timeout
+        self._pinger: asyncio.TimerHandle | None = None
         self._conns: list[H2AppConnection] = []  # oldest first: streams gather on few
         self._opening: asyncio.Future[H2AppConnection] | None = None
         self._closed = False
@@ -151,10 +170,28 @@ class H2AppPool:
             opening.exception()
             return
         self.on_connection(False)
-        self._conns.append(conn)
+        self.add(conn)
         opening.set_result(conn)
+
+    def add(self, conn: H2AppConnection) -> None:
+        """A connection is open and its SETTINGS have come: it takes streams from now on."""
+        self._conns.append(conn)
         if self._sweeper is None:
             self._sweeper = self.loop.call_later(self.idle_timeout, self._sweep)
+        if self.keepalive and self._pinger is None:
+            self._pinger = self.loop.call_later(self._keepalive_step(), self._check_alive)
+
+    def _keepalive_step(self) -> float:
+        return min(self.keepalive, self.keepalive_timeout) / 2
+
+    def _check_alive(self) -> None:
+        """PING the connections the app has been silent on; close those that did not answer."""
+        self._pinger = None
+        now = self.loop.time()
+        for conn in list(self._conns):
+            conn.check_alive(now, self.keepalive, self.keepalive_timeout)
+        if self._conns:
+            self._pinger = self.loop.call_later(self._keepalive_step(), self._check_alive)
 
     def forget(self, conn: H2AppConnection) -> None:
         with contextlib.suppress(ValueError):
@@ -176,17 +213,36 @@ class H2AppPool:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        if self._pinger is not None:
+            self._pinger.cancel()
+            self._pinger = None
         conns, self._conns = self._conns, []
         for conn in conns:
             conn.close()
 
 
 class H2AppConnection(H2Connection):
-    __slots__ = ("active", "gone_away", "idle_since", "next_id", "pool", "ready", "touched")
+    __slots__ = (
+        "active",
+        "gone_away",
+        "heard",
+        "heard_at",
+        "idle_since",
+        "next_id",
+        "ping_sent",
+        "pool",
+        "ready",
+        "touched",
+    )
 
     def __init__(self, pool: H2AppPool) -> None:
-        super().__init__(pool.loop, pool.limits)
+        super().__init__(pool.loop, pool.limits, pool.counts)
         self.pool = pool
+        # keepalive: whether anything came since the last check, when the last check saw it,
+        # and when our PING went out (0: none in flight)
+        self.heard = False
+        self.heard_at = self.clock()
+        self.ping_sent = 0.0
         self.next_id = 1
         self.active = 0  # streams handed out and not yet released: what counts against room
         self.gone_away = False
@@ -218,6 +274,7 @@ class H2AppConnection(H2Connection):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        self.heard = True
         self.feed(data)
         touched = self.touched
         if touched:
@@ -230,6 +287,23 @@ class H2AppConnection(H2Connection):
     def on_peer_settings(self) -> None:
         if not self.ready.done():
             self.ready.set_result(None)
+
+    def check_alive(self, now: float, interval: float, timeout: float) -> None:
+        """The keepalive's check of this connection (see the module docstring)."""
+        if self.heard:
+            self.heard = False
+            self.heard_at = now
+            self.ping_sent = 0.0
+        elif self.ping_sent:
+            if now - self.ping_sent >= timeout:
+                self.counts.keepalive_timeout()
+                self.pool.forget(self)
+                self.cut()
+            return
+        if now - self.heard_at >= interval:
+            self.ping_sent = now
+            self.out.append(F.ping(_KEEPALIVE_PING))
+            self.write_out()
 
     def has_room(self) -> bool:
         return (
@@ -309,7 +383,7 @@ class H2AppStream(Stream):
         self.id = conn.next_id
         conn.next_id += 2
         self.send_window = conn.peer_initial_window
-        conn.streams[self.id] = self
+        conn.open_stream(self)
         self.head = request_fields(head, added, _SCHEME)
         for chunk in body:
             self.pending.append(chunk)

@@ -31,6 +31,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
+from itertools import islice
 from typing import Final, cast
 
 from sidecar_proxy.http.h2 import frames as F
@@ -44,6 +45,13 @@ from sidecar_proxy.http.h2.hpack import (
     new_decoder,
     new_encoder,
 )
+from sidecar_proxy.observe.metrics import (
+    FLOOD_CONTROL_FRAMES,
+    FLOOD_HEADER_BLOCK,
+    FLOOD_HEADER_LIST,
+    FLOOD_RAPID_RESET,
+    H2Counts,
+)
 from sidecar_proxy.policy.ratelimit import TokenBuckets
 
 log = logging.getLogger("sidecar_proxy.h2")
@@ -53,19 +61,25 @@ log = logging.getLogger("sidecar_proxy.h2")
 _HIGH: Final = 64 * 1024
 _LOW: Final = 16 * 1024
 
-# Streams this side reset, remembered so that frames the peer sent before it saw the reset are
-# ignored rather than answered with an error (RFC 9113 §5.1, "closed"); the oldest half is
-# forgotten past this many.
-_RESET_MEMORY: Final = 256
+# Streams the peer opened and this side reset while the peer could still send on them are
+# remembered, so that the frames the peer sent before it saw the reset are discarded rather than
+# answered with an error (RFC 9113 §5.1, "closed"). A PING sent after the reset tells when the
+# peer has seen it (§5.1's "other signals": the peer answers the PING after it has read the
+# RST_STREAM, and whatever it sent before arrives before the answer), so the ids are forgotten
+# when the PING comes back: the memory is what one round trip's resets take. Past this many
+# (a peer that leaves PINGs unanswered) the oldest half is forgotten.
+_RESET_MEMORY: Final = 1024
+_FENCE_PING: Final = b"reset\x00\x00\x00"
 
 
 class ConnectionFault(Exception):
     """A connection error (RFC 9113 §5.4.1): GOAWAY with ``code``, then close."""
 
-    def __init__(self, code: int, reason: str) -> None:
+    def __init__(self, code: int, reason: str, flood: str = "") -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        self.flood = flood  # the protection that tripped (observe.metrics.H2_FLOODS), if one did
 
 
 class Limits:
@@ -196,6 +210,7 @@ class H2Connection(asyncio.Protocol):
     __slots__ = (
         "_buf",
         "_control",
+        "_fenced",
         "_hb_bad",
         "_hb_bytes",
         "_hb_end_stream",
@@ -206,6 +221,7 @@ class H2Connection(asyncio.Protocol):
         "_write_scheduled",
         "clock",
         "closing",
+        "counts",
         "decoder",
         "encoder",
         "goaway_sent",
@@ -227,10 +243,11 @@ class H2Connection(asyncio.Protocol):
         "transport_paused",
     )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, limits: Limits) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, limits: Limits, counts: H2Counts) -> None:
         self.loop = loop
         self.clock: Callable[[], float] = loop.time
         self.limits = limits
+        self.counts = counts  # this leg's sidecar_h2_* numbers
         self.transport: asyncio.Transport | None = None
         self.closing = False
         self.out: list[bytes] = []
@@ -240,7 +257,8 @@ class H2Connection(asyncio.Protocol):
         self.encoder: Encoder = new_encoder()
         self.decoder: Decoder = new_decoder(limits.header_list_bytes)
         self.streams: dict[int, Stream] = {}
-        self._reset_ids: dict[int, None] = {}  # streams we reset (later frames are ignored)
+        self._reset_ids: dict[int, None] = {}  # see _RESET_MEMORY; oldest first
+        self._fenced = 0  # how many of the oldest _reset_ids the PING in flight covers; 0: none
         self.peer_initial_window = F.DEFAULT_WINDOW
         self.peer_max_frame = F.DEFAULT_FRAME_SIZE
         self.peer_max_streams = 2**31  # until the peer says otherwise (RFC 9113 §6.5.2)
@@ -337,13 +355,27 @@ class H2Connection(asyncio.Protocol):
         """GOAWAY with ``code`` and close once it is written."""
         if self.closing:
             return
-        out = self.out
-        out.append(F.goaway(self.last_peer_stream(), code, reason.encode()[:256]))
+        self.send_goaway(self.last_peer_stream(), code, reason.encode()[:256])
         self.write_out()
         self.closing = True
         t = self.transport
         if t is not None:
             t.close()
+
+    def cut(self) -> None:
+        """Close at once, without GOAWAY and without waiting for unsent bytes to drain: for a
+        peer that has stopped answering, which would not read them."""
+        if self.closing:
+            return
+        self.closing = True
+        self.out.clear()
+        t = self.transport
+        if t is not None:
+            t.abort()
+
+    def send_goaway(self, last_stream_id: int, code: int, debug: bytes = b"") -> None:
+        self.out.append(F.goaway(last_stream_id, code, debug))
+        self.counts.goaway(True, code)
 
     # == bytes in ==================================================================================
 
@@ -360,6 +392,8 @@ class H2Connection(asyncio.Protocol):
         except ConnectionFault as fault:
             self.in_read = False
             log.debug("HTTP/2 connection error", extra={"code": fault.code, "reason": fault.reason})
+            if fault.flood:
+                self.counts.flood(fault.flood)
             self.close(fault.code, fault.reason)
             return
         except Exception:
@@ -426,31 +460,38 @@ class H2Connection(asyncio.Protocol):
 
     def _control_frame(self) -> None:
         if self._control.take(b""):
-            raise ConnectionFault(F.ENHANCE_YOUR_CALM, "too many control frames")
+            raise ConnectionFault(
+                F.ENHANCE_YOUR_CALM, "too many control frames", FLOOD_CONTROL_FRAMES
+            )
 
     def count_reset(self) -> None:
         """A stream ended early by the peer, or by us because of the peer: rapid reset's count."""
         if self._resets.take(b""):
-            raise ConnectionFault(F.ENHANCE_YOUR_CALM, "too many stream resets")
+            raise ConnectionFault(F.ENHANCE_YOUR_CALM, "too many stream resets", FLOOD_RAPID_RESET)
 
     def _closed_or_idle(self, sid: int) -> bool | None:
-        """For a stream not open: True if we reset it, False if it closed otherwise, None if it
-        never existed (idle)."""
-        if sid in self._reset_ids:
-            return True
+        """For a stream not open: True if the peer's frames on it are discarded, False if it is
+        closed and a frame on it is the peer's error, None if it never existed (idle).
+
+        Streams of ours need no memory: ids are used in order (RFC 9113 §5.1.1), so one below
+        the next we would open that is not open is closed. Whether it ended or we reset it, a
+        late frame on it is discarded, as §5.1 allows for every closed stream ("an endpoint can
+        perform this minimal processing for all streams that are in the closed state") and as
+        Go's transport does: so any number of cancelled calls costs the app's connection no
+        memory and never an error. The peer's streams we reset are remembered until it has
+        seen the reset (:data:`_RESET_MEMORY`); its frames on the others are answered."""
         if self.is_peer_stream(sid):
             if sid > self.last_peer_stream():
                 return None
-        elif sid >= self.next_own_stream():
-            return None
-        return False
+            return sid in self._reset_ids
+        return True if sid < self.next_own_stream() else None
 
     def was_opened(self, sid: int) -> bool:
         """Whether the peer opened this stream id, below its latest (it may skip ids)."""
         return True
 
     def next_own_stream(self) -> int:
-        return 2**31  # a side that opens streams overrides this
+        return 0  # none opened; a side that opens streams overrides this
 
     def _data(self, flags: int, sid: int, payload: bytes) -> None:
         if sid == 0:
@@ -470,10 +511,10 @@ class H2Connection(asyncio.Protocol):
             if st is not None:
                 self.stream_error(st, F.STREAM_CLOSED)
                 return
-            reset_by_us = self._closed_or_idle(sid)
-            if reset_by_us is None:
+            discard = self._closed_or_idle(sid)
+            if discard is None:
                 raise ConnectionFault(F.PROTOCOL_ERROR, "DATA on an idle stream")
-            if not reset_by_us:
+            if not discard:
                 self.reset_unopened(sid, F.STREAM_CLOSED)
             return
         st.recv_window -= size
@@ -534,7 +575,7 @@ class H2Connection(asyncio.Protocol):
         self._hb_bad = self_dependent
         self._hb_bytes = len(payload) + 9
         if self._hb_bytes > self.limits.header_block_bytes:
-            raise ConnectionFault(F.ENHANCE_YOUR_CALM, "header block too large")
+            raise ConnectionFault(F.ENHANCE_YOUR_CALM, "header block too large", FLOOD_HEADER_BLOCK)
         if not flags & F.END_HEADERS:
             self.hb_sid = sid
             self.hb_started = self.clock()
@@ -549,7 +590,7 @@ class H2Connection(asyncio.Protocol):
             self._control_frame()
         self._hb_bytes += len(payload) + 9
         if self._hb_bytes > self.limits.header_block_bytes:
-            raise ConnectionFault(F.ENHANCE_YOUR_CALM, "header block too large")
+            raise ConnectionFault(F.ENHANCE_YOUR_CALM, "header block too large", FLOOD_HEADER_BLOCK)
         self._hb_parts.append(payload)
         if flags & F.END_HEADERS:
             self.hb_sid = 0
@@ -562,7 +603,9 @@ class H2Connection(asyncio.Protocol):
             fields = decode(self.decoder, block)
         # One name per handler: compiled, a name bound by two handlers keeps the first's type.
         except HpackTooLarge as too_large:
-            raise ConnectionFault(F.ENHANCE_YOUR_CALM, "header list too large") from too_large
+            raise ConnectionFault(
+                F.ENHANCE_YOUR_CALM, "header list too large", FLOOD_HEADER_LIST
+            ) from too_large
         except HpackError as undecodable:
             raise ConnectionFault(F.COMPRESSION_ERROR, "undecodable header block") from undecodable
         end_stream = self._hb_end_stream
@@ -570,10 +613,9 @@ class H2Connection(asyncio.Protocol):
         st = self.streams.get(sid)
         if st is None:
             if not self.is_peer_stream(sid):
-                if sid in self._reset_ids:
-                    # one of ours that we reset: the peer's answer crossed our RST_STREAM and is
-                    # ignored (RFC 9113 §5.1, closed), so a client cancelling a call does not
-                    # cost the other calls on the app's connection
+                if self._closed_or_idle(sid):
+                    # one of ours that is closed: the peer's answer crossed our RST_STREAM (a
+                    # client cancelled its call) and is discarded, its HPACK state kept above
                     return
                 raise ConnectionFault(F.PROTOCOL_ERROR, "HEADERS on a stream the peer cannot open")
             if sid <= self.last_peer_stream():
@@ -618,7 +660,9 @@ class H2Connection(asyncio.Protocol):
         if st is None:
             if self._closed_or_idle(sid) is None:
                 raise ConnectionFault(F.PROTOCOL_ERROR, "RST_STREAM on an idle stream")
+            self.counts.reset(False, F.u32_full(payload))
             return
+        self.counts.reset(False, F.u32_full(payload))
         self.count_reset()
         self.drop(st)
         st.on_reset(F.u32_full(payload))
@@ -665,7 +709,10 @@ class H2Connection(asyncio.Protocol):
         if len(payload) != 8:
             raise ConnectionFault(F.FRAME_SIZE_ERROR, "PING of the wrong size")
         if flags & F.ACK:
-            self.on_ping_ack(payload)
+            if payload == _FENCE_PING and self._fenced:
+                self._forget_fenced()
+            else:
+                self.on_ping_ack(payload)
             return
         self._control_frame()
         self.out.append(F.ping(payload, ack=True))
@@ -675,6 +722,7 @@ class H2Connection(asyncio.Protocol):
             raise ConnectionFault(F.PROTOCOL_ERROR, "GOAWAY on a stream")
         if len(payload) < 8:
             raise ConnectionFault(F.FRAME_SIZE_ERROR, "GOAWAY too short")
+        self.counts.goaway(False, F.u32_full(payload, 4))
         self.on_goaway(F.u32(payload), F.u32_full(payload, 4))
 
     def _window_update(self, sid: int, payload: bytes) -> None:
@@ -716,25 +764,48 @@ class H2Connection(asyncio.Protocol):
         st.on_reset(code)
 
     def reset(self, st: Stream, code: int) -> None:
-        """Reset a stream of ours (the leg asked, or the peer misbehaved)."""
-        if st.id not in self.streams:
+        """Reset an open stream (the leg asked, or the peer misbehaved)."""
+        sid = st.id
+        if sid not in self.streams:
             return
-        self.out.append(F.rst_stream(st.id, code))
+        self.out.append(F.rst_stream(sid, code))
+        self.counts.reset(True, code)
+        peer_sending = st.remote_open
         self.drop(st)
-        self._remember_reset(st.id)
+        if peer_sending and self.is_peer_stream(sid):
+            self._remember_reset(sid)
+
+    def reset_unopened(self, sid: int, code: int) -> None:
+        """Reset a stream that is not open (closed, or refused before it started)."""
+        self.out.append(F.rst_stream(sid, code))
+        self.counts.reset(True, code)
+        if self.is_peer_stream(sid):
+            self._remember_reset(sid)
+        self.count_reset()
 
     def _remember_reset(self, sid: int) -> None:
         ids = self._reset_ids
         ids[sid] = None
         if len(ids) > _RESET_MEMORY:
-            for old in list(ids)[: _RESET_MEMORY // 2]:
+            for old in list(islice(ids, _RESET_MEMORY // 2)):
                 del ids[old]
+            if self._fenced:
+                self._fenced = max(1, self._fenced - _RESET_MEMORY // 2)
+        if not self._fenced:
+            self._fence()
 
-    def reset_unopened(self, sid: int, code: int) -> None:
-        """Reset a stream that is not open (closed, or refused before it started)."""
-        self.out.append(F.rst_stream(sid, code))
-        self._remember_reset(sid)
-        self.count_reset()
+    def _fence(self) -> None:
+        """A PING whose answer means the peer has seen every reset remembered so far."""
+        self.out.append(F.ping(_FENCE_PING))
+        self._fenced = len(self._reset_ids)
+
+    def _forget_fenced(self) -> None:
+        ids = self._reset_ids
+        for old in list(islice(ids, self._fenced)):
+            del ids[old]
+        self._fenced = 0
+        if ids:
+            self._fence()  # resets since the PING went out wait for the next one
 
     def _reset_any(self, sid: int, code: int) -> None:
         st = self.streams.get(sid)
@@ -743,9 +814,14 @@ class H2Connection(asyncio.Protocol):
         else:
             self.reset_unopened(sid, code)
 
+    def open_stream(self, st: Stream) -> None:
+        self.streams[st.id] = st
+        self.counts.stream_opened()
+
     def drop(self, st: Stream) -> None:
         if self.streams.pop(st.id, None) is None:
             return
+        self.counts.stream_closed()
         self.stalled.pop(st.id, None)
         st.remote_open = st.local_open = False
         st.pending.clear()

@@ -40,6 +40,7 @@ from sidecar_proxy.http.h2.heads import (
 )
 from sidecar_proxy.http.h2.hpack import Field
 from sidecar_proxy.http.legs import ClientEvents, Trailers
+from sidecar_proxy.observe.metrics import FLOOD_HEADER_TIME
 from sidecar_proxy.tls.identity import Peer
 
 _DRAIN_PING: Final = b"drain\x00\x00\x00"
@@ -114,7 +115,7 @@ class H2ServerConnection(H2Connection):
     )
 
     def __init__(self, ctx: ProxyContext, make_exchange: ExchangeFactory = new_exchange) -> None:
-        super().__init__(ctx.loop, server_limits(ctx.settings))
+        super().__init__(ctx.loop, server_limits(ctx.settings), ctx.metrics.h2.client)
         self.ctx = ctx
         self._new_exchange = make_exchange
         self.remote_addr = ""
@@ -203,7 +204,7 @@ class H2ServerConnection(H2Connection):
             self.refuse(stream_id, F.PROTOCOL_ERROR)
             return
         st = H2ClientStream(self, stream_id, head.method == b"HEAD")
-        self.streams[stream_id] = st
+        self.open_stream(st)
         length = head.content_length
         if end_stream:
             st.remote_open = False
@@ -245,7 +246,7 @@ class H2ServerConnection(H2Connection):
         if self._drain_step or self.closing:
             return
         self._drain_step = 1
-        self.out.append(F.goaway(F.MAX_STREAM_ID, F.NO_ERROR))
+        self.send_goaway(F.MAX_STREAM_ID, F.NO_ERROR)
         self.out.append(F.ping(_DRAIN_PING))
         self._deadline = self.clock() + _DRAIN_RTT
         self.schedule_write()
@@ -260,7 +261,7 @@ class H2ServerConnection(H2Connection):
             self.close()
             return
         self.goaway_sent = self._last_id
-        self.out.append(F.goaway(self._last_id, F.NO_ERROR))
+        self.send_goaway(self._last_id, F.NO_ERROR)
         self.schedule_write()
 
     def close_if_idle(self) -> bool:
@@ -290,6 +291,7 @@ class H2ServerConnection(H2Connection):
             self._final_goaway()
         s = self.ctx.settings
         if self.hb_sid and now - self.hb_started >= s.client_header_timeout:
+            self.counts.flood(FLOOD_HEADER_TIME)
             self.close(F.ENHANCE_YOUR_CALM, "header block not completed in time")
             return
         body_timeout = s.client_body_timeout
