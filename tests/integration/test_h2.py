@@ -135,8 +135,10 @@ def test_refused_stream_is_retried_even_for_a_post(
     got = curl(proxy.port, "/once", "-d", "the body")
     assert got.stdout == "the body"  # the app's echo, from the second attempt
     assert len(app.requests) == 1  # the refused stream was never processed
-    # a body past RETRY_BUFFER_LIMIT is not kept, so a refused POST with one cannot go again
-    app.refuse = 1
+    # a body past RETRY_BUFFER_LIMIT is not kept, so a refused POST with one cannot go again;
+    # refused once the whole body has passed (a refusal at the head, with the body's first
+    # bytes still held, may rightly be retried)
+    app.refuse, app.refuse_late = 1, True
     big = start_proxy(app.port, upstream_protocol="h2c", retry_buffer_limit=1024)
     got = curl(big.port, "/big", "-d", "x" * 5000, "-w", "%{http_code}")
     assert got.stdout.endswith("502")

@@ -20,6 +20,7 @@ import h2.events
 class H2App:
     max_streams: int = 100
     refuse: int = 0  # refuse this many streams first (REFUSED_STREAM)
+    refuse_late: bool = False  # refuse them once their request has ended, not at its head
     goaway_after: int = 0  # the first connection goes away after this many streams
     hold: bool = False  # answer only when released
     # > 0: answer a request with a gRPC head and this many messages, then neither end nor reset
@@ -56,6 +57,7 @@ class _Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.heads: dict[int, dict[bytes, bytes]] = {}
         self.bodies: dict[int, bytes] = {}
+        self.refusing: set[int] = set()
         self.gone = False
         self.last = 0
         self.number = 0
@@ -94,7 +96,10 @@ class _Conn(asyncio.Protocol):
                 return
             if app.refuse:
                 app.refuse -= 1
-                self.h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+                if app.refuse_late:
+                    self.refusing.add(sid)
+                else:
+                    self.h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
                 return
             app.requests.append(dict(event.headers))
             if self.number == 1 and len(app.requests) == app.goaway_after:
@@ -112,6 +117,10 @@ class _Conn(asyncio.Protocol):
                 self.bodies[event.stream_id] += event.data
         elif isinstance(event, h2.events.StreamEnded):
             sid = event.stream_id
+            if sid in self.refusing:
+                self.refusing.discard(sid)
+                self.h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+                return
             if sid not in self.heads:
                 return
             if app.messages_then_hang:
