@@ -28,6 +28,7 @@ EXPECTED = {
     "SidecarLoadShedding": ("5m", "warning"),
     "SidecarTLSCertificateExpiresSoon": ("10m", "warning"),
     "SidecarTLSReloadFailing": ("10m", "warning"),
+    "SidecarWorkerRestarted": ("0m", "warning"),
     "SidecarErrorBudgetBurn": ("2m", "critical"),
     "SidecarErrorBudgetBurnSlow": ("15m", "warning"),
 }
@@ -92,6 +93,14 @@ MUTATIONS = {
     "reload alert waits less": (
         "sidecar_tls_reload_failing > 0\n        for: 10m",
         "sidecar_tls_reload_failing > 0\n        for: 3m",
+    ),
+    "restart alert on any value": (
+        "increase(sidecar_worker_restarts_total[15m]) > 0",
+        "increase(sidecar_worker_restarts_total[15m]) >= 0",
+    ),
+    "restart alert forgets sooner": (
+        "sidecar_worker_restarts_total[15m]",
+        "sidecar_worker_restarts_total[5m]",
     ),
     "fast burn threshold raised": ('{window="1h"}) > 14.4', '{window="1h"}) > 20'),
     "fast burn on the long window alone": (
