@@ -22,6 +22,9 @@ from support.pod import alive, run_pod, wait_for
 from support.tls import client_context, make_pki, tls_get
 from support.upstream import Received, Upstream, response, upstream_thread
 
+from sidecar_proxy.http.h2.frames import PREFACE, SETTINGS
+from sidecar_proxy.http.h2.frames import settings as settings_frame
+
 PER_WORKER = {"METRICS_PER_WORKER": "true"}
 
 
@@ -215,6 +218,41 @@ def test_workers_do_not_outlive_a_killed_parent(app: Upstream) -> None:
         assert wait_for(lambda: not any(alive(pid) for pid in workers), 3)
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", pod.port), timeout=1).close()
+
+
+def mapped(pid: int, library: str) -> bool:
+    """Whether process ``pid`` has loaded the native library whose path contains ``library``:
+    a process's own memory map shows what it imported, without its cooperation."""
+    return library in Path(f"/proc/{pid}/maps").read_text()
+
+
+# Each native library's path as /proc/PID/maps shows it.
+UVLOOP = "/uvloop/loop."
+HTTPTOOLS = "/httptools/parser/"
+JH2 = "/jh2/_hazmat"  # HPACK, what the HTTP/2 leg needs first
+LIBYAML = "/yaml/_yaml"
+
+
+def test_each_process_loads_only_what_it_uses(app: Upstream) -> None:
+    """The parent serves the admin port and supervises: it never loads the data path's event
+    loop or parsers. No process loads the HTTP/2 leg's HPACK (jh2) or PyYAML until it needs
+    them: a worker's first HTTP/2 connection loads it (docs/benchmarks.md, "Memory")."""
+    with run_pod(app.port, {}) as pod:
+        workers = pod.workers()
+        assert len(workers) == 2
+        assert not any(mapped(pod.proc.pid, lib) for lib in (UVLOOP, HTTPTOOLS, JH2, LIBYAML))
+        for pid in workers:
+            assert mapped(pid, UVLOOP) and mapped(pid, HTTPTOOLS)
+            assert not mapped(pid, JH2) and not mapped(pid, LIBYAML)
+        with socket.create_connection(("127.0.0.1", pod.port), timeout=5) as sock:
+            sock.sendall(PREFACE + settings_frame([]))
+            head = b""
+            while len(head) < 9:
+                chunk = sock.recv(9 - len(head))
+                assert chunk, "closed before the server's SETTINGS"
+                head += chunk
+            assert head[3] == SETTINGS  # the HTTP/2 leg answered (RFC 9113 §3.4)
+            assert [mapped(pid, JH2) for pid in workers].count(True) == 1
 
 
 def test_access_log_lines_from_both_workers_never_interleave(app: Upstream) -> None:

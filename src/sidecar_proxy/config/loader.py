@@ -23,13 +23,10 @@ from __future__ import annotations
 
 import difflib
 import os
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from sidecar_proxy.config.settings import FIELDS, FIELDS_BY_NAME, Field, Settings
 from sidecar_proxy.config.units import format_duration
@@ -130,10 +127,10 @@ def _read_config_file(
     else:
         return "", {}
     where = f"{named_by}={path!r}"
-    parsers: dict[str, Callable[[bytes], object]] = {
-        ".toml": lambda data: tomllib.loads(data.decode()),
-        ".yaml": yaml.safe_load,
-        ".yml": yaml.safe_load,
+    parsers: dict[str, Callable[[str, bytes], object]] = {
+        ".toml": _parse_toml,
+        ".yaml": _parse_yaml,
+        ".yml": _parse_yaml,
     }
     parse = parsers.get(Path(path).suffix.lower())
     if parse is None:
@@ -145,13 +142,9 @@ def _read_config_file(
     except OSError as exc:
         raise ConfigError(f"{where}: cannot read the file: {exc.strerror or exc}") from None
     try:
-        document = parse(data)
+        document = parse(path, data)
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text: {exc.reason}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {_yaml_problem(exc)}") from None
     if document is None:  # an empty YAML file
         document = {}
     if not isinstance(document, dict):
@@ -165,11 +158,36 @@ def _read_config_file(
     return path, document
 
 
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """PyYAML's own message spans several lines with a source excerpt; keep the gist."""
-    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
-        mark = exc.problem_mark
-        return f"{exc.problem} (line {mark.line + 1}, column {mark.column + 1})"
+# The parsers are imported when a file of their format is read, not with this module: PyYAML
+# alone is 0.7 MiB of every process's memory (docs/benchmarks.md, "Memory"), and most sidecars
+# are configured from the environment.
+
+
+def _parse_toml(path: str, data: bytes) -> object:
+    import tomllib  # noqa: PLC0415 - see above
+
+    try:
+        return tomllib.loads(data.decode())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
+def _parse_yaml(path: str, data: bytes) -> object:
+    import yaml  # noqa: PLC0415 - see above
+
+    try:
+        return yaml.safe_load(data)
+    except yaml.MarkedYAMLError as exc:
+        # PyYAML's own message spans several lines with a source excerpt; keep the gist.
+        if (mark := exc.problem_mark) is None:
+            raise ConfigError(f"{path}: invalid YAML: {_one_line(exc)}") from None
+        where = f"line {mark.line + 1}, column {mark.column + 1}"
+        raise ConfigError(f"{path}: invalid YAML: {exc.problem} ({where})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {_one_line(exc)}") from None
+
+
+def _one_line(exc: Exception) -> str:
     return " ".join(str(exc).split())
 
 

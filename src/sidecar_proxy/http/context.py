@@ -19,7 +19,6 @@ import logging
 from typing import TYPE_CHECKING, Protocol
 
 from sidecar_proxy.hooks.load import Hooks
-from sidecar_proxy.http.h2.app import H2AppPool
 from sidecar_proxy.http.hookstep import HookStep
 from sidecar_proxy.http.legs import AppPool
 from sidecar_proxy.http.phase import IllegalTransition
@@ -53,6 +52,9 @@ def app_pool(
 ) -> AppPool:
     """The app pool the settings ask for: HTTP/1.1 connections, or h2c streams."""
     if settings.upstream_protocol == "h2c":
+        # Imported only here, as the client side's HTTP/2 leg is (see h1/client.py).
+        from sidecar_proxy.http.h2.app import H2AppPool  # noqa: PLC0415
+
         return H2AppPool(loop, settings, metrics.on_upstream_connection, metrics.h2.app)
     return new_pool(loop, settings, metrics, upstream_tls)
 

@@ -52,7 +52,6 @@ from sidecar_proxy.http.fields import (
 )
 from sidecar_proxy.http.framing import CRLF, chunk_size_line, last_chunk
 from sidecar_proxy.http.h2.frames import preface_kind
-from sidecar_proxy.http.h2.server import take_over
 from sidecar_proxy.http.headers import (
     KNOWN_CODINGS,
     end_to_end,
@@ -285,6 +284,10 @@ class H1ClientConnection(asyncio.Protocol):
                 self.ctx.connections.discard(self)
                 self._state = CLOSED
                 transport, self.transport = self.transport, None
+                # Imported on the first HTTP/2 connection, not at start-up: a process that
+                # never sees one saves the HTTP/2 leg and jh2 (docs/benchmarks.md, "Memory").
+                from sidecar_proxy.http.h2.server import take_over  # noqa: PLC0415
+
                 take_over(self.ctx, transport, data, self.proto_line, self.tls_peer)
                 return
         state = self._state
