@@ -28,6 +28,7 @@ class H1Pool:
         "_closed",
         "_idle",
         "_sweeper",
+        "_unsent",
         "connect_timeout",
         "host",
         "idle_timeout",
@@ -68,6 +69,7 @@ class H1Pool:
         self._idle: list[H1AppConnection] = []
         self._closed = False
         self._sweeper: asyncio.TimerHandle | None = None
+        self._unsent: list[H1AppConnection] = []  # requests to write at the end of this read
 
     @property
     def idle_count(self) -> int:
@@ -113,6 +115,18 @@ class H1Pool:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.on_connection(False)
         done(conn, None)
+
+    def defer_write(self, conn: H1AppConnection) -> None:
+        # call_soon runs at the start of the loop's next turn: after every callback of the
+        # current read, before it polls again. One handle per turn, not per request.
+        if not self._unsent:
+            self.loop.call_soon(self._write_unsent)
+        self._unsent.append(conn)
+
+    def _write_unsent(self) -> None:
+        conns, self._unsent = self._unsent, []
+        for conn in conns:
+            conn.write_unsent()
 
     def release(self, conn: H1AppConnection) -> None:
         """Take back a connection whose exchange completed cleanly."""
