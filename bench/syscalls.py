@@ -12,7 +12,6 @@ access log's flushes, nginx's timers) are included, as they are part of its cost
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import signal
 import subprocess
@@ -26,6 +25,10 @@ from bench.procs import CORE_LOAD, cpu_sample, descendants, pinning_available
 from bench.run import Bench, parse_args
 
 _EVENT = "syscalls:sys_enter_"
+# Counted with the calls, in the peer's own context: the tasks it wakes (a write to a socket
+# wakes its reader) and the interrupts it sends another core to do so, which in a VM are exits
+# to the hypervisor. Per process, so other work on the machine does not show in them.
+_WAKE_EVENTS = ("sched:sched_waking", "ipi:ipi_send_cpu", "ipi:ipi_send_cpumask")
 _TICK_US = 1e6 / os.sysconf("SC_CLK_TCK")
 
 
@@ -49,24 +52,13 @@ def usage(pids: list[int]) -> tuple[float, float, int, int]:
     return user, system, voluntary, involuntary
 
 
-def wakeups() -> list[int]:
-    """Rescheduling interrupts each core has taken so far: one core waking a sleeping task on
-    the other sends one (in a VM, an exit to the hypervisor)."""
-    for line in Path("/proc/interrupts").read_text().splitlines():
-        fields = line.split()
-        if fields and fields[0] == "RES:":
-            return [int(n) for n in itertools.takewhile(str.isdigit, fields[1:])]
-    return []
-
-
 def costs(
     pids: list[int], port: int, connections: int, duration: float, core: int | None
 ) -> dict[str, float]:
     """CPU and context switches per request over one wrk run with nothing attached."""
-    before, on_cpu, woken = usage(pids), cpu_sample(pids[0]).on_cpu, wakeups()
+    before, on_cpu = usage(pids), cpu_sample(pids[0]).on_cpu
     requests = wrk.run(port, "/small", connections, duration, core).requests
     after, on_cpu = usage(pids), cpu_sample(pids[0]).on_cpu - on_cpu
-    woken = [b - a for a, b in zip(woken, wakeups(), strict=True)]
     user, system, voluntary, involuntary = (b - a for a, b in zip(before, after, strict=True))
     return {
         "req/s": requests / duration,
@@ -75,7 +67,6 @@ def costs(
         "system us/req": system / requests,
         "voluntary cs/req": voluntary / requests,
         "involuntary cs/req": involuntary / requests,
-        **{f"wake-ups of core {i}/req": n / requests for i, n in enumerate(woken)},
     }
 
 
@@ -86,6 +77,7 @@ def count(
     perf = subprocess.Popen(
         [
             *("perf", "stat", "-x", ",", "--no-big-num", "-e", f"{_EVENT}*"),
+            *("-e", ",".join(_WAKE_EVENTS)),
             "-p",
             ",".join(map(str, pids)),
         ],
@@ -106,15 +98,16 @@ def count(
 
 
 def parse_perf_stat(text: str) -> dict[str, int]:
-    """``perf stat -x ,`` lines (``count,unit,event,...``) as calls by name; calls never made,
-    and events perf could not count (``<not counted>``), are left out."""
+    """``perf stat -x ,`` lines (``count,unit,event,...``) as counts by event, a system call by
+    its bare name; events never seen, and those perf could not count (``<not counted>``), are
+    left out."""
     counts: dict[str, int] = {}
     for line in text.splitlines():
         fields = line.split(",")
-        if len(fields) > 2 and fields[2].startswith(_EVENT) and fields[0].isdigit():
-            n = int(fields[0])
-            if n:
-                counts[fields[2].removeprefix(_EVENT)] = n
+        if len(fields) > 2 and fields[0].isdigit() and int(fields[0]):
+            event = fields[2]
+            if event.startswith(_EVENT) or event in _WAKE_EVENTS:
+                counts[event.removeprefix(_EVENT)] = int(fields[0])
     return counts
 
 
@@ -125,16 +118,24 @@ def table(results: dict[str, tuple[dict[str, int], int]], floor: float) -> str:
         for name, (counts, requests) in results.items()
     }
     calls = sorted(
-        {c for rates in per_request.values() for c, r in rates.items() if r >= floor},
+        {
+            c
+            for rates in per_request.values()
+            for c, r in rates.items()
+            if r >= floor and c not in _WAKE_EVENTS
+        },
         key=lambda c: -max(rates.get(c, 0.0) for rates in per_request.values()),
     )
-    width = max(len("syscall"), *(len(c) for c in calls))
+    width = max(len("syscall"), *(len(c) for c in (*calls, *_WAKE_EVENTS)))
+
+    def row(label: str, values: list[float]) -> str:
+        return f"  {label:<{width}}" + "".join(f"  {v:>14.3f}" for v in values)
+
     lines = [f"  {'syscall':<{width}}" + "".join(f"  {n:>14}" for n in names)]
-    for call in calls:
-        row = "".join(f"  {per_request[n].get(call, 0.0):>14.3f}" for n in names)
-        lines.append(f"  {call:<{width}}{row}")
-    totals = "".join(f"  {sum(per_request[n].values()):>14.3f}" for n in names)
-    lines.append(f"  {'all':<{width}}{totals}")
+    lines += [row(c, [per_request[n].get(c, 0.0) for n in names]) for c in calls]
+    all_calls = [sum(r for c, r in per_request[n].items() if c not in _WAKE_EVENTS) for n in names]
+    lines.append(row("all", all_calls))
+    lines += [row(e, [per_request[n].get(e, 0.0) for n in names]) for e in _WAKE_EVENTS]
     reqs = "".join(f"  {results[n][1]:>14,}" for n in names)
     lines.append(f"  {'(requests)':<{width}}{reqs}")
     return "\n".join(lines)
@@ -143,11 +144,16 @@ def table(results: dict[str, tuple[dict[str, int], int]], floor: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.syscalls", description=__doc__)
     parser.add_argument("--peers", default="nginx-proxy,sidecar-proxy")
+    parser.add_argument(
+        "--pure",
+        help="another build's sidecar-proxy script, measured as peer sidecar-pure (as bench.run)",
+    )
     parser.add_argument("--connections", type=int, default=64, help="wrk's connections")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds counted per peer")
     parser.add_argument("--floor", type=float, default=0.01, help="hide calls rarer per request")
     args = parser.parse_args(argv)
-    run_args = parse_args(["--peers", args.peers, "--keepalive", "0", "--warmup", "2"])
+    pure = ["--pure", args.pure] if args.pure else []
+    run_args = parse_args(["--peers", args.peers, "--keepalive", "0", "--warmup", "2", *pure])
     if pinning_available():
         os.sched_setaffinity(0, {CORE_LOAD})
     results: dict[str, tuple[dict[str, int], int]] = {}

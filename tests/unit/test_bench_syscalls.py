@@ -22,8 +22,9 @@ def test_perf_stat_counts_by_call() -> None:
         "<not counted>,,syscalls:sys_enter_futex,0,0.00,,\n"
         "12,,syscalls:sys_enter_writev,894841,100.00,,\n"
         "5,,raw_syscalls:sys_enter,894841,100.00,,\n"
+        "7,,ipi:ipi_send_cpu,894841,100.00,,\n"
     )
-    assert parse_perf_stat(text) == {"read": 3, "writev": 12}
+    assert parse_perf_stat(text) == {"read": 3, "writev": 12, "ipi:ipi_send_cpu": 7}
 
 
 @pytest.mark.skipif(

@@ -18,6 +18,7 @@ import contextlib
 import socket
 from collections.abc import Callable
 
+from sidecar_proxy.http.batch import TurnWrites
 from sidecar_proxy.http.h1.app import H1AppConnection
 from sidecar_proxy.http.legs import ConnectCallback
 from sidecar_proxy.tls.upstream import UpstreamTLS
@@ -28,7 +29,7 @@ class H1Pool:
         "_closed",
         "_idle",
         "_sweeper",
-        "_unsent",
+        "_writes",
         "connect_timeout",
         "host",
         "idle_timeout",
@@ -69,7 +70,7 @@ class H1Pool:
         self._idle: list[H1AppConnection] = []
         self._closed = False
         self._sweeper: asyncio.TimerHandle | None = None
-        self._unsent: list[H1AppConnection] = []  # requests to write at the end of this read
+        self._writes = TurnWrites(loop)
 
     @property
     def idle_count(self) -> int:
@@ -117,16 +118,7 @@ class H1Pool:
         done(conn, None)
 
     def defer_write(self, conn: H1AppConnection) -> None:
-        # call_soon runs at the start of the loop's next turn: after every callback of the
-        # current read, before it polls again. One handle per turn, not per request.
-        if not self._unsent:
-            self.loop.call_soon(self._write_unsent)
-        self._unsent.append(conn)
-
-    def _write_unsent(self) -> None:
-        conns, self._unsent = self._unsent, []
-        for conn in conns:
-            conn.write_unsent()
+        self._writes.add(conn)
 
     def release(self, conn: H1AppConnection) -> None:
         """Take back a connection whose exchange completed cleanly."""
