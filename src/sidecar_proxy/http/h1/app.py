@@ -15,6 +15,7 @@ from typing import Final, Protocol, cast
 
 import httptools
 
+from sidecar_proxy.http.batch import write_held
 from sidecar_proxy.http.fields import (
     RESP_CONNECTION,
     RESP_CONTENT_LENGTH,
@@ -185,10 +186,8 @@ class H1AppConnection(asyncio.Protocol):
                 out.append(data)
         if end is not None and chunked:
             out.append(last_chunk(end))
-        # Sent once the loop has handled every event of this read, together with the other
-        # requests they started: a write wakes the app if it sleeps, and a wake-up across cores
-        # costs this VM far more than the write (see docs/benchmarks.md, "Kernel crossings").
-        # Written one by one as they came, 30 us apart, the app slept between most of them.
+        # Written at the end of the loop's turn with the other requests it started, so the app
+        # is woken once for all of them (see http/batch.py).
         if not self._unsent:
             self.pool.defer_write(self)
         self._unsent += out
@@ -196,14 +195,9 @@ class H1AppConnection(asyncio.Protocol):
     def write_unsent(self) -> None:
         """Hand the deferred request to the transport; anything later on this connection goes
         after it, so every other write calls this first."""
-        out = self._unsent
-        if out:
-            self._unsent = []
-            t = self.transport
-            # lost meanwhile (read in the same batch): the exchange hears of it from
-            # connection_lost, and a closed transport refuses writes
-            if t is not None and not t.is_closing():
-                t.writelines(out)
+        if self._unsent:
+            out, self._unsent = self._unsent, []
+            write_held(self.transport, out)
 
     def send_body(self, data: bytes) -> None:
         t = self.transport

@@ -30,6 +30,7 @@ from typing import Any, Final, cast
 
 import httptools
 
+from sidecar_proxy.http.batch import write_held
 from sidecar_proxy.http.context import ProxyContext
 from sidecar_proxy.http.exchange import Exchange, new_record
 from sidecar_proxy.http.fields import (
@@ -730,12 +731,9 @@ class H1ClientConnection(asyncio.Protocol):
     def write_unsent(self) -> None:
         """Hand the flushed bytes to the transport; every other write and every close of the
         connection calls this first, so bytes leave in the order they were given."""
-        out = self._unsent
-        if out:
-            self._unsent = []
-            t = self.transport
-            if t is not None and not t.is_closing():
-                t.writelines(out)
+        if self._unsent:
+            out, self._unsent = self._unsent, []
+            write_held(self.transport, out)
 
     def abort(self) -> None:
         self._out.clear()
