@@ -2,9 +2,10 @@
 
 A write to a loopback (or any) socket wakes the reader if it sleeps, and waking a task on
 another core costs the writer an inter-processor interrupt: in a VM, an exit to the hypervisor
-(measured here: 0.6 interrupts per request cost about 11 us of it). Made as each request or response is ready, 20 to 30 us of work apart, the
-writes let the peer fall asleep between them, and nearly every one paid that wake-up. Made in a
-burst once the loop has run every callback of the current read, one wake-up serves them all.
+(measured here: 0.6 interrupts per request cost about 11 us of it). Made as each request or
+response is ready, 20 to 30 us of work apart, the writes let the peer fall asleep between them,
+and nearly every one paid that wake-up. Made in a burst once the loop has run every callback of
+the current read, one wake-up serves them all.
 Measured in docs/benchmarks.md ("Kernel crossings per request").
 
 ``call_soon`` is the end of the turn: the loop runs it at the start of its next iteration, after
