@@ -26,6 +26,11 @@ HOST = "127.0.0.1"
 # share core 1. See docs/benchmarks.md for why the upstream sits with the load generator.
 CORE_PROXY = 0
 CORE_LOAD = 1
+# The cores this process may use, read once when it starts: every benchmark script then moves
+# itself onto CORE_LOAD, after which its own affinity names one core. Asked afterwards,
+# pinning_available() said no, and every peer, wrk and the upstream inherited the script's
+# one core: the proxy under test shared core 1 with its load.
+_CORES_AT_START = frozenset(os.sched_getaffinity(0))
 
 
 class PeerError(RuntimeError):
@@ -43,7 +48,7 @@ def free_port() -> int:
 
 
 def pinning_available() -> bool:
-    return shutil.which("taskset") is not None and len(os.sched_getaffinity(0)) >= 2
+    return shutil.which("taskset") is not None and {CORE_PROXY, CORE_LOAD} <= _CORES_AT_START
 
 
 def pinned(core: int | None, argv: list[str]) -> list[str]:

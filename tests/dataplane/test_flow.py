@@ -96,3 +96,42 @@ def test_a_large_read_of_pipelined_requests_is_parsed_a_slice_at_a_time() -> Non
         app.send(response(body=b"%d" % n))
     assert [r.body for r in c.responses()] == [b"%d" % n for n in range(200)]
     assert len(dp.records) == 200
+
+
+def test_responses_finished_in_one_turn_reach_their_clients_at_its_end() -> None:
+    # Written as each is finished, 20 to 30 us of work apart, the clients sleep between them
+    # and every write pays a wake-up across cores; at the end of the turn one does for all.
+    dp = DataPath()
+    apps = [dp.pool.add_idle() for _ in range(2)]
+    clients = [dp.begin()[0] for _ in range(2)]
+    for app in reversed(apps):  # the pool hands out the newest first
+        app.leg.data_received(response(body=b"hello"))  # one read each, the loop's turn goes on
+    assert [c.transport.writes for c in clients] == [0, 0]
+    dp.loop.run_ready()
+    assert [c.transport.writes for c in clients] == [1, 1]  # head and body in one writev
+    assert [c.response().body for c in clients] == [b"hello", b"hello"]
+
+
+def test_a_body_read_twice_in_one_turn_is_written_at_once_so_flow_control_still_holds() -> None:
+    dp = DataPath()
+    app = dp.pool.add_idle()
+    c, _ = dp.begin()
+    c.transport.high_water = 16
+    app.leg.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 30)
+    assert c.transport.writes == 0  # one read's worth held for the end of the turn
+    app.leg.data_received(b"y" * 30)  # another in the same turn: both go out now, in order
+    assert c.transport.writes == 1
+    assert c.transport.write_paused and not app.transport.reading  # over the high-water mark
+    assert c.received().endswith(b"x" * 30 + b"y" * 30)
+    assert app.transport.reading  # the client read it all: the app is read again
+    app.send(b"z" * 40)
+    assert c.received() == b"z" * 40
+
+
+def test_a_response_held_for_the_turn_still_leaves_before_its_close() -> None:
+    dp = DataPath()
+    app = dp.pool.add_idle()
+    c, _ = dp.begin(request(headers="Connection: close\r\n"))
+    app.leg.data_received(response(body=b"bye"))
+    dp.loop.run_ready()
+    assert c.response().body == b"bye" and c.closed

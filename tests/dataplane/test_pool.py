@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from support.fakes import FakeLoop, FakeTransport
 
+from sidecar_proxy.http.fields import RequestHead
 from sidecar_proxy.http.h1.app import H1AppConnection
 from sidecar_proxy.http.pool import H1Pool
 
@@ -96,3 +97,52 @@ def test_a_closed_pool_closes_what_it_holds_and_what_comes_back() -> None:
     p.pool.close()
     _, late = p.returned()
     assert held.closed and late.closed and p.pool.idle_count == 0
+
+
+def _get(target: bytes, *, chunked: bool = False) -> RequestHead:
+    head = RequestHead()
+    head.method, head.target, head.chunked = b"POST" if chunked else b"GET", target, chunked
+    return head
+
+
+def _connected(p: Pooled) -> tuple[H1AppConnection, FakeTransport]:
+    conn = H1AppConnection(p.pool)
+    transport = FakeTransport(p.loop, ("127.0.0.1", 3000))
+    transport.connect(conn)
+    return conn, transport
+
+
+def test_requests_started_in_one_turn_are_written_together_after_it() -> None:
+    # Written as they are started, 30 us of work apart, the app sleeps between them and each
+    # write pays a wake-up across cores; written in one burst after the turn, one or two do.
+    p = Pooled()
+    legs = [_connected(p) for _ in range(3)]
+    for i, (conn, _) in enumerate(legs):
+        conn.send_request(_get(b"/%d" % i), [], [], None)
+    assert [t.writes for _, t in legs] == [0, 0, 0]
+    p.loop.run_ready()
+    assert [t.take() for _, t in legs] == [b"GET /%d HTTP/1.1\r\n\r\n" % i for i in range(3)]
+    assert [t.writes for _, t in legs] == [1, 1, 1]  # one writelines each, head and body
+
+
+def test_a_body_sent_before_the_turn_ends_follows_its_head_and_is_not_held() -> None:
+    # Body bytes go out at once, after the head: held back, a spooled replay would read its
+    # whole file into memory, since only the transport's buffer tells it to wait.
+    p = Pooled()
+    conn, transport = _connected(p)
+    conn.send_request(_get(b"/up", chunked=True), [], [b"abc"], None)
+    conn.send_body(b"defg")
+    assert transport.take() == (
+        b"POST /up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n"
+    )
+    p.loop.run_ready()
+    assert transport.take() == b""
+
+
+def test_a_connection_closed_before_the_turn_ends_writes_nothing() -> None:
+    p = Pooled()
+    conn, transport = _connected(p)
+    conn.send_request(_get(b"/gone"), [], [], None)
+    conn.close()
+    p.loop.run_ready()
+    assert transport.writes == 0

@@ -450,6 +450,9 @@ class FakePool:
         if conn in self.idle:
             self.idle.remove(conn)
 
+    def defer_write(self, conn: H1AppConnection) -> None:
+        self.loop.call_soon(conn.write_unsent)
+
 
 class ScriptedLeg:
     """An :class:`~sidecar_proxy.http.legs.AppLeg` of no particular protocol.

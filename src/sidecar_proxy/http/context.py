@@ -19,6 +19,7 @@ import logging
 from typing import TYPE_CHECKING, Protocol
 
 from sidecar_proxy.hooks.load import Hooks
+from sidecar_proxy.http.batch import TurnWrites
 from sidecar_proxy.http.hookstep import HookStep
 from sidecar_proxy.http.legs import AppPool
 from sidecar_proxy.http.phase import IllegalTransition
@@ -121,6 +122,7 @@ class ProxyContext:
         "settings",
         "spool",
         "ticker",
+        "writes",
     )
 
     def __init__(
@@ -159,6 +161,7 @@ class ProxyContext:
         self.goodbye = False
         self.draining = False
         self.ticker: asyncio.TimerHandle | None = None
+        self.writes = TurnWrites(loop)  # responses held for the end of the loop's turn
 
     def _retry(self, s: Settings) -> RetryPolicy:
         backoff = Backoff(s.retry_backoff, s.retry_max_backoff)

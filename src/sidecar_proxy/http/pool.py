@@ -18,6 +18,7 @@ import contextlib
 import socket
 from collections.abc import Callable
 
+from sidecar_proxy.http.batch import TurnWrites
 from sidecar_proxy.http.h1.app import H1AppConnection
 from sidecar_proxy.http.legs import ConnectCallback
 from sidecar_proxy.tls.upstream import UpstreamTLS
@@ -28,6 +29,7 @@ class H1Pool:
         "_closed",
         "_idle",
         "_sweeper",
+        "_writes",
         "connect_timeout",
         "host",
         "idle_timeout",
@@ -68,6 +70,7 @@ class H1Pool:
         self._idle: list[H1AppConnection] = []
         self._closed = False
         self._sweeper: asyncio.TimerHandle | None = None
+        self._writes = TurnWrites(loop)
 
     @property
     def idle_count(self) -> int:
@@ -113,6 +116,9 @@ class H1Pool:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.on_connection(False)
         done(conn, None)
+
+    def defer_write(self, conn: H1AppConnection) -> None:
+        self._writes.add(conn)
 
     def release(self, conn: H1AppConnection) -> None:
         """Take back a connection whose exchange completed cleanly."""

@@ -15,6 +15,7 @@ from typing import Final, Protocol, cast
 
 import httptools
 
+from sidecar_proxy.http.batch import write_held
 from sidecar_proxy.http.fields import (
     RESP_CONNECTION,
     RESP_CONTENT_LENGTH,
@@ -47,6 +48,9 @@ class Home(Protocol):
 
     def forget(self, conn: H1AppConnection) -> None: ...
 
+    def defer_write(self, conn: H1AppConnection) -> None:
+        """Call ``conn.write_unsent()`` once the loop has run the callbacks of this read."""
+
 
 class AppState(enum.IntEnum):
     IDLE = 0  # unbound: fresh, or in the pool
@@ -78,6 +82,7 @@ class H1AppConnection(asyncio.Protocol):
         "_resp",
         "_state",
         "_trailers",
+        "_unsent",
         "body_in_read",
         "events",
         "head_bytes",
@@ -96,6 +101,7 @@ class H1AppConnection(asyncio.Protocol):
         self._state = IDLE
         self._resp = ResponseHead()  # the response being parsed, or the last one
         self._trailers: Trailers | None = None
+        self._unsent: list[bytes] = []  # a request waiting for the end of the loop's read batch
         self._head_request = False  # the request was HEAD: its response has no body
         self._chunked = False  # the request body is sent chunked
         self.idle_since = 0.0
@@ -137,6 +143,7 @@ class H1AppConnection(asyncio.Protocol):
 
     def close(self) -> None:
         self._state = CLOSED
+        self._unsent = []  # nobody waits for the request any more
         if self.transport is not None:
             self.transport.close()
 
@@ -179,18 +186,31 @@ class H1AppConnection(asyncio.Protocol):
                 out.append(data)
         if end is not None and chunked:
             out.append(last_chunk(end))
-        t.writelines(out)
+        # Written at the end of the loop's turn with the other requests it started, so the app
+        # is woken once for all of them (see http/batch.py).
+        if not self._unsent:
+            self.pool.defer_write(self)
+        self._unsent += out
+
+    def write_unsent(self) -> None:
+        """Hand the deferred request to the transport; anything later on this connection goes
+        after it, so every other write calls this first."""
+        if self._unsent:
+            out, self._unsent = self._unsent, []
+            write_held(self.transport, out)
 
     def send_body(self, data: bytes) -> None:
         t = self.transport
         if t is None:
             return
+        self.write_unsent()  # written now, not gathered: the transport's buffer limits apply
         if self._chunked:
             t.writelines([chunk_size_line(len(data)), data, CRLF])
         else:
             t.write(data)
 
     def send_end(self, trailers: Trailers) -> None:
+        self.write_unsent()
         if self._chunked and self.transport is not None:
             self.transport.write(last_chunk(trailers))
 
@@ -238,6 +258,7 @@ class H1AppConnection(asyncio.Protocol):
         self._state = TUNNEL
 
     def send_raw(self, data: bytes) -> None:
+        self.write_unsent()
         if self.transport is not None:
             self.transport.write(data)
 

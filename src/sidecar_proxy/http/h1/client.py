@@ -30,6 +30,7 @@ from typing import Any, Final, cast
 
 import httptools
 
+from sidecar_proxy.http.batch import write_held
 from sidecar_proxy.http.context import ProxyContext
 from sidecar_proxy.http.exchange import Exchange, new_record
 from sidecar_proxy.http.fields import (
@@ -145,6 +146,7 @@ class H1ClientConnection(asyncio.Protocol):
         "_stash",
         "_state",
         "_trailers",
+        "_unsent",
         "ctx",
         "cur",
         "forwarded_for_line",
@@ -192,6 +194,7 @@ class H1ClientConnection(asyncio.Protocol):
         self._max_header_count = ctx.settings.max_header_count
         # the response being written, for the exchange at the head of the queue
         self._out: list[bytes] = []
+        self._unsent: list[bytes] = []  # flushed, waiting for the end of the loop's turn
         self._chunked_out = False
         self._keep = False  # the connection stays open after this response
         self._sent_final = False  # bytes of a final response head have left: no retraction
@@ -240,6 +243,7 @@ class H1ClientConnection(asyncio.Protocol):
     def close_transport(self) -> None:
         if self._state >= LINGERING:
             return
+        self.write_unsent()  # the answer before the close
         t = self.transport
         if (
             t is not None
@@ -631,6 +635,7 @@ class H1ClientConnection(asyncio.Protocol):
         relayed 100 Continue could no longer be retracted, and the client would get a cut
         connection with no final response instead of a 502 (a 1xx then a 502 is valid HTTP).
         """
+        self.write_unsent()
         t = self.transport
         if t is not None and self.queue[0].head.version == "1.1":
             t.write(b"".join([status_line(status, resp.reason), *resp.lines, CRLF]))
@@ -713,11 +718,25 @@ class H1ClientConnection(asyncio.Protocol):
     def flush(self) -> None:
         out = self._out
         if out:
-            t = self.transport
-            if t is not None:
-                t.writelines(out)
+            if self.transport is not None:
+                if not self._unsent:
+                    # Written at the end of the loop's turn with the other responses it
+                    # finished, so the client is woken once for all of them (http/batch.py).
+                    self.ctx.writes.add(self)
+                self._unsent += out
+                if len(self._unsent) > len(out):
+                    # A second flush this turn: a body streaming in. Write now, so the
+                    # transport's buffer limit pauses the app as soon as it did before.
+                    self.write_unsent()
                 self._sent_final = True
             out.clear()
+
+    def write_unsent(self) -> None:
+        """Hand the flushed bytes to the transport; every other write and every close of the
+        connection calls this first, so bytes leave in the order they were given."""
+        if self._unsent:
+            out, self._unsent = self._unsent, []
+            write_held(self.transport, out)
 
     def abort(self) -> None:
         self._out.clear()
@@ -728,6 +747,7 @@ class H1ClientConnection(asyncio.Protocol):
         self._resume(_PAUSE_UPGRADE)
 
     def send_raw(self, data: bytes) -> None:
+        self.write_unsent()
         t = self.transport
         if t is not None:
             t.write(data)
